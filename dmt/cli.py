@@ -1,0 +1,62 @@
+"""The ``dmt`` command line: one console script, one subcommand per step of the data path.
+
+    dmt gen-data   synthetic Criteo-format rows with planted feature groups
+    dmt partition  group sparse features into towers -> plan.json
+    dmt train      train flat or DMT models (one process, or emulated hosts via torchrun)
+    dmt demo       the main job end to end on generated data
+
+Each subcommand lives in ``dmt/commands/<name>.py`` with ``register(subparsers)``; its handler
+returns an exit code. Any DmtError (bad data, plan, topology, arguments) becomes one line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from dmt.errors import DmtError
+
+# Modules under dmt.commands, in the order `dmt --help` lists them.
+COMMANDS = ("gen_data", "partition", "train", "demo")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line with exit code 2 (its default code)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse's NoReturn
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training on TorchRec.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"dmt.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"dmt.commands.{name}":
+                raise
+            continue  # a command not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DmtError as e:
+        print(f"dmt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"dmt {args.command}: error: no such file: {e.filename}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
