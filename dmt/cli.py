@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from dmt.errors import DmtError
+from dmt.quiet import quiet_third_party
 
 # Modules under dmt.commands, in the order `dmt --help` lists them.
 COMMANDS = ("gen_data", "partition", "train", "demo")
@@ -46,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party()
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # lets a command re-launch itself under torchrun with the same arguments
     try:
         return int(args.func(args) or 0)
     except DmtError as e:

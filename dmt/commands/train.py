@@ -1,0 +1,91 @@
+"""`dmt train`: train a model on Criteo-format data, in one process or on emulated/real hosts."""
+
+from __future__ import annotations
+
+import argparse
+
+from dmt.errors import DmtError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a flat DLRM / DLRM_DCN (one process, or sharded over hosts x ranks)",
+        description="Train on Criteo-format TSV data and write <out>/metrics.json. With "
+        "--hosts H --ranks-per-host L on one machine, H torchrun agents emulate H hosts (gloo); "
+        "under torchrun on real hosts the same command runs sharded across them.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, help="Criteo TSV file (.gz ok)")
+    data.add_argument("--eval-fraction", type=float, default=0.2, help="last fraction of rows held out (0.2)")
+    data.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
+    model.add_argument("--preset", choices=["debug", "small", "criteo"], default="small", help="model size (small)")
+    model.add_argument("--embedding-dim", type=int, help="override the preset's embedding dim")
+    model.add_argument("--num-embeddings", type=int, help="rows per table; ids are hashed modulo this")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
+    opt.add_argument("--epochs", type=int, default=1)
+    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: full epochs)")
+    opt.add_argument("--lr", type=float, default=0.05, help="embedding learning rate")
+    opt.add_argument("--dense-lr", type=float, default=0.05)
+    opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
+    opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
+    opt.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
+    opt.add_argument("--seed", type=int, default=0)
+    dist = p.add_argument_group("distribution")
+    dist.add_argument("--hosts", type=int, default=1, help="emulated hosts on this machine (1)")
+    dist.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
+    dist.add_argument("--sharding", default="table_wise",
+                      choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
+                      help="flat model sharding type (table_wise)")
+    p.add_argument("--out", default="runs/train", help="output directory (runs/train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def job_config(args: argparse.Namespace):
+    from dmt.models import ModelConfig  # noqa: PLC0415 (torchrec import only when running)
+    from dmt.train.job import JobConfig  # noqa: PLC0415
+    from dmt.train.optim import OptimConfig  # noqa: PLC0415
+
+    overrides: dict = {"arch": args.model}
+    if args.embedding_dim:
+        dense = ModelConfig.preset(args.preset).dense_arch
+        overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
+    if args.num_embeddings:
+        overrides["num_embeddings"] = (args.num_embeddings,) * 26
+    return JobConfig(
+        data=args.data, out=args.out, model=ModelConfig.preset(args.preset, **overrides),
+        optim=OptimConfig(sparse=args.sparse_optimizer, sparse_lr=args.lr, dense=args.dense_optimizer,
+                          dense_lr=args.dense_lr),
+        eval_fraction=args.eval_fraction, batch_size=args.batch_size, epochs=args.epochs,
+        max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
+        skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from dmt.launch import launch_local, under_torchrun  # noqa: PLC0415
+
+    if args.hosts < 1 or args.ranks_per_host < 1:
+        raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
+    cfg = job_config(args)  # validate here, before any process starts
+    if under_torchrun():
+        from dmt.train.job import run_job  # noqa: PLC0415
+
+        run_job(cfg, distributed=True)
+        return 0
+    if args.hosts * args.ranks_per_host > 1:
+        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host)
+    from dmt.train.job import run_job  # noqa: PLC0415
+
+    metrics = run_job(cfg, distributed=False)
+    print(f"auc {metrics['auc']:.4f}  logloss {metrics['logloss']:.4f}  ne {metrics['ne']:.4f}  "
+          f"-> {cfg.out}/metrics.json")
+    return 0

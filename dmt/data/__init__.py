@@ -1,0 +1,23 @@
+"""Criteo-format data: a vectorised TSV reader and a synthetic generator with planted groups."""
+
+from dmt.data.criteo import (
+    DENSE_NAMES,
+    NUM_DENSE,
+    NUM_SPARSE,
+    SPARSE_NAMES,
+    CriteoArrays,
+    ReadReport,
+    iter_criteo_chunks,
+    read_criteo,
+)
+
+__all__ = [
+    "DENSE_NAMES",
+    "NUM_DENSE",
+    "NUM_SPARSE",
+    "SPARSE_NAMES",
+    "CriteoArrays",
+    "ReadReport",
+    "iter_criteo_chunks",
+    "read_criteo",
+]

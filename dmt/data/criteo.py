@@ -1,0 +1,460 @@
+"""Vectorised reader for the Criteo Kaggle / Terabyte TSV format.
+
+One row per line, 40 tab-separated fields: the label (0/1), 13 decimal integers (``int_0`` ..
+``int_12``, may be negative, empty = missing) and 26 hashed categoricals written as hex
+(``cat_0`` .. ``cat_25``, normally 8 lowercase digits, empty = missing). ``.gz`` files are read
+transparently.
+
+The parser never loops over rows or fields in Python. It reads the file in byte blocks cut at a
+newline, finds every tab and newline with numpy, gathers each field into a fixed-width character
+matrix (right-aligned at the field's end) and decodes decimal and hex through lookup tables. Rows
+that break the format are found the same way; only the few that are reported are re-split in
+Python to explain what is wrong with them.
+
+Shapes: N = rows, 13 dense and 26 sparse columns.
+
+Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "day.txt")
+    >>> row = ["1", "5", "-1"] + [""] * 11 + ["68fd1e64"] + [""] * 25
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("\\t".join(row) + "\\n")
+    >>> arrays, report = read_criteo(path)
+    >>> report.rows, arrays.labels.tolist(), arrays.sparse[0, :2].tolist()
+    (1, [1.0], [1761418852, -1])
+    >>> round(float(arrays.dense[0, 0]), 4), float(arrays.dense[0, 1])  # log1p(5), negative -> 0
+    (1.7918, 0.0)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
+from tqdm import tqdm
+
+from dmt.errors import DataFormatError
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
+DENSE_NAMES: list[str] = list(DEFAULT_INT_NAMES)
+SPARSE_NAMES: list[str] = list(DEFAULT_CAT_NAMES)
+
+PathLike = str | os.PathLike[str]
+
+# Bytes read per block. A block becomes ~30k rows; the parse temporaries are ~10x the block, so
+# this keeps peak memory near 50 MB whatever the file size.
+_BLOCK_BYTES = 4 << 20
+# A "line" this long without a newline means the file is not Criteo TSV (rows are < 1 kB).
+_MAX_LINE_BYTES = 1 << 20
+# Longest accepted integer field (sign + 19 digits); decoded in float64, which is exact to 2**53
+# and more than precise enough for log1p in float32.
+_MAX_DENSE_CHARS = 20
+_HEX_DIGITS = 8
+_MAX_EXAMPLES = 5
+_FIX_HINT = "fix the row or pass --skip-bad-rows to skip and count such rows"
+
+_DEC_LUT = np.full(256, 255, dtype=np.uint8)
+_DEC_LUT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX_LUT = _DEC_LUT.copy()
+_HEX_LUT[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_HEX_LUT[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_ZERO = ord("0")
+_MINUS = ord("-")
+_DENSE_RE = re.compile(rb"-?[0-9]{1,%d}" % (_MAX_DENSE_CHARS - 1))
+_HEX_RE = re.compile(rb"[0-9a-fA-F]{1,%d}" % _HEX_DIGITS)
+
+
+@dataclass
+class CriteoArrays:
+    """Parsed rows, column-aligned with DENSE_NAMES and SPARSE_NAMES.
+
+    Args:
+        labels: (N,) float32 in {0, 1}.
+        dense: (N, 13) float32, ``log1p(max(x, 0))``; missing -> 0.
+        sparse: (N, 26) int64, the raw hashed value in [0, 2**32); missing -> -1.
+    """
+
+    labels: np.ndarray
+    dense: np.ndarray
+    sparse: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def slice(self, start: int, stop: int) -> CriteoArrays:
+        """Rows ``start:stop`` (views, no copy)."""
+        return CriteoArrays(self.labels[start:stop], self.dense[start:stop], self.sparse[start:stop])
+
+    @staticmethod
+    def concat(parts: Sequence[CriteoArrays]) -> CriteoArrays:
+        """Rows of all ``parts`` in order; an empty sequence gives zero rows."""
+        if not parts:
+            return CriteoArrays(
+                np.zeros(0, np.float32),
+                np.zeros((0, NUM_DENSE), np.float32),
+                np.zeros((0, NUM_SPARSE), np.int64),
+            )
+        if len(parts) == 1:
+            return parts[0]
+        return CriteoArrays(
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.dense for p in parts]),
+            np.concatenate([p.sparse for p in parts]),
+        )
+
+
+@dataclass
+class ReadReport:
+    """What a read did: the run report prints it.
+
+    Args:
+        paths: files read, in order.
+        rows: rows returned.
+        bad_rows_skipped: rows that broke the format and were skipped (``skip_bad_rows=True``).
+        bad_row_examples: the first few skipped rows as ``"file:line: reason"``.
+    """
+
+    paths: list[str]
+    rows: int = 0
+    bad_rows_skipped: int = 0
+    bad_row_examples: list[str] = field(default_factory=list)
+
+
+def read_criteo(
+    paths: PathLike | Sequence[PathLike],
+    *,
+    skip_bad_rows: bool = False,
+    max_rows: int | None = None,
+    progress: bool = False,
+) -> tuple[CriteoArrays, ReadReport]:
+    """Read whole Criteo TSV files (plain or ``.gz``) into arrays.
+
+    Args:
+        paths: one path or a sequence of paths, read in order.
+        skip_bad_rows: skip malformed rows and count them in the report instead of raising.
+        max_rows: stop after this many rows (``None``: read everything).
+        progress: show a tqdm progress bar per file.
+
+    Returns:
+        The rows and a ReadReport.
+
+    Raises:
+        DataFormatError: a malformed row (unless ``skip_bad_rows``), an empty file, or no valid
+            rows at all. The message names ``file:line``, the problem and the fix.
+    """
+    path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+    if not path_list:
+        raise DataFormatError("no input files given")
+    if max_rows is not None and max_rows < 1:
+        raise DataFormatError(f"max_rows={max_rows} must be >= 1")
+    report = ReadReport(paths=path_list)
+    parts: list[CriteoArrays] = []
+    for path in path_list:
+        for part in _iter_blocks(path, skip_bad_rows, report, progress):
+            if max_rows is not None and report.rows + len(part) >= max_rows:
+                parts.append(part.slice(0, max_rows - report.rows))
+                report.rows = max_rows
+                break
+            parts.append(part)
+            report.rows += len(part)
+        if max_rows is not None and report.rows >= max_rows:
+            break
+    if report.rows == 0:
+        raise DataFormatError(
+            f"no valid rows in {', '.join(path_list)} ({report.bad_rows_skipped} bad rows skipped, "
+            f"e.g. {report.bad_row_examples[:1]}); is this Criteo TSV?"
+        )
+    return CriteoArrays.concat(parts), report
+
+
+def iter_criteo_chunks(
+    path: PathLike, *, chunk_rows: int = 262144, skip_bad_rows: bool = False
+) -> Iterator[tuple[CriteoArrays, int]]:
+    """Stream one file in chunks of ``chunk_rows`` rows (the last may be shorter), bounded memory.
+
+    Args:
+        path: a Criteo TSV file, plain or ``.gz``.
+        chunk_rows: rows per yielded chunk.
+        skip_bad_rows: skip malformed rows instead of raising.
+
+    Yields:
+        ``(chunk, bad_rows)``: the rows, and how many malformed rows were skipped since the
+        previous chunk.
+
+    Raises:
+        DataFormatError: as ``read_criteo``.
+    """
+    if chunk_rows < 1:
+        raise DataFormatError(f"chunk_rows={chunk_rows} must be >= 1")
+    path = os.fspath(path)
+    report = ReadReport(paths=[path])
+    pending: list[CriteoArrays] = []
+    npending = 0
+    bad_reported = 0
+    for part in _iter_blocks(path, skip_bad_rows, report, progress=False):
+        pending.append(part)
+        npending += len(part)
+        while npending >= chunk_rows:
+            rows = CriteoArrays.concat(pending)
+            rest = rows.slice(chunk_rows, len(rows))
+            pending, npending = ([rest] if len(rest) else []), len(rest)
+            yield rows.slice(0, chunk_rows), report.bad_rows_skipped - bad_reported
+            bad_reported = report.bad_rows_skipped
+    if npending or report.bad_rows_skipped > bad_reported:
+        yield CriteoArrays.concat(pending), report.bad_rows_skipped - bad_reported
+
+
+# ----------------------------------------------------------------------------- file blocks
+def _iter_blocks(path: str, skip_bad_rows: bool, report: ReadReport, progress: bool) -> Iterator[CriteoArrays]:
+    """Parse ``path`` block by block; record skipped rows in ``report`` or raise on the first."""
+    try:
+        total = os.path.getsize(path)
+    except OSError as e:
+        raise DataFormatError(f"cannot read {path}: {e.strerror}") from None
+    if total == 0:
+        raise DataFormatError(f"{path} is empty; expected Criteo TSV rows (label, 13 integers, 26 hex categoricals)")
+    first_line = 1  # 1-based number of the first line of the current block
+    # One buffer for the whole file: PAD tab bytes, the partial line carried over from the last
+    # block, then the new block read in place. No per-block allocation or concatenation.
+    store = np.full(PAD + _MAX_LINE_BYTES + _BLOCK_BYTES + 1, 9, np.uint8)
+    ncarry = 0
+    try:
+        with open(path, "rb") as raw, tqdm(
+            total=total, unit="B", unit_scale=True, desc=os.path.basename(path), disable=not progress
+        ) as bar:
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+            view = memoryview(store)  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
+            while True:
+                got = stream.readinto(view[PAD + ncarry : PAD + ncarry + _BLOCK_BYTES])
+                bar.update(raw.tell() - bar.n)
+                end = PAD + ncarry + got
+                if not got:
+                    if not ncarry:
+                        break
+                    store[end] = 10  # a last line without newline is a complete row
+                    end += 1
+                cut = _last_newline(store, PAD, end) + 1
+                if cut == 0:
+                    ncarry = end - PAD
+                    if ncarry > _MAX_LINE_BYTES:
+                        raise DataFormatError(
+                            f"{path}:{first_line}: no newline in {ncarry:,} bytes; is this a Criteo TSV "
+                            "text file (gzip files must end in .gz)?"
+                        )
+                    continue
+                arrays, bad, nlines = _parse_block(store[:cut])
+                if len(bad):
+                    _handle_bad(path, store[PAD:cut], bad, first_line, skip_bad_rows, report)
+                first_line += nlines
+                ncarry = end - cut
+                store[PAD : PAD + ncarry] = store[cut:end]  # numpy copes with the overlap
+                if len(arrays):
+                    yield arrays
+                if not got:
+                    break
+    except OSError as e:  # unreadable file, truncated or corrupt gzip
+        what = "decompress" if path.endswith(".gz") else "read"
+        raise DataFormatError(f"{path}: cannot {what} ({e.strerror or e}); is the file complete?") from None
+    except EOFError as e:
+        raise DataFormatError(f"{path}: cannot decompress ({e}); is the file complete?") from None
+    if first_line == 1:
+        raise DataFormatError(f"{path} is empty after decompression; expected Criteo TSV rows")
+
+
+def _last_newline(store: np.ndarray, lo: int, hi: int) -> int:
+    """Index of the last newline in ``store[lo:hi]``, or -1; scans backwards from the end."""
+    step = 1 << 16
+    top = hi
+    while top > lo:
+        bottom = max(lo, top - step)
+        hits = np.flatnonzero(store[bottom:top] == 10)
+        if len(hits):
+            return bottom + int(hits[-1])
+        top = bottom
+    return -1
+
+
+def _handle_bad(
+    path: str, block: np.ndarray, bad: np.ndarray, first_line: int, skip: bool, report: ReadReport
+) -> None:
+    """Raise for the first bad line of a block, or count them and keep a few examples."""
+    want = 1 if not skip else max(0, _MAX_EXAMPLES - len(report.bad_row_examples))
+    if want:
+        nl = np.flatnonzero(block == 10)
+        starts = np.concatenate([[0], nl[:-1] + 1])
+        for i in bad[:want].tolist():
+            line = block[starts[i] : nl[i]].tobytes()
+            lineno = first_line + i
+            reason = _explain(line)
+            if reason == "CRLF":
+                if skip:
+                    report.bad_row_examples.append(f"{path}:{lineno}: Windows line ending (CRLF)")
+                    continue
+                raise DataFormatError(
+                    f"{path}:{lineno}: Windows line endings (CRLF) at line {lineno}; "
+                    f"convert the file with `sed -i 's/\\r$//' {path}`"
+                )
+            if not skip:
+                raise DataFormatError(f"{path}:{lineno}: {reason}; {_FIX_HINT}")
+            report.bad_row_examples.append(f"{path}:{lineno}: {reason}")
+    report.bad_rows_skipped += len(bad)
+
+
+def _explain(line: bytes) -> str:
+    """Say in words why one line (without its newline) is not a valid row; mirrors _parse_block."""
+    if line.endswith(b"\r"):
+        return "CRLF"
+    if not line:
+        return "empty line"
+    fields = line.split(b"\t")
+    if len(fields) != NUM_FIELDS:
+        return (
+            f"expected {NUM_FIELDS} tab-separated fields (label, {NUM_DENSE} integers, {NUM_SPARSE} hex "
+            f"categoricals), found {len(fields)}"
+        )
+    if fields[0] not in (b"0", b"1"):
+        return f"label is {_show(fields[0])}, expected 0 or 1"
+    for k, v in enumerate(fields[1 : 1 + NUM_DENSE]):
+        if v and not _DENSE_RE.fullmatch(v):
+            return f"{DENSE_NAMES[k]} (field {k + 2}) is {_show(v)}, expected a decimal integer or empty"
+    for k, v in enumerate(fields[1 + NUM_DENSE :]):
+        if v and not _HEX_RE.fullmatch(v):
+            return (
+                f"{SPARSE_NAMES[k]} (field {k + 2 + NUM_DENSE}) is {_show(v)}, "
+                f"expected at most {_HEX_DIGITS} hex digits or empty"
+            )
+    raise AssertionError(f"_parse_block rejected a line _explain accepts: {line[:200]!r}")
+
+
+def _show(v: bytes) -> str:
+    s = v.decode("utf-8", "backslashreplace")
+    return repr(s if len(s) <= 40 else s[:40] + "...")
+
+
+# ----------------------------------------------------------------------------- the parser
+# Fields are loaded 8 bytes at a time as little-endian uint64 ending at the field's last byte, so
+# byte k of the word is the field's (k - 8 + len)-th character and the field sits in the top
+# ``len`` bytes. Decoding then works on all 8 characters at once (SWAR) with plain integer ops.
+_U = np.uint64
+_ONES = _U(0x0101010101010101)
+_HIGH = _U(0x8080808080808080)
+_ASCII_ZEROS = _U(0x3030303030303030)
+# _KEEP[L]: the top L bytes of a word, i.e. the field's own characters (L = 0..8).
+_KEEP = np.array([0] + [((1 << (8 * L)) - 1) << (8 * (8 - L)) for L in range(1, 9)], dtype=np.uint64)
+_KEEP[8] = _U(0xFFFFFFFFFFFFFFFF)
+PAD = 32  # bytes before a block, so windows of the first fields stay inside the buffer
+
+
+def _in_range(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Per byte of ``x`` (all bytes < 0x80): 0x80 where lo <= byte <= hi, else 0."""
+    ge_lo = x + _U((0x80 - lo) * 0x0101010101010101)  # bit 7 set iff byte >= lo; no carries
+    gt_hi = x + _U((0x7F - hi) * 0x0101010101010101)  # bit 7 set iff byte > hi
+    return ge_lo & ~gt_hi & _HIGH
+
+
+def _parse_block(padded: np.ndarray) -> tuple[CriteoArrays, np.ndarray, int]:
+    """Parse complete lines ``padded[PAD:]`` (which ends with a newline) into arrays.
+
+    Returns:
+        The valid rows, the sorted 0-based indices of the invalid lines, and the number of lines.
+    """
+    buf = padded[PAD:]
+    sep = np.flatnonzero((buf == 9) | (buf == 10))  # every field end (tab or newline)
+    nl_idx = np.flatnonzero(buf[sep] == 10)
+    # Fields per line = separators up to and including its newline. A line with stripped
+    # trailing tabs has fewer: it is rejected, never padded.
+    nfields = np.diff(nl_idx, prepend=-1)
+    ok = nfields == NUM_FIELDS
+    sep += PAD
+    # Every field starts one past the previous separator, whatever line that was on.
+    starts = np.empty_like(sep)
+    starts[0] = PAD
+    starts[1:] = sep[:-1] + 1
+    if not ok.all():
+        keep = np.repeat(ok, nfields)
+        sep, starts = sep[keep], starts[keep]
+    ends = sep.reshape(-1, NUM_FIELDS)
+    lens = ends - starts.reshape(-1, NUM_FIELDS)
+
+    label_ch = padded[ends[:, 0] - 1]
+    good = (lens[:, 0] == 1) & ((label_ch == _ZERO) | (label_ch == _ZERO + 1))
+    words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    dense_val, dense_ok = _parse_dense(padded, words, ends[:, 1 : 1 + NUM_DENSE], lens[:, 1 : 1 + NUM_DENSE])
+    sparse_val, sparse_ok = _parse_hex(words, ends[:, 1 + NUM_DENSE :], lens[:, 1 + NUM_DENSE :])
+    good &= dense_ok & sparse_ok
+
+    line_ok = ok.copy()
+    line_ok[ok] = good
+    if not good.all():
+        label_ch, dense_val, sparse_val = label_ch[good], dense_val[good], sparse_val[good]
+    labels = (label_ch - _ZERO).astype(np.float32)
+    dense = np.log1p(np.maximum(dense_val, 0.0)).astype(np.float32)
+    return CriteoArrays(labels, dense, sparse_val), np.flatnonzero(~line_ok), len(line_ok)
+
+
+def _load(words: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The last 8 bytes of each field as a word, bytes before the field replaced by '0'."""
+    keep = _KEEP[np.minimum(lens, 8)]
+    return (words[ends - 8] & keep) | (_ASCII_ZEROS & ~keep)
+
+
+def _parse_hex(words: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hex values of at most 8 digits -> (N, 26) int64 (missing -> -1) and a per-row validity mask."""
+    x = _load(words, ends, lens)
+    is_hex = _in_range(x, 0x30, 0x39) | _in_range(x, 0x61, 0x66) | _in_range(x, 0x41, 0x46)
+    ok = ((x & _HIGH) == 0) & (is_hex == _HIGH) & (lens <= _HEX_DIGITS)
+    # Nibble per byte ('a'/'A' have bit 6 set: low nibble + 9), then pack 8 nibbles into 32 bits,
+    # first character most significant.
+    v = (x & _U(0x0F0F0F0F0F0F0F0F)) + _U(9) * ((x >> _U(6)) & _ONES)
+    m = _U(0x00FF00FF00FF00FF)
+    v = ((v & m) << _U(4)) | ((v >> _U(8)) & m)
+    m = _U(0x0000FFFF0000FFFF)
+    v = ((v & m) << _U(8)) | ((v >> _U(16)) & m)
+    v = ((v & _U(0xFFFFFFFF)) << _U(16)) | (v >> _U(32))
+    val = v.astype(np.int64)
+    val[lens == 0] = -1
+    return val, ok.all(axis=1)
+
+
+def _parse_dense(
+    padded: np.ndarray, words: np.ndarray, ends: np.ndarray, lens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal integers -> (N, 13) float64 values (missing -> 0) and a per-row validity mask."""
+    x = _load(words, ends, lens)
+    # A leading '-' is the byte at 8 - len: note it and turn it into '0'.
+    shift = (_U(8) * (_U(8) - np.clip(lens, 1, 8).astype(np.uint64)))
+    neg = (((x >> shift) & _U(0xFF)) == _U(_MINUS)) & (lens > 0)
+    x ^= np.where(neg, _U(_MINUS ^ _ZERO) << shift, _U(0))
+    ok = ((x & _HIGH) == 0) & (_in_range(x, 0x30, 0x39) == _HIGH) & ~(neg & (lens == 1))
+    # Classic 8-digit SWAR: combine pairs, then quads, then halves.
+    v = x - _ASCII_ZEROS
+    v = (v * _U(10) + (v >> _U(8))) & _U(0x00FF00FF00FF00FF)
+    v = (v * _U(100) + (v >> _U(16))) & _U(0x0000FFFF0000FFFF)
+    v = (v * _U(10000) + (v >> _U(32))) & _U(0xFFFFFFFF)
+    val = v.astype(np.float64)
+    val[neg] *= -1
+    long = lens > 8
+    if long.any():  # rare: more than 8 characters, decoded with one window per field
+        val[long], ok[long] = _parse_long_dense(padded, ends[long], lens[long])
+    return val, ok.all(axis=1)
+
+
+def _parse_long_dense(padded: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fields (1-D) of 9 to 20 characters: signed value (float64) and validity."""
+    width = _MAX_DENSE_CHARS
+    ch = np.lib.stride_tricks.sliding_window_view(padded, width)[ends - width]
+    ch[np.arange(width) < (width - np.minimum(lens, width))[:, None]] = _ZERO
+    rows, first = np.arange(len(ch)), np.clip(width - lens, 0, width - 1)
+    neg = ch[rows, first] == _MINUS
+    ch[rows[neg], first[neg]] = _ZERO
+    digits = _DEC_LUT[ch]
+    ok = ~(digits > 9).any(axis=-1) & (lens <= width)
+    val = digits.astype(np.float64) @ (10.0 ** np.arange(width - 1, -1, -1))
+    return np.where(neg, -val, val), ok

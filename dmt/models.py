@@ -1,0 +1,146 @@
+"""Flat baseline models: torchrec's DLRM and DLRM_DCN over one global EmbeddingBagCollection.
+
+These are the models users arrive with and the reference every DMT model is compared against.
+We build torchrec's own classes rather than our own so that ``dmt.transform`` rewrites exactly
+what a torchrec user has.
+
+Example:
+    >>> cfg = ModelConfig.preset("debug")
+    >>> model = build_flat_model(cfg)
+    >>> type(model.model).__name__, len(model.model.sparse_arch.embedding_bag_collection.embedding_bag_configs())
+    ('DLRM', 26)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torchrec.datasets.criteo import DEFAULT_CAT_NAMES
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dmt.errors import DmtError
+
+ARCHS = ("dlrm", "dlrm_dcn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape of a flat DLRM / DLRM_DCN.
+
+    Args:
+        arch: "dlrm" (pairwise dot interaction) or "dlrm_dcn" (low-rank cross network).
+        embedding_dim: width D of every embedding table; the dense arch ends in D too.
+        num_embeddings: rows per table, one per sparse feature (hashed ids are taken modulo this).
+        sparse_features: KJT keys, one table each, in the model's feature order.
+        num_dense: number of dense input features.
+        dense_arch: bottom MLP widths; the last must equal ``embedding_dim`` (DLRM requires it).
+        over_arch: top MLP widths; the last must be 1 (one logit).
+        dcn_num_layers, dcn_low_rank: cross network shape for ``arch="dlrm_dcn"``.
+    """
+
+    arch: str = "dlrm"
+    embedding_dim: int = 16
+    num_embeddings: tuple[int, ...] = (100_000,) * 26
+    sparse_features: tuple[str, ...] = tuple(DEFAULT_CAT_NAMES)
+    num_dense: int = 13
+    dense_arch: tuple[int, ...] = (64, 16)
+    over_arch: tuple[int, ...] = (128, 64, 1)
+    dcn_num_layers: int = 2
+    dcn_low_rank: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_embeddings", tuple(int(n) for n in self.num_embeddings))
+        object.__setattr__(self, "sparse_features", tuple(self.sparse_features))
+        object.__setattr__(self, "dense_arch", tuple(self.dense_arch))
+        object.__setattr__(self, "over_arch", tuple(self.over_arch))
+        if self.arch not in ARCHS:
+            raise DmtError(f"arch={self.arch!r} is not one of {ARCHS}")
+        if len(self.num_embeddings) != len(self.sparse_features):
+            raise DmtError(
+                f"num_embeddings has {len(self.num_embeddings)} entries but there are "
+                f"{len(self.sparse_features)} sparse features; give one table size per feature"
+            )
+        if min(self.num_embeddings) < 1:
+            raise DmtError(f"every table needs >= 1 row, got num_embeddings={self.num_embeddings}")
+        if not self.dense_arch or self.dense_arch[-1] != self.embedding_dim:
+            raise DmtError(
+                f"dense_arch={list(self.dense_arch)} must end in embedding_dim={self.embedding_dim} "
+                "(DLRM interacts the dense output with the embeddings)"
+            )
+        if not self.over_arch or self.over_arch[-1] != 1:
+            raise DmtError(f"over_arch={list(self.over_arch)} must end in 1 (one logit)")
+
+    @staticmethod
+    def preset(name: str, **overrides: object) -> ModelConfig:
+        """Named shapes: "debug" (tests, seconds on CPU), "small" (demo), "criteo" (Kaggle-sized)."""
+        presets = {
+            "debug": dict(embedding_dim=8, num_embeddings=(1000,) * 26, dense_arch=(16, 8),
+                          over_arch=(16, 1), dcn_low_rank=4),
+            "small": dict(embedding_dim=16, num_embeddings=(50_000,) * 26, dense_arch=(64, 16),
+                          over_arch=(128, 64, 1)),
+            "criteo": dict(embedding_dim=64, num_embeddings=(1_000_000,) * 26,
+                           dense_arch=(512, 256, 64), over_arch=(512, 256, 1), dcn_low_rank=64),
+        }
+        if name not in presets:
+            raise DmtError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
+        return ModelConfig(**{**presets[name], **overrides})
+
+    def replace(self, **changes: object) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> ModelConfig:
+        return ModelConfig(**d)
+
+
+def table_name(feature: str) -> str:
+    """Embedding table name of a sparse feature (one table per feature)."""
+    return f"t_{feature}"
+
+
+def embedding_bag_configs(cfg: ModelConfig) -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(
+            name=table_name(f),
+            embedding_dim=cfg.embedding_dim,
+            num_embeddings=n,
+            feature_names=[f],
+        )
+        for f, n in zip(cfg.sparse_features, cfg.num_embeddings)
+    ]
+
+
+def build_flat_model(cfg: ModelConfig, device: torch.device | str | None = None) -> DLRMTrain:
+    """torchrec DLRMTrain(DLRM or DLRM_DCN) over one EmbeddingBagCollection with a table per feature.
+
+    ``device="meta"`` builds the embedding tables without memory, for sharding with
+    DistributedModelParallel, which materialises only the local shards.
+    """
+    device = torch.device(device) if device is not None else None
+    ebc = EmbeddingBagCollection(tables=embedding_bag_configs(cfg), device=device)
+    # The dense part is small and always materialised: DMP replicates it with DDP.
+    dense_device = None if device is None or device.type == "meta" else device
+    common = dict(
+        embedding_bag_collection=ebc,
+        dense_in_features=cfg.num_dense,
+        dense_arch_layer_sizes=list(cfg.dense_arch),
+        over_arch_layer_sizes=list(cfg.over_arch),
+        dense_device=dense_device,
+    )
+    if cfg.arch == "dlrm":
+        model = DLRM(**common)
+    else:
+        model = DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank)
+    return DLRMTrain(model)
+
+
+def num_parameters(module: torch.nn.Module, names: Sequence[str] | None = None) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if names is None or n in names)

@@ -1,0 +1,104 @@
+"""Process groups and flat (non-tower) sharding with torchrec's DistributedModelParallel.
+
+The flat baseline uses torchrec unchanged: its planner picks shard placement under a sharding-type
+constraint, DMP shards the EmbeddingBagCollection and wraps the dense part in DDP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner import Topology as PlannerTopology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingEnv, ShardingType
+
+from dmt.errors import DmtError
+from dmt.models import ModelConfig, table_name
+from dmt.topology import Topology
+
+FLAT_SHARDINGS = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """What a rank needs to know about the distributed job it is part of."""
+
+    topology: Topology
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.topology.rank == 0
+
+
+def init_distributed(backend: str | None = None) -> DistEnv:
+    """Join the job torchrun started (default process group) and pick this rank's device.
+
+    CUDA ranks use NCCL on ``cuda:<local rank>``; CPU ranks use gloo.
+    """
+    topology = Topology.from_env()
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    if cuda:
+        # With CUDA_VISIBLE_DEVICES set per rank each process sees one GPU at index 0.
+        device = torch.device("cuda", topology.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    # torchrec reads the host size from here; LOCAL_WORLD_SIZE is its fallback with a warning.
+    os.environ.setdefault("TORCHREC_RESOLVED_POD_SIZE", str(topology.local_world_size))
+    return DistEnv(topology=topology, device=device, backend=backend)
+
+
+class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
+    """EBC sharder that also offers row-wise types on CPU.
+
+    torchrec's sharder lists ROW_WISE and TABLE_ROW_WISE only for CUDA, so its planner refuses them
+    on CPU, yet the CPU kernels and gloo collectives run them correctly (tested against an unsharded
+    model). Only the advertised list changes.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        extra = [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+        return types + [t for t in extra if t not in types]
+
+
+def shard_flat(
+    model: torch.nn.Module, cfg: ModelConfig, env: DistEnv, sharding: str = "table_wise"
+) -> DistributedModelParallel:
+    """Shard the flat model's tables with one sharding type; the planner places the shards."""
+    if sharding not in FLAT_SHARDINGS:
+        raise DmtError(f"sharding={sharding!r} is not one of {FLAT_SHARDINGS}")
+    topo = env.topology
+    constraints = {
+        table_name(f): ParameterConstraints(sharding_types=[sharding]) for f in cfg.sparse_features
+    }
+    sharders = [CpuRowWiseEBCSharder()]
+    planner = EmbeddingShardingPlanner(
+        topology=PlannerTopology(
+            world_size=topo.world_size,
+            compute_device=env.device.type,
+            local_world_size=topo.local_world_size,
+        ),
+        constraints=constraints,
+    )
+    # plan() on every rank rather than collective_plan(): the planner is deterministic, and a
+    # planning error on rank 0 would otherwise leave the other ranks hanging in the broadcast.
+    plan = planner.plan(model, sharders)
+    return DistributedModelParallel(
+        module=model,
+        env=ShardingEnv.from_process_group(dist.group.WORLD),
+        device=env.device,
+        plan=plan,
+        sharders=sharders,
+    )

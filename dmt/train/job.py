@@ -1,0 +1,138 @@
+"""One training job, as every rank runs it: data -> model -> (shard) -> train -> metrics.json.
+
+Run in one process it trains the unsharded model on the global batch. Run by torchrun on W ranks
+it shards the model and each rank takes its slice of every global batch, so both see the same
+samples per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from dmt.atomic import atomic_write_text
+from dmt.data.batching import iter_batches, num_global_batches
+from dmt.data.criteo import CriteoArrays, read_criteo
+from dmt.errors import DmtError
+from dmt.models import ModelConfig, build_flat_model
+from dmt.train.loop import LoopConfig, train
+from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    data: str
+    out: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_fraction: float = 0.2  # the last rows of the data are held out for evaluation
+    batch_size: int = 256  # per rank; the global batch is batch_size * world size
+    epochs: int = 1
+    max_steps: int = 0  # 0: run ``epochs`` full epochs
+    eval_every: int = 0
+    sharding: str = "table_wise"  # flat models under torchrun
+    seed: int = 0
+    skip_bad_rows: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise DmtError(f"eval_fraction={self.eval_fraction} must be strictly between 0 and 1")
+        if self.batch_size < 1 or self.epochs < 1 or self.max_steps < 0:
+            raise DmtError(
+                f"batch_size={self.batch_size} and epochs={self.epochs} must be >= 1, max_steps >= 0"
+            )
+
+
+def split_train_eval(arrays: CriteoArrays, eval_fraction: float) -> tuple[CriteoArrays, CriteoArrays]:
+    """Hold out the last ``eval_fraction`` of rows (the data's own order: later rows are later in time)."""
+    cut = int(round(len(arrays) * (1.0 - eval_fraction)))
+    return arrays.slice(0, cut), arrays.slice(cut, len(arrays))
+
+
+def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int):
+    for epoch in range(cfg.epochs):
+        yield from iter_batches(arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
+                                rank=rank, world_size=world, shuffle=True, seed=cfg.seed, epoch=epoch)
+
+
+def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
+    """Train the flat model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
+    if distributed:
+        from dmt.parallel import init_distributed, shard_flat  # noqa: PLC0415 (keeps 1-process start light)
+
+        env = init_distributed()
+        rank, world, device, is_main = env.topology.rank, env.topology.world_size, env.device, env.is_main
+    else:
+        rank, world, device, is_main = 0, 1, torch.device("cpu"), True
+
+    arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and is_main)
+    train_arrays, eval_arrays = split_train_eval(arrays, cfg.eval_fraction)
+    steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, world)
+    steps = cfg.epochs * steps_per_epoch
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and in the 1-process run
+    model = build_flat_model(cfg.model, device="meta" if distributed else None)
+    if distributed:
+        # Materialise the meta tables with the same values a 1-process run gets: build them on CPU
+        # under the same seed and copy them into the local shards after sharding.
+        torch.manual_seed(cfg.seed)
+        reference = build_flat_model(cfg.model).state_dict()
+        apply_sparse_optimizer(model, cfg.optim)
+        model = shard_flat(model, cfg.model, env, cfg.sharding)
+        _load_global_weights(model, reference)
+    else:
+        apply_sparse_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
+
+    def eval_batches():
+        return iter_batches(eval_arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
+                            rank=rank, world_size=world, shuffle=False)
+
+    start = time.perf_counter()
+    result = train(model, optimizer, _epoch_batches(train_arrays, cfg, rank, world), eval_batches,
+                   LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
+                   device=device, is_main=is_main)
+    wall = time.perf_counter() - start
+    final = result.evals[-1]
+    metrics = {
+        "model": cfg.model.arch,
+        "auc": final["auc"],
+        "logloss": final["logloss"],
+        "ne": final["ne"],
+        "steps": result.steps,
+        "world_size": world,
+        "global_batch": cfg.batch_size * world,
+        "samples_per_s": result.steps * cfg.batch_size * world / max(result.train_seconds, 1e-9),
+        "wall_seconds": wall,
+        "train_rows": len(train_arrays),
+        "eval_rows": final["num_samples"],
+        "bad_rows_skipped": report.bad_rows_skipped,
+        "losses": result.losses,
+        "evals": result.evals,
+        "config": asdict(cfg),
+    }
+    if is_main:
+        atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _load_global_weights(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> None:
+    """Copy unsharded weights into a DMP model's (possibly sharded) state, in place."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
+
+    for key, target in model.state_dict().items():
+        source = global_state[key.removeprefix("_dmp_wrapped_module.").removeprefix("module.")]
+        if isinstance(target, ShardedTensor):
+            for shard in target.local_shards():
+                offsets = shard.metadata.shard_offsets
+                sizes = shard.metadata.shard_sizes
+                index = tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+                shard.tensor.detach().copy_(source[index])
+        else:
+            target.detach().copy_(source)

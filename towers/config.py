@@ -1,0 +1,202 @@
+"""Configs of the tower modules (TM) and of the global interaction, plus the compression rule.
+
+Both configs are frozen, keyword-only dataclasses of JSON types, validated in ``__post_init__``.
+A bad value raises :class:`TowerConfigError` (a ``ValueError`` via ``DmtError``) that names it.
+
+Example:
+    >>> cfg = TowerModuleConfig(kind="dot", compression=4, hidden=(64,))
+    >>> TowerModuleConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> num_tower_outputs(num_features=6, compression=4.0)  # round(1.5) -> 2
+    2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dmt.errors import DmtError
+
+TOWER_KINDS = ("identity", "linear", "mlp", "dot", "dcn")
+GLOBAL_KINDS = ("dot", "dcn", "concat")
+
+
+class TowerConfigError(DmtError):
+    """A tower-module or global-interaction config with a bad value."""
+
+
+def num_tower_outputs(num_features: int, compression: float) -> int:
+    """Number of D-dim vectors k_t a tower of ``num_features`` features emits at ratio ``compression``.
+
+    ``k_t = max(1, floor(F_t / c + 1/2))``: F_t / c rounded half *up* (not Python's half-to-even
+    ``round``, which would send F=3 and F=5 at c=2 to 2 and 2), and never below one vector so a
+    tower always says something. Output bytes are ``k_t * D * element_size``, ~1/c of the identity's.
+
+    Args:
+        num_features: F_t >= 1.
+        compression: c >= 1.
+
+    Returns:
+        k_t, with 1 <= k_t <= F_t.
+    """
+    if num_features < 1:
+        raise TowerConfigError(f"num_features={num_features} must be >= 1")
+    if not compression >= 1.0:
+        raise TowerConfigError(f"compression={compression} must be >= 1")
+    return max(1, math.floor(num_features / compression + 0.5))
+
+
+def _check_kind(kind: Any, allowed: tuple[str, ...], what: str) -> None:
+    if kind not in allowed:
+        raise TowerConfigError(f"{what} kind={kind!r} is not one of {list(allowed)}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    # bool is an int subclass; `hidden=True` is a bug, not a width of 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TowerConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def _as_hidden(value: Any) -> tuple[int, ...]:
+    """Accept a sequence of widths (JSON list) or a CLI string "64,32"; return a tuple."""
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise TowerConfigError(
+                f"hidden={value!r} must be comma-separated integers, e.g. '64,32'"
+            ) from None
+    try:
+        hidden = tuple(value)
+    except TypeError:
+        raise TowerConfigError(f"hidden={value!r} must be a sequence of layer widths") from None
+    for h in hidden:
+        _check_int(f"hidden width (in hidden={list(hidden)})", h, 1)
+    return hidden
+
+
+def _check_cross(kind: str, num_cross_layers: Any, cross_rank: Any) -> None:
+    _check_int("num_cross_layers", num_cross_layers, 1)
+    _check_int("cross_rank", cross_rank, 0)
+    # A setting that would silently do nothing is an error, not a surprise later.
+    if kind != "dcn" and (num_cross_layers != 1 or cross_rank != 0):
+        raise TowerConfigError(
+            f"num_cross_layers={num_cross_layers}, cross_rank={cross_rank} only apply to kind='dcn' "
+            f"(got kind={kind!r}); leave them at their defaults"
+        )
+
+
+def _from_dict(cls: type, d: Mapping[str, Any]) -> Any:
+    if not isinstance(d, Mapping):
+        raise TowerConfigError(f"{cls.__name__} must come from a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TowerConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TowerModuleConfig:
+    """How every tower module of a plan is built (see ``towers.build_tower_modules``).
+
+    Args:
+        kind: "identity" (concatenation, the flat model's exact input), "linear" (projection),
+            "mlp" (projection with a residual MLP branch), "dot" (in-tower pairwise dots, then
+            projection) or "dcn" (in-tower cross network, then projection).
+        compression: c >= 1; a tower of F features emits ``num_tower_outputs(F, c)`` D-dim vectors.
+            Must be 1 for "identity", which keeps all F.
+        hidden: widths of the residual MLP branch of the projection. Required for "mlp",
+            optional for "dot"/"dcn", not allowed for "identity"/"linear". A CLI string
+            "64,32" is accepted.
+        num_cross_layers: cross layers of "dcn" towers.
+        cross_rank: "dcn" only; 0 uses a full-rank ``CrossNet``, r > 0 a ``LowRankCrossNet`` of rank r.
+    """
+
+    kind: str = "identity"
+    compression: float = 1.0
+    hidden: tuple[int, ...] = ()
+    num_cross_layers: int = 1
+    cross_rank: int = 0  # 0: full rank; low rank pays off once F*D is in the hundreds
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind, TOWER_KINDS, "tower")
+        c = self.compression
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1:
+            raise TowerConfigError(f"compression={c!r} must be a finite number >= 1")
+        object.__setattr__(self, "compression", float(c))
+        object.__setattr__(self, "hidden", _as_hidden(self.hidden))
+        if self.kind == "identity" and self.compression != 1.0:
+            raise TowerConfigError(
+                f"kind='identity' keeps all features, so compression={c} cannot apply; "
+                "use kind='linear' (or 'mlp', 'dot', 'dcn') to compress"
+            )
+        if self.kind in ("identity", "linear") and self.hidden:
+            raise TowerConfigError(
+                f"kind={self.kind!r} has no hidden layers (got hidden={list(self.hidden)}); use kind='mlp'"
+            )
+        if self.kind == "mlp" and not self.hidden:
+            raise TowerConfigError("kind='mlp' needs hidden widths, e.g. hidden=(128,); or use kind='linear'")
+        _check_cross(self.kind, self.num_cross_layers, self.cross_rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TowerModuleConfig:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalInteractionConfig:
+    """The global interaction over [dense, tower outputs] (see ``towers.build_global_interaction``).
+
+    Args:
+        kind: "dot" (DLRM pairwise dots, torchrec ``InteractionArch``), "dcn" (cross network over
+            the concatenation, torchrec ``InteractionDCNArch``) or "concat" (concatenation, then
+            an optional MLP).
+        hidden: "concat" only: MLP widths after the concatenation; () returns the concatenation.
+        num_cross_layers: cross layers of "dcn".
+        cross_rank: "dcn" only; 0 uses a full-rank ``CrossNet``, r > 0 a ``LowRankCrossNet``.
+    """
+
+    kind: str = "dot"
+    hidden: tuple[int, ...] = ()
+    num_cross_layers: int = 1
+    cross_rank: int = 0
+
+    def __post_init__(self) -> None:
+        _check_kind(self.kind, GLOBAL_KINDS, "global interaction")
+        object.__setattr__(self, "hidden", _as_hidden(self.hidden))
+        if self.hidden and self.kind != "concat":
+            raise TowerConfigError(
+                f"hidden={list(self.hidden)} only applies to the global kind='concat' (got {self.kind!r})"
+            )
+        _check_cross(self.kind, self.num_cross_layers, self.cross_rank)
+
+    def output_dim(self, num_tower_outputs: int, embedding_dim: int) -> int:
+        """Width of the interaction output for K = ``num_tower_outputs`` vectors of dim D.
+
+        dot: D + K + K(K-1)/2 (dense, dense-tower dots, tower-tower dots); dcn and concat without
+        hidden layers: (K+1)*D; concat with hidden layers: hidden[-1].
+        """
+        k, d = num_tower_outputs, embedding_dim
+        if self.kind == "dot":
+            return d + k + k * (k - 1) // 2
+        if self.kind == "concat" and self.hidden:
+            return self.hidden[-1]
+        return (k + 1) * d
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GlobalInteractionConfig:
+        return _from_dict(cls, d)
