@@ -1,9 +1,9 @@
 """Run a ``dmt`` command on H emulated hosts x L ranks on this machine, through real torchrun.
 
-One torchrun agent per emulated host (``--nnodes H --node-rank h --nproc-per-node L``) with a
-static rendezvous on 127.0.0.1, so every rank sees exactly the variables it would see on a real
-cluster (LOCAL_WORLD_SIZE=L, ranks contiguous per host). On real hosts the user runs the same
-torchrun line on each host with their own rendezvous address instead.
+One torchrun agent per emulated host (``--nnodes H --nproc-per-node L``) meeting at a c10d
+rendezvous on 127.0.0.1, so every rank sees exactly the variables it would see on a real cluster
+(LOCAL_WORLD_SIZE=L, ranks contiguous per host). On real hosts the user runs the same torchrun
+line on each host with their own rendezvous endpoint.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ def free_port() -> int:
 
 
 def torchrun_command(
-    argv: Sequence[str], *, hosts: int, ranks_per_host: int, host: int, port: int, max_restarts: int = 0
+    argv: Sequence[str], *, hosts: int, ranks_per_host: int, port: int
 ) -> list[str]:
-    """The torchrun command line for emulated host ``host`` running ``dmt <argv>``."""
+    """The torchrun command line of one emulated host running ``dmt <argv>``."""
     return [
         sys.executable, "-m", "torch.distributed.run",
-        f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}", f"--node-rank={host}",
-        "--master-addr=127.0.0.1", f"--master-port={port}", f"--max-restarts={max_restarts}",
+        f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=dmt-{port}",
         "-m", "dmt.cli", *argv,
     ]  # fmt: skip
 
@@ -48,7 +48,6 @@ def launch_local(
     *,
     hosts: int,
     ranks_per_host: int,
-    max_restarts: int = 0,
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Start ``hosts`` torchrun agents running ``dmt <argv>``; return the worst exit code.
@@ -64,8 +63,7 @@ def launch_local(
     child_env.setdefault("OMP_NUM_THREADS", "1")
     procs = [
         subprocess.Popen(
-            torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, host=h, port=port,
-                             max_restarts=max_restarts),
+            torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, port=port),
             env=child_env,
             start_new_session=True,
         )

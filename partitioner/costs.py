@@ -14,7 +14,7 @@ model's hashing, i.e. capped by the table size) are measured from data.
 Example:
     >>> import numpy as np
     >>> ids = np.array([[3, -1], [5, 7], [3, 9], [-1, 7]])  # 4 samples, 2 features, -1 = missing
-    >>> c = measure_costs(ids, ["a", "b"], embedding_dim=4, batch_size=10, num_embeddings=[100, 2])
+    >>> c = measure_costs(ids, ["a", "b"], embedding_dim=4, batch_size=10, num_embeddings=[100, 3])
     >>> c.pooling_factor.tolist(), c.table_rows.tolist(), c.lookup_cost.tolist()
     ([0.75, 0.75], [2, 2], [30.0, 30.0])
     >>> c.memory_bytes.tolist()  # 2 rows x 4 dims x 4 bytes + 2 rows x 4 bytes of row-wise Adagrad

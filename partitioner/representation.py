@@ -17,6 +17,9 @@ Example:
 from __future__ import annotations
 
 import abc
+import io
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +79,36 @@ class FeatureRepresentation:
             values = a.data if sp.issparse(a) else np.asarray(a)
             if not np.isfinite(values).all() or (values < 0).any():
                 raise PartitionError("affinity must be finite and >= 0", PartitionErrorReason.INPUT)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an ``.npz`` (atomically) that :meth:`load` reads back; the affinity is stored dense."""
+        from dmt.atomic import atomic_open  # noqa: PLC0415
+
+        arrays = {"names": np.array(self.names), "meta": np.array(json.dumps({"source": self.source, "info": self.info}))}
+        if self.vectors is not None:
+            arrays["vectors"] = self.vectors
+        if self.affinity is not None:
+            arrays["affinity"] = self.dense_affinity()
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        with atomic_open(path, "wb") as f:
+            f.write(buf.getvalue())
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> FeatureRepresentation:
+        """Read a representation written by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return FeatureRepresentation(
+                    names=tuple(z["names"].tolist()),
+                    vectors=z["vectors"] if "vectors" in z else None,
+                    affinity=z["affinity"] if "affinity" in z else None,
+                    source=meta["source"],
+                    info=meta["info"],
+                )
+        except (OSError, ValueError, KeyError) as e:
+            raise PartitionError(f"cannot read representation {os.fspath(path)!r}: {e}", PartitionErrorReason.INPUT) from None
 
     @property
     def num_features(self) -> int:

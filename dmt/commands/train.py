@@ -45,6 +45,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     dist.add_argument("--sharding", default="table_wise",
                       choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
                       help="flat model sharding type (table_wise)")
+    ck = p.add_argument_group("checkpoints")
+    ck.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
+    ck.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>")
     p.add_argument("--out", default="runs/train", help="output directory (runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -67,6 +70,7 @@ def job_config(args: argparse.Namespace):
         eval_fraction=args.eval_fraction, batch_size=args.batch_size, epochs=args.epochs,
         max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
         skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
     )  # fmt: skip
 
 
@@ -82,10 +86,21 @@ def run(args: argparse.Namespace) -> int:
         run_job(cfg, distributed=True)
         return 0
     if args.hosts * args.ranks_per_host > 1:
-        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host)
+        rc = launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host)
+        if rc == 0:
+            _print_summary(cfg.out)
+        return rc
     from dmt.train.job import run_job  # noqa: PLC0415
 
-    metrics = run_job(cfg, distributed=False)
-    print(f"auc {metrics['auc']:.4f}  logloss {metrics['logloss']:.4f}  ne {metrics['ne']:.4f}  "
-          f"-> {cfg.out}/metrics.json")
+    run_job(cfg, distributed=False)
+    _print_summary(cfg.out)
     return 0
+
+
+def _print_summary(out: str) -> None:
+    import json  # noqa: PLC0415
+
+    with open(f"{out}/metrics.json") as f:
+        m = json.load(f)
+    print(f"auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  ne {m['ne']:.4f}  steps {m['steps']}  "
+          f"samples/s {m['samples_per_s']:,.0f}  -> {out}/metrics.json")

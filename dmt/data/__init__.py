@@ -10,6 +10,7 @@ from dmt.data.criteo import (
     iter_criteo_chunks,
     read_criteo,
 )
+from dmt.data.synthetic import SyntheticSpec, generate_criteo
 
 __all__ = [
     "DENSE_NAMES",
@@ -18,6 +19,8 @@ __all__ = [
     "SPARSE_NAMES",
     "CriteoArrays",
     "ReadReport",
+    "SyntheticSpec",
+    "generate_criteo",
     "iter_criteo_chunks",
     "read_criteo",
 ]

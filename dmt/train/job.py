@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +20,8 @@ from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import CriteoArrays, read_criteo
 from dmt.errors import DmtError
 from dmt.models import ModelConfig, build_flat_model
-from dmt.train.loop import LoopConfig, train
+from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
 
 
@@ -36,6 +38,8 @@ class JobConfig:
     eval_every: int = 0
     sharding: str = "table_wise"  # flat models under torchrun
     seed: int = 0
+    checkpoint_every: int = 0  # steps; 0 disables checkpoints
+    resume: bool = False  # continue from the newest complete checkpoint in <out>/checkpoints
     skip_bad_rows: bool = False
     progress: bool = True
 
@@ -54,10 +58,14 @@ def split_train_eval(arrays: CriteoArrays, eval_fraction: float) -> tuple[Criteo
     return arrays.slice(0, cut), arrays.slice(cut, len(arrays))
 
 
-def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int):
-    for epoch in range(cfg.epochs):
+def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, start_step: int = 0):
+    """This rank's batches from global step ``start_step`` on: the data order depends only on the seed."""
+    per_epoch = num_global_batches(len(arrays), cfg.batch_size, world)
+    for epoch in range(start_step // per_epoch, cfg.epochs):
+        start = start_step - epoch * per_epoch if epoch == start_step // per_epoch else 0
         yield from iter_batches(arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
-                                rank=rank, world_size=world, shuffle=True, seed=cfg.seed, epoch=epoch)
+                                rank=rank, world_size=world, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                start=start)
 
 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
@@ -73,6 +81,11 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and is_main)
     train_arrays, eval_arrays = split_train_eval(arrays, cfg.eval_fraction)
     steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, world)
+    if steps_per_epoch == 0:
+        raise DmtError(
+            f"{len(train_arrays)} training rows cannot fill one global batch of {cfg.batch_size * world} "
+            f"({cfg.batch_size} per rank x {world} ranks); use more data or a smaller --batch-size"
+        )
     steps = cfg.epochs * steps_per_epoch
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
 
@@ -86,18 +99,31 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         apply_sparse_optimizer(model, cfg.optim)
         model = shard_flat(model, cfg.model, env, cfg.sharding)
         _load_global_weights(model, reference)
-    else:
-        apply_sparse_optimizer(model, cfg.optim)
     optimizer = build_optimizer(model, cfg.optim)
 
     def eval_batches():
         return iter_batches(eval_arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
                             rank=rank, world_size=world, shuffle=False)
 
+    ckpt_root = os.path.join(cfg.out, "checkpoints")
+    fingerprint = json.loads(json.dumps({"global_batch": cfg.batch_size * world, "seed": cfg.seed,
+                                         "train_rows": len(train_arrays), "model": cfg.model.to_dict()}))
+    history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume else None
+
+    def on_checkpoint(progress: LoopResult) -> None:
+        save_checkpoint(ckpt_root, progress.steps, model, optimizer,
+                        {"fingerprint": fingerprint, "progress": asdict(progress)})
+        _maybe_inject_fault(progress.steps)
+
     start = time.perf_counter()
-    result = train(model, optimizer, _epoch_batches(train_arrays, cfg, rank, world), eval_batches,
+    first_step = history.steps if history else 0
+    result = train(model, optimizer, _epoch_batches(train_arrays, cfg, rank, world, first_step), eval_batches,
                    LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
-                   device=device, is_main=is_main)
+                   device=device, is_main=is_main, history=history,
+                   checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint)
+    if cfg.checkpoint_every:
+        save_checkpoint(ckpt_root, result.steps, model, optimizer,
+                        {"fingerprint": fingerprint, "progress": asdict(result)})
     wall = time.perf_counter() - start
     final = result.evals[-1]
     metrics = {
@@ -120,6 +146,33 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     if is_main:
         atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> LoopResult | None:
+    path = latest_checkpoint(root)
+    if path is None:
+        if is_main:
+            print(f"[dmt] --resume: no checkpoint in {root} yet, starting from step 0")
+        return None
+    meta = load_checkpoint(path, model, optimizer)
+    if meta["fingerprint"] != fingerprint:
+        diff = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
+        raise DmtError(f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
+                       "the same data, model, seed and global batch, or use a new --out")
+    if is_main:
+        print(f"[dmt] resumed from {path} at step {meta['step']}")
+    return LoopResult(**meta["progress"])
+
+
+def _maybe_inject_fault(step: int) -> None:
+    """Test hook: DMT_FAULT="rank:step" SIGKILLs that rank after the checkpoint at that step,
+    on the first attempt only (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT)."""
+    spec = os.environ.get("DMT_FAULT")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    rank, at = (int(x) for x in spec.split(":"))
+    if step == at and int(os.environ.get("RANK", "0")) == rank:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _load_global_weights(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> None:

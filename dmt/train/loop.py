@@ -105,6 +105,10 @@ def evaluate(pipeline, model: torch.nn.Module, batches: Iterator[Batch]) -> dict
     return binary_metrics(logits, labels)
 
 
+def _next_boundary(step: int, every: int, last: int) -> int:
+    return min(last, (step // every + 1) * every) if every else last
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -114,18 +118,27 @@ def train(
     *,
     device: torch.device = torch.device("cpu"),
     is_main: bool = True,
+    history: LoopResult | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[LoopResult], None] | None = None,
 ) -> LoopResult:
-    """Train for ``cfg.steps`` steps from ``train_batches``; evaluate on fresh ``eval_batches()``."""
+    """Train until ``cfg.steps`` steps from ``train_batches``; evaluate on fresh ``eval_batches()``.
+
+    ``history`` continues a resumed run (its ``steps`` must match where ``train_batches`` starts);
+    ``on_checkpoint`` is called every ``checkpoint_every`` steps with the result so far.
+    """
     if isinstance(model, DistributedModelParallel):
         pipeline = TrainPipelineSparseDist(model, optimizer, device)
     else:
         pipeline = _PlainPipeline(model, optimizer)
-    result = LoopResult()
-    bar = tqdm(total=cfg.steps, desc="train", disable=not (cfg.progress and is_main), unit="step")
-    phase = cfg.eval_every or cfg.steps
+    result = history or LoopResult()
+    bar = tqdm(total=cfg.steps, initial=result.steps, desc="train", unit="step",
+               disable=not (cfg.progress and is_main))
     model.train()
     while result.steps < cfg.steps:
-        n = min(phase, cfg.steps - result.steps)
+        next_eval = _next_boundary(result.steps, cfg.eval_every, cfg.steps)
+        next_ckpt = _next_boundary(result.steps, checkpoint_every, cfg.steps)
+        n = min(next_eval, next_ckpt) - result.steps
         start = time.perf_counter()
         outputs = _run_phase(pipeline, itertools.islice(train_batches, n))
         result.train_seconds += time.perf_counter() - start
@@ -140,10 +153,14 @@ def train(
         result.losses += losses
         result.steps += len(outputs)
         bar.update(len(outputs))
-        metrics = evaluate(pipeline, model, eval_batches())
-        result.evals.append({"step": result.steps, **metrics})
-        bar.set_postfix(loss=f"{result.losses[-1]:.4f}", auc=f"{metrics['auc']:.4f}")
-        if len(outputs) < n:
+        out_of_data = len(outputs) < n
+        if result.steps == next_eval or out_of_data:
+            metrics = evaluate(pipeline, model, eval_batches())
+            result.evals.append({"step": result.steps, **metrics})
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", auc=f"{metrics['auc']:.4f}")
+        if on_checkpoint is not None and result.steps == next_ckpt and checkpoint_every:
+            on_checkpoint(result)
+        if out_of_data:
             break
     bar.close()
     return result

@@ -1,9 +1,11 @@
-"""Optimizers the way torchrec wants them: embeddings updated inside backward, dense ones after.
+"""Optimizers for embedding tables and dense parameters, sharded or not.
 
-Embedding tables get their optimizer through ``apply_optimizer_in_backward``. Unsharded, that runs
-the torch optimizer in a backward hook; under DistributedModelParallel the sharder turns the same
-spec into fbgemm's fused kernel (SGD -> EXACT_SGD, Adagrad -> EXACT_ADAGRAD, RowWiseAdagrad ->
-EXACT_ROWWISE_ADAGRAD). One model definition therefore trains identically in one process and sharded.
+Sharded models: embedding tables get their optimizer through ``apply_optimizer_in_backward`` before
+DistributedModelParallel, whose sharder turns the spec into fbgemm's fused kernel (SGD -> EXACT_SGD,
+Adagrad -> EXACT_ADAGRAD, RowWiseAdagrad -> EXACT_ROWWISE_ADAGRAD); the loop steps the fused optimizer
+(a no-op: the update happened in backward) and the dense one. Unsharded models in one process use the
+same torch optimizer classes as ordinary optimizers, so their state checkpoints like any other.
+The flat parity tests check that both paths train identically.
 """
 
 from __future__ import annotations
@@ -54,11 +56,30 @@ def apply_sparse_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> None:
             )
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer the training loop steps: dense parameters, plus the fused one when sharded."""
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(model.named_parameters())),
-        lambda params: DENSE_OPTIMIZERS[cfg.dense](params, **_kwargs(cfg.dense, cfg.dense_lr)),
-    )
+def _embedding_parameter_names(model: torch.nn.Module) -> set[str]:
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, EmbeddingBagCollection):
+            names |= {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters()}
+    return names
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> CombinedOptimizer:
+    """The keyed optimizer the training loop steps and checkpoints.
+
+    Sharded (DistributedModelParallel): the fused embedding optimizer + the dense one. Unsharded:
+    the embedding optimizer over the tables + the dense one over everything else.
+    """
+    dense_factory = lambda params: DENSE_OPTIMIZERS[cfg.dense](params, **_kwargs(cfg.dense, cfg.dense_lr))  # noqa: E731
     fused = getattr(model, "fused_optimizer", None)  # DistributedModelParallel only
-    return CombinedOptimizer([fused, dense]) if fused is not None else dense
+    if fused is not None:
+        dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())), dense_factory)
+        return CombinedOptimizer([("sparse", fused), ("dense", dense)])
+    tables = _embedding_parameter_names(model)
+    params = dict(model.named_parameters())
+    sparse = KeyedOptimizerWrapper(
+        {n: p for n, p in params.items() if n in tables},
+        lambda ps: SPARSE_OPTIMIZERS[cfg.sparse](ps, **_kwargs(cfg.sparse, cfg.sparse_lr)),
+    )
+    dense = KeyedOptimizerWrapper({n: p for n, p in params.items() if n not in tables}, dense_factory)
+    return CombinedOptimizer([("sparse", sparse), ("dense", dense)])

@@ -1,0 +1,736 @@
+"""Shard a DMT model: every tower on its plan host, with torchrec's tower sharding made safe.
+
+torchrec's ``EmbeddingTowerCollectionSharder`` already implements SPTT's communication: a
+cross-host all-to-all of each tower's ids to the tower's host (peers only), an intra-host sharded
+lookup, the tower module under intra-host DDP, and a cross-host all-to-all of the tower outputs.
+Used as is, it has traps (``shared/research/TORCHREC_FINDINGS.md``); this module fixes each with a
+small subclass rather than a fork:
+
+(a) outputs come back in *host* order, not logical tower order -> :class:`ShardedTowerCollection`
+    reorders the columns after the output all-to-all (``output_dist``), so the sharded collection
+    returns exactly what the unsharded one returns;
+(b) the sharding plan is mutated in place (TWRW -> RW, global -> local ranks) -> the sharder and
+    :func:`shard` deep-copy the plan; :attr:`DmtModelParallel.sharding_plan` stays the global one;
+(c) ``load_state_dict`` of the sharded collection fails, and with ``strict=False`` (as well as
+    through DMP's own ``load_state_dict``, which never raises) restores nothing, silently ->
+    :meth:`ShardedTowerCollection.load_state_dict` maps ``towers.{i}.*`` keys onto the local shards
+    and :class:`DmtModelParallel` raises on missing/unexpected keys and bad shapes;
+(d) intra-host DDP with CPU ``device_ids`` crashes, and so does DDP around a tower module without
+    parameters (identity towers) -> :class:`CpuSafeDDP` / :class:`ParameterFreeTower`, swapped in
+    only while torchrec constructs the collection (see :func:`_safe_tower_sharding` for why;
+    the same swap keeps process-group creation in step on hosts without towers);
+(e) the batch size is cached at the first call; a smaller batch aborts the process on a host
+    without towers -> a changed batch size raises :class:`dmt.errors.DmtError` before any
+    collective;
+(f) the CPU planner refuses row-wise types -> not used: plans are built by hand, from the
+    :class:`dmt.plan.TowerPlan`, in logical tower order (:func:`build_sharding_plan`).
+
+Two more things needed fixing on the way. A sharded EBC orders its output keys by sharding
+group, not by its tables, so :meth:`ShardedTowerCollection.compute` (a 25-line fork of
+torchrec's) hands each tower module its features in the unsharded order. And torchrec sizes its
+intra-host groups from environment variables (``LOCAL_WORLD_SIZE`` times
+``TORCHREC_RESOLVED_POD_SIZE`` in 1.8, ``TOPOLOGY_DOMAIN_MULTIPLE`` in 1.6, both counted in hosts
+per pod) and caches the groups for the life of the process: :func:`shard` pins them to the
+topology while it shards and checks the groups it got.
+
+Shapes: B = local batch, H = hosts, L = ranks per host, D_t = tower t's output width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torchrec.distributed.embedding_tower_sharding as _ets
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.nn.modules.module import _IncompatibleKeys
+from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed.comm import intra_and_cross_node_pg
+from torchrec.distributed.embedding_tower_sharding import (
+    EmbeddingTowerCollectionSharder,
+    ShardedEmbeddingTowerCollection,
+)
+from torchrec.distributed.model_parallel import DistributedModelParallel, get_unwrapped_module
+from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, table_row_wise
+from torchrec.distributed.types import (
+    Awaitable,
+    LazyAwaitable,
+    ParameterSharding,
+    ShardedModule,
+    ShardingEnv,
+    ShardingPlan,
+    ShardingType,
+)
+from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from dmt.dmt_model import ColumnBlocks, index_to_blocks, permute_columns
+from dmt.errors import DmtError, TopologyError
+from dmt.parallel import DistEnv
+from dmt.plan import PlanError, TowerPlan
+from dmt.topology import Topology
+
+__all__ = [
+    "SHARDINGS",
+    "SMALL_TABLE_ROWS",
+    "CpuSafeDDP",
+    "DmtModelParallel",
+    "ParameterFreeTower",
+    "ShardedTowerCollection",
+    "StateDictError",
+    "TowerCollectionSharder",
+    "build_sharding_plan",
+    "find_tower_collection",
+    "shard",
+    "tower_process_groups",
+]
+
+TWRW = ShardingType.TABLE_ROW_WISE.value
+TWCW = ShardingType.TABLE_COLUMN_WISE.value
+SHARDINGS = ("auto", TWRW, TWCW)
+# "auto" shards a tower column-wise when all its tables have at most this many rows (see
+# build_sharding_plan): below it, hot rows would pile row-wise lookups onto one rank.
+SMALL_TABLE_ROWS = 65_536
+# fbgemm's GPU kernels want column shards whose width is a multiple of 4.
+_CW_ALIGN = 4
+
+
+class StateDictError(DmtError):
+    """A state dict that does not fit the (sharded) model: missing, unknown or mis-shaped entries."""
+
+
+# ------------------------------------------------------------------------------------------ (d)
+class CpuSafeDDP(DistributedDataParallel):
+    """DDP that ignores ``device_ids`` made only of CPU devices (torch rejects them for CPU modules)."""
+
+    def __init__(self, module: nn.Module, device_ids: list[Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        if device_ids is not None and all(torch.device(d).type == "cpu" for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids, *args, **kwargs)
+
+
+class ParameterFreeTower(nn.Module):
+    """Stands in for intra-host DDP around a tower module with nothing to train (e.g. identity).
+
+    DDP refuses modules without trainable parameters; torchrec's collection only needs ``.module``.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+def _tower_ddp(module: nn.Module, device_ids: list[Any] | None = None, *args: Any, **kwargs: Any) -> nn.Module:
+    """What torchrec's tower sharding gets when it asks for ``DistributedDataParallel(...)``."""
+    if not any(p.requires_grad for p in module.parameters()):
+        return ParameterFreeTower(module)
+    return CpuSafeDDP(module, device_ids, *args, **kwargs)
+
+
+class _MeshlessShardingEnv(ShardingEnv):
+    """A ShardingEnv that builds no DeviceMesh, for the intra-host sharding of tower tables.
+
+    ``ShardingEnv.__init__`` calls ``init_device_mesh`` (a world-wide ``new_group``), but torchrec
+    builds the intra-host env only on ranks whose host holds towers. With an idle host the
+    ranks' group creations then fall out of step and the next ``new_group`` hangs (seen with
+    torchrec 1.6.1: a second ``shard`` never returns). The mesh is only read for DTensor outputs,
+    which the tower path does not use (and it would span the wrong ranks on any host but 0).
+    """
+
+    def __init__(
+        self, world_size: int, rank: int, pg: dist.ProcessGroup | None = None, output_dtensor: bool = False
+    ) -> None:
+        super().__init__(world_size, rank, None, output_dtensor)
+        self.process_group = pg
+
+
+@contextlib.contextmanager
+def _safe_tower_sharding() -> Iterator[None]:
+    """While active, torchrec's tower sharding uses :func:`_tower_ddp` and :class:`_MeshlessShardingEnv`.
+
+    ``ShardedEmbeddingTowerCollection.__init__`` calls the module-level names
+    ``DistributedDataParallel(module, device_ids=[device], ...)`` for every local tower module
+    (which fails for CPU devices and for modules without parameters) and ``ShardingEnv(...)``
+    for its intra-host env (see :class:`_MeshlessShardingEnv`), with no hook to change either;
+    the alternative to this swap is forking its 150-line constructor. The swap is limited to
+    that constructor call (sharding is single-threaded) and undone even when it raises.
+    """
+    originals = (_ets.DistributedDataParallel, _ets.ShardingEnv)
+    _ets.DistributedDataParallel, _ets.ShardingEnv = _tower_ddp, _MeshlessShardingEnv
+    try:
+        yield
+    finally:
+        _ets.DistributedDataParallel, _ets.ShardingEnv = originals
+
+
+@contextlib.contextmanager
+def _torchrec_host_size(local_world_size: int) -> Iterator[None]:
+    """Make torchrec's ``intra_and_cross_node_pg`` see hosts of ``local_world_size`` ranks.
+
+    torchrec multiplies LOCAL_WORLD_SIZE by TORCHREC_RESOLVED_POD_SIZE (1.8) or
+    TOPOLOGY_DOMAIN_MULTIPLE (1.6), both counted in *hosts* per pod; a DMT host is its own pod, so
+    both are 1 here. The variables are restored afterwards: nothing reads them once the groups exist.
+    """
+    pinned = {"LOCAL_WORLD_SIZE": str(local_world_size), "TORCHREC_RESOLVED_POD_SIZE": "1",
+              "TOPOLOGY_DOMAIN_MULTIPLE": "1"}
+    saved = {k: os.environ.get(k) for k in pinned}
+    os.environ.update(pinned)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tower_process_groups(
+    topology: Topology, device: torch.device
+) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
+    """torchrec's (cached) intra-host and cross-host process groups, checked against ``topology``.
+
+    Collective: every rank must call it. Raises TopologyError when torchrec already created its
+    groups for another host size in this process (it never re-creates them).
+    """
+    with _torchrec_host_size(topology.local_world_size):
+        intra, cross = intra_and_cross_node_pg(device)
+    assert intra is not None and cross is not None  # only None on the meta device
+    if dist.get_world_size(intra) != topology.local_world_size or dist.get_world_size(cross) != topology.num_hosts:
+        raise TopologyError(
+            f"torchrec's cached process groups have {dist.get_world_size(intra)} ranks per host and "
+            f"{dist.get_world_size(cross)} hosts, but the topology has {topology.local_world_size} and "
+            f"{topology.num_hosts}; something in this process sharded with another host size before "
+            "(torchrec keeps its first groups): shard towers in a fresh process"
+        )
+    return intra, cross
+
+
+# ------------------------------------------------------------------------------------------ (a)
+class _LogicalOrder(LazyAwaitable[torch.Tensor]):
+    """The output all-to-all's result with its columns put back in logical tower order."""
+
+    def __init__(self, awaitable: Awaitable[torch.Tensor], blocks: ColumnBlocks) -> None:
+        super().__init__()
+        self._awaitable = awaitable
+        self._blocks = blocks
+
+    def _wait_impl(self) -> torch.Tensor:
+        return permute_columns(self._awaitable.wait(), self._blocks)
+
+
+def _tower_output_dim(tower: EmbeddingTower, index: int) -> int:
+    dim = getattr(tower.interaction, "output_dim", None)
+    if not isinstance(dim, int):
+        raise DmtError(
+            f"tower {index}'s module {type(tower.interaction).__name__} has no integer `output_dim`; "
+            "DMT needs every tower module's output width up front (see towers.TowerModule)"
+        )
+    return dim
+
+
+def _tower_features(tower: EmbeddingTower) -> list[str]:
+    """The features of a tower's EBC, in its output (KeyedTensor key) order."""
+    return [f for c in tower.embedding.embedding_bag_configs() for f in c.feature_names]
+
+
+class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
+    """torchrec's ``ShardedEmbeddingTowerCollection`` with traps (a)-(e) fixed (module docstring).
+
+    Its forward returns ``[B, sum_t D_t]`` in logical tower order, like the unsharded
+    ``EmbeddingTowerCollection``; its state dict keys are the unsharded ones
+    (``towers.{t}.embedding.*`` as ShardedTensors, ``towers.{t}.interaction.*``) for the towers on
+    this rank's host, and :meth:`load_state_dict` accepts them back (or full unsharded tensors).
+    Built by :class:`TowerCollectionSharder`; arguments as torchrec's class, whose plan entries
+    it never mutates.
+    """
+
+    # Stock DMP.load_state_dict then calls our load_state_dict instead of walking our children.
+    _FORCE_STATE_DICT_LOAD = True
+
+    def __init__(
+        self,
+        module: EmbeddingTowerCollection,
+        table_name_to_parameter_sharding: dict[str, ParameterSharding],
+        tower_sharder: Any,
+        env: ShardingEnv,
+        fused_params: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+        qcomm_codecs_registry: dict[str, Any] | None = None,
+    ) -> None:
+        towers: list[EmbeddingTower] = list(module.towers)  # type: ignore[arg-type]  # ModuleList
+        widths = [_tower_output_dim(t, i) for i, t in enumerate(towers)]
+        tower_keys = {str(i): _tower_features(t) for i, t in enumerate(towers)}
+        # Every key any rank's state dict can hold, to tell other hosts' keys from unknown ones.
+        all_keys = set()
+        for i, t in enumerate(towers):
+            all_keys |= {f"towers.{i}.embedding.{k}" for k in t.embedding.state_dict()}
+            all_keys |= {f"towers.{i}.interaction.{k}" for k in t.interaction.state_dict()}
+        params = copy.deepcopy(dict(table_name_to_parameter_sharding))  # (b): torchrec rewrites it
+        with _safe_tower_sharding():  # (d), and group creation in step on every rank
+            super().__init__(module, params, tower_sharder, env, fused_params, device, qcomm_codecs_registry)
+        local_size = self._intra_pg_world_size
+        hosts = []
+        for i, t in enumerate(towers):
+            tables = [c.name for c in t.embedding.embedding_bag_configs()]
+            tower_hosts = {table_name_to_parameter_sharding[n].ranks[0] // local_size for n in tables}
+            assert len(tower_hosts) == 1, (i, tower_hosts)  # torchrec asserted it already
+            hosts.append(tower_hosts.pop())
+        # (a) torchrec concatenates host by host (towers of a host in logical order).
+        physical = sorted(range(len(towers)), key=lambda i: (hosts[i], i))
+        offset, start = 0, [0] * len(towers)
+        for i in physical:
+            start[i], offset = offset, offset + widths[i]
+        index = [c for i in range(len(towers)) for c in range(start[i], start[i] + widths[i])]
+        self._logical_blocks: ColumnBlocks | None = (
+            None if physical == list(range(len(towers))) else index_to_blocks(index)
+        )
+        self._tower_hosts: list[int] = hosts
+        self._tower_keys: dict[str, list[str]] = tower_keys
+        self._all_state_keys: frozenset[str] = frozenset(all_keys)
+        self._local_batch_size: int | None = None
+
+    @property
+    def tower_hosts(self) -> list[int]:
+        """Host of each logical tower."""
+        return list(self._tower_hosts)
+
+    # -------------------------------------------------------------------------------- (e)
+    def input_dist(
+        self,
+        ctx: Any,
+        kjt_features: KeyedJaggedTensor | None = None,
+        wkjt_features: KeyedJaggedTensor | None = None,
+    ) -> Awaitable[Any]:
+        features = kjt_features if kjt_features is not None else wkjt_features
+        assert features is not None
+        batch_size = features.stride()
+        if self._local_batch_size is None:
+            self._local_batch_size = batch_size
+        elif batch_size != self._local_batch_size:
+            # torchrec sized its buffers for the first batch; a host without towers would abort
+            # the process inside gloo/NCCL. Fail here, before this rank enters any collective.
+            raise DmtError(
+                f"the local batch size changed from {self._local_batch_size} to {batch_size}; sharded "
+                "DMT towers need the same batch size on every rank at every step: drop the last "
+                "partial batch (drop_last) or pad it"
+            )
+        return super().input_dist(ctx, kjt_features, wkjt_features)
+
+    def compute(self, ctx: Any, dist_input: Any) -> torch.Tensor:
+        # Forked from torchrec (about 25 lines) to hand each tower module its features in the
+        # unsharded EBC's key order: a sharded EBC orders its output keys by sharding group.
+        if not self.embeddings:
+            return super().compute(ctx, dist_input)  # a host without towers: [H*B, 0]
+        embeddings = []
+        for embedding, (kjt_param, wkjt_param) in zip(self.embeddings.values(), self.input_dist_params):
+            if kjt_param and wkjt_param:
+                embeddings.append(embedding(dist_input[0], dist_input[1]))
+            elif wkjt_param and len(dist_input) == 2:
+                embeddings.append(embedding(dist_input[1]))
+            else:
+                embeddings.append(embedding(dist_input[0]))
+        outputs = [
+            interaction(self._in_tower_order(i, kt))
+            for (i, interaction), kt in zip(self.interactions.items(), embeddings)
+        ]
+        return torch.cat(outputs, dim=1)
+
+    def _in_tower_order(self, tower: str, kt: KeyedTensor) -> KeyedTensor:
+        keys = self._tower_keys[tower]
+        if kt.keys() == keys:
+            return kt
+        by_key = kt.to_dict()
+        return KeyedTensor.from_tensor_list(keys, [by_key[k] for k in keys])
+
+    # -------------------------------------------------------------------------------- (a)
+    def output_dist(self, ctx: Any, output: torch.Tensor) -> LazyAwaitable[torch.Tensor]:
+        awaitable = super().output_dist(ctx, output)
+        if self._logical_blocks is None:
+            return awaitable
+        return _LogicalOrder(awaitable, self._logical_blocks)
+
+    # -------------------------------------------------------------------------------- (c)
+    def load_state_dict(  # type: ignore[override]  # torchrec's signature, strict kept
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
+        """Load ``towers.{t}.*`` entries into the towers on this rank's host.
+
+        Sharded entries take a ShardedTensor with this rank's shards (a state dict of the same
+        plan) or the full unsharded tensor (e.g. an unsharded DMT model's). Entries of towers on
+        other hosts are skipped; unknown keys are unexpected.
+
+        Raises:
+            StateDictError: a value that does not fit, or (``strict``) missing/unexpected keys.
+        """
+        if assign:
+            raise StateDictError("assign=True is not supported for sharded towers; load by copy")
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._all_state_keys]
+        errors: list[str] = []
+        with torch.no_grad():
+            for key, target in own.items():
+                if key in state_dict:
+                    _copy_into(key, target, state_dict[key], errors)
+        if errors:
+            raise StateDictError("cannot load the state dict into the sharded towers:\n  " + "\n  ".join(errors))
+        if strict and (missing or unexpected):
+            raise StateDictError(_key_report(missing, unexpected))
+        return _IncompatibleKeys(missing, unexpected)
+
+
+def _copy_into(key: str, target: Any, source: Any, errors: list[str]) -> None:
+    """Copy ``source`` into ``target`` (a ShardedTensor's local shards or a tensor), or log why not."""
+    if isinstance(target, ShardedTensor):
+        if tuple(source.size()) != tuple(target.size()):
+            errors.append(f"{key}: global shape {tuple(source.size())}, expected {tuple(target.size())}")
+            return
+        if isinstance(source, ShardedTensor):
+            by_offset = {tuple(s.metadata.shard_offsets): s.tensor for s in source.local_shards()}
+            for shard in target.local_shards():
+                src = by_offset.get(tuple(shard.metadata.shard_offsets))
+                if src is None or src.shape != shard.tensor.shape:
+                    errors.append(
+                        f"{key}: the source holds no shard at offsets {shard.metadata.shard_offsets} of size "
+                        f"{shard.metadata.shard_sizes} on this rank (saved with another plan?); load "
+                        "differently sharded checkpoints with torch.distributed.checkpoint"
+                    )
+                    return
+                shard.tensor.detach().copy_(src)
+        elif _is_plain_tensor(source):
+            for shard in target.local_shards():
+                index = tuple(
+                    slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                )
+                shard.tensor.detach().copy_(source[index])
+        else:
+            errors.append(f"{key}: cannot load a {type(source).__name__} into a ShardedTensor")
+    elif _is_plain_tensor(source):
+        if source.shape != target.shape:
+            errors.append(f"{key}: shape {tuple(source.shape)}, expected {tuple(target.shape)}")
+        else:
+            target.detach().copy_(source)
+    else:
+        errors.append(f"{key}: cannot load a {type(source).__name__} into a {type(target).__name__}")
+
+
+def _is_plain_tensor(x: Any) -> bool:
+    """A tensor holding all its values locally (not a ShardedTensor or DTensor)."""
+    return isinstance(x, torch.Tensor) and not isinstance(x, ShardedTensor) and type(x).__name__ != "DTensor"
+
+
+def _key_report(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys {sorted(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {sorted(unexpected)}")
+    return "state dict does not match the model: " + "; ".join(parts)
+
+
+class TowerCollectionSharder(EmbeddingTowerCollectionSharder):
+    """``EmbeddingTowerCollectionSharder`` that builds a :class:`ShardedTowerCollection`.
+
+    Never mutates the plan it is given (torchrec's does, see trap (b)).
+    """
+
+    def shard(
+        self,
+        module: EmbeddingTowerCollection,
+        params: dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: torch.device | None = None,
+        module_fqn: str | None = None,
+    ) -> ShardedTowerCollection:
+        return ShardedTowerCollection(
+            module=module,
+            table_name_to_parameter_sharding=params,
+            tower_sharder=self._tower_sharder,
+            env=env,
+            fused_params=self.fused_params,
+            device=device,
+            qcomm_codecs_registry=self.qcomm_codecs_registry,
+        )
+
+
+# ------------------------------------------------------------------------------------------ (c)
+class DmtModelParallel(DistributedModelParallel):
+    """torchrec's DMP whose ``load_state_dict`` really loads, or raises.
+
+    Stock DMP walks the module tree with errors discarded and never raises, even with
+    ``strict=True``, and it rewrites the caller's dict in place. Here: the caller's dict is
+    untouched, shape errors always raise, and missing/unexpected keys raise when ``strict``.
+    """
+
+    @property
+    def sharding_plan(self) -> ShardingPlan:
+        """The global sharding plan (TWRW/TWCW, global ranks): :class:`TowerCollectionSharder`
+        shards from a copy, so this is the plan as built, not torchrec's per-host rewrite."""
+        return self._plan
+
+    def load_state_dict(  # type: ignore[override]  # DMP's signature
+        self, state_dict: Mapping[str, Any], prefix: str = "", strict: bool = True
+    ) -> _IncompatibleKeys:
+        """Load a state dict as produced by :meth:`state_dict` (this rank's shards) or an unsharded one.
+
+        Raises:
+            StateDictError: a value that does not fit, or (``strict``) missing/unexpected keys.
+        """
+        state = OrderedDict(state_dict)
+        missing: list[str] = []
+        unexpected: list[str] = []
+        errors: list[str] = []
+        self._load_tree(self.module, state, prefix, missing, unexpected, errors)
+        if errors:
+            raise StateDictError("cannot load the state dict:\n  " + "\n  ".join(errors))
+        if strict and (missing or unexpected):
+            raise StateDictError(_key_report(missing, unexpected))
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _load_tree(
+        self,
+        module: nn.Module,
+        state: OrderedDict[str, Any],
+        prefix: str,
+        missing: list[str],
+        unexpected: list[str],
+        errors: list[str],
+    ) -> None:
+        module = get_unwrapped_module(module)
+        if isinstance(module, ShardedModule):
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                result = module.load_state_dict(sub, strict=False)
+            except StateDictError as e:
+                errors.append(str(e))
+                return
+            missing += [prefix + k for k in result.missing_keys]
+            unexpected += [prefix + k for k in result.unexpected_keys]
+            return
+        # strict=True here only means "record" missing/unexpected keys; the caller decides.
+        module._load_from_state_dict(state, prefix, {}, True, missing, unexpected, errors)
+        for name, child in module._modules.items():
+            if child is not None:
+                self._load_tree(child, state, f"{prefix}{name}.", missing, unexpected, errors)
+
+
+# ---------------------------------------------------------------------------------- planning
+def find_tower_collection(model: nn.Module) -> tuple[str, EmbeddingTowerCollection]:
+    """The FQN and module of the one ``EmbeddingTowerCollection`` in ``model``."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingTowerCollection)]
+    if len(found) != 1:
+        raise DmtError(
+            f"expected one EmbeddingTowerCollection in the model, found {len(found)}"
+            + (f" at {[n for n, _ in found]}" if found else "; transform the flat model with dmt.transform first")
+        )
+    return found[0]
+
+
+def _check_towers(collection: EmbeddingTowerCollection, plan: TowerPlan) -> None:
+    if len(collection.towers) != plan.num_towers:
+        raise PlanError(
+            f"the model has {len(collection.towers)} towers but the plan has {plan.num_towers}; "
+            "shard with the plan the model was transformed with"
+        )
+    for i, (tower, planned) in enumerate(zip(collection.towers, plan.towers)):
+        features = _tower_features(tower)  # type: ignore[arg-type]
+        if sorted(features) != sorted(planned.features):
+            raise PlanError(
+                f"tower {i} of the model has features {features} but the plan's tower {planned.name!r} has "
+                f"{list(planned.features)}; shard with the plan the model was transformed with "
+                "(only the hosts may differ)"
+            )
+
+
+def _tower_sharding_type(tower: EmbeddingTower, choice: str, local_world_size: int) -> str:
+    """TWRW or TWCW for one tower under ``choice`` ("auto" or a type); see build_sharding_plan."""
+    if choice != "auto":
+        return choice
+    configs = tower.embedding.embedding_bag_configs()
+    small = all(c.num_embeddings <= SMALL_TABLE_ROWS for c in configs)
+    splits = all(c.embedding_dim % (_CW_ALIGN * local_world_size) == 0 for c in configs)
+    return TWCW if small and splits else TWRW
+
+
+def _table_column_wise(ranks: list[int]) -> Any:
+    """torchrec has no TWCW generator: ``column_wise`` over the host's ranks, labelled TWCW."""
+    generate = column_wise(ranks=ranks)
+
+    def _generator(*args: Any) -> ParameterSharding:
+        sharding = generate(*args)
+        sharding.sharding_type = TWCW  # our own fresh object
+        return sharding
+
+    return _generator
+
+
+def build_sharding_plan(
+    model: nn.Module,
+    plan: TowerPlan,
+    topology: Topology,
+    *,
+    sharding: str | Mapping[str, str] = "auto",
+    device_type: str = "cpu",
+) -> ShardingPlan:
+    """The torchrec ``ShardingPlan`` that puts every tower's tables on its plan host.
+
+    Inside its host a tower is sharded one way for all its tables:
+
+    * ``"table_row_wise"`` (TWRW): rows split over the host's L ranks; each id travels to one rank.
+    * ``"table_column_wise"`` (TWCW): columns split over the host's ranks in shards of a multiple
+      of 4 wide (fewer shards than L when D/L is not); every rank does an equal share of every
+      lookup, whatever the id skew, at the price of sending each id to every shard.
+    * ``"auto"`` (default): TWCW when all the tower's tables have at most ``SMALL_TABLE_ROWS``
+      rows and widths divisible into L shards of a multiple of 4 -- small tables are where a few
+      hot rows would load one row-wise rank -- and TWRW otherwise.
+
+    The compute kernel is torchrec's choice: fused when the tables carry an in-backward optimizer
+    (``dmt.train.optim.apply_sparse_optimizer``), dense otherwise.
+
+    Args:
+        model: a DMT model (or anything with one ``EmbeddingTowerCollection`` matching ``plan``).
+        plan: the tower plan; tower ``t`` goes to host ``plan.towers[t].host``.
+        topology: the job's hosts and ranks.
+        sharding: "auto", "table_row_wise" or "table_column_wise", for all towers or per tower name.
+        device_type: "cpu" or "cuda".
+    """
+    fqn, collection = find_tower_collection(model)
+    _check_towers(collection, plan)
+    choices = dict(sharding) if isinstance(sharding, Mapping) else {t.name: sharding for t in plan.towers}
+    unknown = sorted(set(choices) - {t.name for t in plan.towers})
+    if unknown:
+        raise DmtError(f"sharding names towers {unknown} that are not in the plan")
+    bad = sorted({c for c in choices.values() if c not in SHARDINGS})
+    if bad:
+        raise DmtError(f"sharding {bad} is not one of {list(SHARDINGS)}")
+    per_table: dict[str, Any] = {}
+    for tower, planned in zip(collection.towers, plan.towers):
+        kind = _tower_sharding_type(tower, choices.get(planned.name, "auto"), topology.local_world_size)  # type: ignore[arg-type]
+        for c in tower.embedding.embedding_bag_configs():
+            per_table[c.name] = (
+                table_row_wise(host_index=planned.host)
+                if kind == TWRW
+                else _table_column_wise(list(topology.host_ranks(planned.host)))
+            )
+    module_plan = construct_module_sharding_plan(
+        collection,
+        per_table,
+        sharder=TowerCollectionSharder(),
+        local_size=topology.local_world_size,
+        world_size=topology.world_size,
+        device_type=device_type,
+    )
+    return ShardingPlan({fqn: module_plan})
+
+
+# ---------------------------------------------------------------------------------- shard()
+def _resolve(env: DistEnv | Topology | None, device: torch.device | None) -> tuple[Topology, torch.device]:
+    if isinstance(env, DistEnv):
+        return env.topology, device or env.device
+    topology = env if isinstance(env, Topology) else Topology.from_env()
+    if device is None:
+        if torch.cuda.is_available():
+            device = torch.device("cuda", topology.local_rank % torch.cuda.device_count())
+        else:
+            device = torch.device("cpu")
+    return topology, device
+
+
+def shard(
+    model: nn.Module,
+    plan: TowerPlan,
+    env: DistEnv | Topology | None = None,
+    *,
+    sharding: str | Mapping[str, str] = "auto",
+    device: torch.device | None = None,
+    fused_params: dict[str, Any] | None = None,
+    qcomm_codecs_registry: dict[str, Any] | None = None,
+) -> DmtModelParallel:
+    """Shard a DMT model over the job: each tower on its plan host, the rest data-parallel.
+
+    Collective: every rank calls it with the same arguments. Each tower's tables are sharded
+    inside its host (see :func:`build_sharding_plan`), its tower module is replicated on the
+    host's ranks under intra-host DDP, and the dense, global-interaction and over arches are
+    replicated on all ranks under DMP's DDP. The result's forward matches the unsharded model's
+    on the same samples (tower outputs in logical order), its gradients are averaged over all
+    ranks, and its ``state_dict``/``load_state_dict`` round-trip.
+
+    Like DMP, this *consumes* ``model``: its tower collection is replaced by the sharded one, so
+    don't use ``model`` afterwards. Tables that are materialised in ``model`` (not meta) are
+    copied into the shards, so a sharded model starts from the unsharded one's weights; tables on
+    the meta device are initialised by torchrec. Dense parts must be materialised. Attach the
+    in-backward embedding optimizer (``apply_sparse_optimizer``) before calling this.
+
+    Args:
+        model: a DMT model (``dmt.transform``'s result) with its dense parts materialised.
+        plan: the plan the model was transformed with; its hosts decide the placement.
+        env: ``DistEnv`` (from ``dmt.parallel.init_distributed``), a ``Topology``, or None to read
+            torchrun's environment.
+        sharding: tower sharding inside a host: "auto", "table_row_wise" or "table_column_wise",
+            for all towers or by tower name.
+        device: compute device; default: the env's, else ``cuda:<local rank>`` or CPU.
+        fused_params: extra fbgemm fused-kernel parameters for every table.
+        qcomm_codecs_registry: torchrec quantized-comms codecs for the all-to-alls.
+
+    Raises:
+        TopologyError: the process group, the topology and the plan's hosts don't agree.
+        PlanError: the model's towers are not the plan's.
+        DmtError: no process group, or meta dense parameters.
+    """
+    if not dist.is_initialized():
+        raise DmtError("shard needs torch.distributed: call dmt.parallel.init_distributed() first")
+    topology, device = _resolve(env, device)
+    if (topology.world_size, topology.rank) != (dist.get_world_size(), dist.get_rank()):
+        raise TopologyError(
+            f"the topology says rank {topology.rank} of {topology.world_size}, but this process is rank "
+            f"{dist.get_rank()} of {dist.get_world_size()}"
+        )
+    try:
+        plan.validate_hosts(topology.num_hosts)
+    except PlanError as e:
+        raise TopologyError(str(e)) from None
+    fqn, collection = find_tower_collection(model)
+    meta_dense = [n for n, p in model.named_parameters() if p.is_meta and not _is_table(n, fqn)]
+    if meta_dense:
+        raise DmtError(
+            f"dense parameters {meta_dense[:3]}{'...' if len(meta_dense) > 3 else ''} are on the meta device; "
+            "build the flat model with only its tables on meta (build_flat_model(cfg, device='meta')), or "
+            "call to_empty() and init_weights() on the dense parts first"
+        )
+    sharding_plan = build_sharding_plan(model, plan, topology, sharding=sharding, device_type=device.type)
+    prefix = f"{fqn}."
+    tables = {
+        k[len(prefix):]: v for k, v in model.state_dict().items()
+        if k.startswith(prefix) and _is_table(k, fqn) and not v.is_meta
+    }
+    tower_process_groups(topology, device)
+    sharder = TowerCollectionSharder(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
+    with _torchrec_host_size(topology.local_world_size):
+        dmp = DmtModelParallel(
+            module=model,
+            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            device=device,
+            plan=copy.deepcopy(sharding_plan),
+            sharders=[sharder],
+        )
+    if tables:
+        sharded = get_unwrapped_module(dmp).get_submodule(fqn)
+        assert isinstance(sharded, ShardedTowerCollection), type(sharded)
+        sharded.load_state_dict(tables, strict=False)
+    return dmp
+
+
+def _is_table(name: str, collection_fqn: str) -> bool:
+    """Whether a parameter/state name is an embedding table of the tower collection."""
+    return name.startswith(f"{collection_fqn}.towers.") and ".embedding." in name

@@ -1,0 +1,214 @@
+"""The probe: a flat DLRM trained briefly on the data, only to learn how features interact.
+
+It is dmt's own flat model (``build_flat_model``, torchrec ``DLRM`` with the pairwise dot
+interaction) with dmt's optimizers (row-wise Adagrad in backward for the tables) and batches, in
+one process. Three choices keep it from learning the wrong thing in a few hundred steps:
+
+* **Vocabulary.** Each feature keeps its ids seen at least ``min_count`` times in the training
+  rows (at most ``max_vocabulary``, most frequent first); every other id shares one "rare" row.
+  Rare ids are what a small probe memorises rows by; without them it has to learn the shared,
+  type-level structure, which is what the interactions are. Tables are also far smaller.
+* **Initial scale.** Embeddings start in +-``init_scale``, not torchrec's +-1/sqrt(rows): with tiny
+  embeddings every dot product and its gradient start near zero, a saddle the probe would spend
+  its whole budget leaving.
+* **Held-out rows.** The last rows are never trained on; they drive early stopping (best weights
+  are restored) and are the rows the pair scores are computed on.
+
+Example:
+    >>> import numpy as np
+    >>> ids = np.array([[5, -1], [5, 7], [9, 7], [5, 8]])
+    >>> vocab = build_vocabulary(ids, min_count=2, max_vocabulary=10)
+    >>> [v.tolist() for v in vocab], encode(ids, vocab).tolist()  # 0 = rare, -1 = missing
+    ([[5], [7]], [[1, -1], [1, 1], [0, 1], [1, 0]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dmt.data.batching import iter_batches
+from dmt.data.criteo import SPARSE_NAMES, CriteoArrays
+from dmt.errors import DmtError
+from dmt.models import ModelConfig, build_flat_model
+from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """The probe model and how long it trains.
+
+    Args:
+        steps: most training steps (one batch each); early stopping usually ends sooner.
+        batch_size: rows per step.
+        embedding_dim: D of the probe's tables.
+        min_count: ids seen fewer times in the training rows share one "rare" row.
+        max_vocabulary: most ids a feature keeps (the most frequent).
+        lr: learning rate of the embeddings (row-wise Adagrad).
+        dense_lr: learning rate of the dense part (Adam).
+        init_scale: embeddings start uniform in [-init_scale, init_scale].
+        sample_rows: rows held out (the end of the data, at most 20 %).
+        eval_every: steps between held-out evaluations.
+        patience: evaluations without improvement before training stops.
+        seed: weights and batch order.
+    """
+
+    steps: int = 1000
+    batch_size: int = 512
+    embedding_dim: int = 16
+    min_count: int = 5
+    max_vocabulary: int = 10_000
+    lr: float = 0.05
+    dense_lr: float = 0.01
+    init_scale: float = 0.1
+    sample_rows: int = 8192
+    eval_every: int = 50
+    patience: int = 6  # x eval_every = 300 steps: longer than the plateau before interactions are learned
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "embedding_dim", "min_count", "max_vocabulary", "sample_rows",
+                     "eval_every", "patience"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise DmtError(f"probe {name}={getattr(self, name)} must be >= 1")
+        if not (self.lr > 0 and self.dense_lr > 0 and self.init_scale > 0):
+            raise DmtError(f"probe lr={self.lr}, dense_lr={self.dense_lr} and init_scale={self.init_scale} must be > 0")
+
+    @staticmethod
+    def debug() -> ProbeConfig:
+        """Tiny and fast: doctests and unit tests."""
+        return ProbeConfig(steps=4, batch_size=64, embedding_dim=4, min_count=1, sample_rows=128, eval_every=2)
+
+
+# ----------------------------------------------------------------------------------- vocabulary
+def build_vocabulary(ids: np.ndarray, *, min_count: int, max_vocabulary: int) -> list[np.ndarray]:
+    """Per feature, the sorted ids seen >= ``min_count`` times (the ``max_vocabulary`` most frequent)."""
+    vocab = []
+    for j in range(ids.shape[1]):
+        col = ids[:, j]
+        values, counts = np.unique(col[col >= 0], return_counts=True)
+        keep = counts >= min_count
+        values, counts = values[keep], counts[keep]
+        if len(values) > max_vocabulary:
+            values = values[np.argsort(-counts, kind="stable")[:max_vocabulary]]
+        vocab.append(np.sort(values))
+    return vocab
+
+
+def encode(ids: np.ndarray, vocab: Sequence[np.ndarray]) -> np.ndarray:
+    """Raw ids -> table rows: 1 + position in the vocabulary, 0 for any other id, -1 stays missing."""
+    out = np.empty_like(ids)
+    for j, v in enumerate(vocab):
+        col = ids[:, j]
+        pos = np.searchsorted(v, col)
+        found = (pos < len(v)) & (v[np.minimum(pos, max(len(v) - 1, 0))] == col) if len(v) else np.zeros(len(col), bool)
+        out[:, j] = np.where(col < 0, -1, np.where(found, pos + 1, 0))
+    return out
+
+
+def _with_ids(arrays: CriteoArrays, ids: np.ndarray) -> CriteoArrays:
+    # Dense inputs are zeroed: the probe is about sparse interactions, and 13 continuous values
+    # identify a row, a second way to memorise small data.
+    return CriteoArrays(arrays.labels, np.zeros_like(arrays.dense), ids)
+
+
+def prepare(data: CriteoArrays, cfg: ProbeConfig) -> tuple[CriteoArrays, CriteoArrays, tuple[int, ...]]:
+    """Split off the held-out rows, build the vocabulary on the rest, encode both.
+
+    Returns:
+        Train rows, held-out rows (ids encoded) and the table size of every feature.
+
+    Raises:
+        DmtError: too few rows for one batch after holding out 20 %.
+    """
+    num_hold = min(cfg.sample_rows, len(data) // 5)
+    train, hold = data.slice(0, len(data) - num_hold), data.slice(len(data) - num_hold, len(data))
+    if len(train) < cfg.batch_size or num_hold < 1:
+        raise DmtError(f"{len(data)} rows are too few to train the probe with batch size {cfg.batch_size} "
+                       f"and hold out 20 % ({num_hold} rows); use more data or a smaller --batch-size")  # fmt: skip
+    vocab = build_vocabulary(train.sparse, min_count=cfg.min_count, max_vocabulary=cfg.max_vocabulary)
+    sizes = tuple(len(v) + 1 for v in vocab)
+    return _with_ids(train, encode(train.sparse, vocab)), _with_ids(hold, encode(hold.sparse, vocab)), sizes
+
+
+# ------------------------------------------------------------------------------------- training
+def _forever(arrays: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> Iterator:
+    epoch = 0
+    while True:
+        yield from iter_batches(arrays, batch_size=cfg.batch_size, num_embeddings=sizes, seed=cfg.seed, epoch=epoch)
+        epoch += 1
+
+
+def validation_loss(model: torch.nn.Module, holdout: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> float:
+    """Mean log loss of the probe over ``holdout``."""
+    total, rows = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in iter_batches(holdout, batch_size=min(cfg.batch_size, len(holdout)), num_embeddings=sizes,
+                                  shuffle=False):  # fmt: skip
+            loss, _ = model(batch)
+            total += float(loss) * len(batch.labels)
+            rows += len(batch.labels)
+    model.train()
+    return total / rows
+
+
+def train_probe(
+    train: CriteoArrays, holdout: CriteoArrays, sizes: Sequence[int], cfg: ProbeConfig, progress: bool = True
+) -> tuple[torch.nn.Module, dict]:
+    """Train for at most ``cfg.steps`` steps, stopping early on the held-out loss.
+
+    Every ``cfg.eval_every`` steps the held-out loss is measured; after ``cfg.patience``
+    evaluations without improvement training stops, and the best weights are restored.
+
+    Returns:
+        The probe (best weights) and a summary: steps run, best step, held-out losses.
+    """
+    torch.manual_seed(cfg.seed)
+    num = len(sizes)
+    d = cfg.embedding_dim
+    mcfg = ModelConfig(arch="dlrm", embedding_dim=d, num_embeddings=tuple(sizes),
+                       sparse_features=tuple(SPARSE_NAMES[:num]), dense_arch=(64, d), over_arch=(128, 64, 1))  # fmt: skip
+    model = build_flat_model(mcfg)
+    with torch.no_grad():
+        for table in model.model.sparse_arch.embedding_bag_collection.embedding_bags.values():
+            table.weight.uniform_(-cfg.init_scale, cfg.init_scale)
+    ocfg = OptimConfig(sparse="rowwise_adagrad", sparse_lr=cfg.lr, dense="adam", dense_lr=cfg.dense_lr)
+    apply_sparse_optimizer(model, ocfg)  # embeddings step inside backward, as in dmt training
+    optimizer = build_optimizer(model, ocfg)
+    batches = _forever(train, cfg, sizes)
+    best = {"loss": validation_loss(model, holdout, cfg, sizes), "step": 0, "state": _snapshot(model)}
+    initial_loss, stale, step = best["loss"], 0, 0
+    model.train()
+    with tqdm(total=cfg.steps, desc="learning feature embeddings", unit="step", disable=not progress) as bar:
+        for step in range(1, cfg.steps + 1):
+            optimizer.zero_grad()
+            loss, _ = model(next(batches))
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
+            loss = float(loss.detach())
+            if not np.isfinite(loss):
+                raise DmtError(f"the probe diverged (loss {loss} at step {step}); lower the probe lr")
+            if step % cfg.eval_every and step != cfg.steps:
+                continue
+            val = validation_loss(model, holdout, cfg, sizes)
+            bar.set_postfix(train=f"{loss:.4f}", heldout=f"{val:.4f}")
+            if val < best["loss"] - 1e-4:
+                best, stale = {"loss": val, "step": step, "state": _snapshot(model)}, 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    model.load_state_dict(best["state"])
+    summary = {"steps_run": step, "best_step": best["step"], "heldout_loss": best["loss"],
+               "initial_heldout_loss": initial_loss, "table_rows": list(sizes)}  # fmt: skip
+    return model, summary
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,310 @@
+"""Balance constraints, the LPT baseline, and the local search that enforces balance.
+
+The objective is the *intra-tower affinity*: the sum of ``w_ij`` over pairs i < j in the same
+tower (equivalently, the affinity lost between towers is minimised). The constraints:
+
+* **balance**: every tower's lookup cost <= ``max_load`` = (1 + tolerance) x total / num_towers;
+* **memory**: every tower's table bytes <= ``max_memory``;
+* **no empty tower** unless ``allow_empty``.
+
+:class:`LocalSearchBalancer` first *repairs* (moves features out of over-full towers and into empty
+ones, losing as little affinity as possible), then *improves* (moves and pairwise swaps that gain
+affinity and keep every constraint). It keeps ``A = W @ onehot(labels)``, the (F, K) affinity of
+every feature to every tower, up to date in O(degree) per move, so each pass scores all F x K
+moves with numpy and only the accepted ones run in Python.
+
+Shapes: F = features, K = towers.
+
+Example:
+    >>> import numpy as np, scipy.sparse as sp
+    >>> w = sp.csr_array(np.kron(np.eye(2), np.ones((2, 2))) - np.eye(4))  # pairs (0,1) and (2,3)
+    >>> cons = Constraints(num_towers=2, cost=np.ones(4), memory=np.zeros(4), max_load=2.0)
+    >>> labels = LocalSearchBalancer().balance(np.array([0, 1, 0, 1]), w, cons)  # one swap
+    >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from partitioner.errors import PartitionError, PartitionErrorReason
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What every tower must satisfy.
+
+    Args:
+        num_towers: K.
+        cost: (F,) lookup cost per feature.
+        memory: (F,) table bytes per feature.
+        max_load: the largest tower cost allowed.
+        max_memory: the largest tower memory allowed (inf: no limit).
+        allow_empty: whether a tower may end up with no feature.
+    """
+
+    num_towers: int
+    cost: np.ndarray
+    memory: np.ndarray
+    max_load: float
+    max_memory: float = math.inf
+    allow_empty: bool = False
+
+    def loads(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(K,) cost, memory and feature count of every tower."""
+        k = self.num_towers
+        return (
+            np.bincount(labels, weights=self.cost, minlength=k),
+            np.bincount(labels, weights=self.memory, minlength=k),
+            np.bincount(labels, minlength=k),
+        )
+
+    def violation(self, labels: np.ndarray) -> PartitionErrorReason | None:
+        """The first constraint ``labels`` break, or None."""
+        load, mem, count = self.loads(labels)
+        if mem.max() > self.max_memory * (1 + 1e-12):
+            return PartitionErrorReason.MEMORY
+        if load.max() > self.max_load * (1 + 1e-12):
+            return PartitionErrorReason.BALANCE
+        if not self.allow_empty and (count == 0).any():
+            return PartitionErrorReason.TOO_FEW_FEATURES
+        return None
+
+
+def lpt_assign(cons: Constraints, order: np.ndarray | None = None) -> np.ndarray:
+    """Longest-processing-time greedy: each feature, costliest first, to the least-loaded tower.
+
+    Ties go to the tower with fewer features, so zero-cost features still fill empty towers. A
+    tower whose memory would overflow is skipped. List scheduling guarantees a max load of at most
+    ``mean + max_cost``, so balance holds whenever every feature costs <= tolerance x mean.
+
+    Args:
+        cons: the constraints (only ``max_memory`` is enforced here).
+        order: the order to place features in; default costliest first.
+
+    Returns:
+        (F,) labels.
+
+    Raises:
+        PartitionError: MEMORY if some feature fits in no tower.
+    """
+    k = cons.num_towers
+    if order is None:
+        order = np.argsort(-cons.cost, kind="stable")
+    load, mem, count = np.zeros(k), np.zeros(k), np.zeros(k, dtype=np.int64)
+    labels = np.empty(len(cons.cost), dtype=np.int64)
+    for i in order.tolist():
+        fits = mem + cons.memory[i] <= cons.max_memory
+        if not fits.any():
+            raise PartitionError(
+                f"feature #{i} ({cons.memory[i]:,.0f} bytes) fits in no tower: the emptiest has "
+                f"{cons.max_memory - mem.min():,.0f} bytes left; add hosts or host memory",
+                PartitionErrorReason.MEMORY,
+            )
+        key = np.where(fits, load, np.inf)
+        tied = np.flatnonzero(key == key.min())
+        t = int(tied[np.argmin(count[tied])])
+        labels[i] = t
+        load[t] += cons.cost[i]
+        mem[t] += cons.memory[i]
+        count[t] += 1
+    return labels
+
+
+class Balancer(abc.ABC):
+    """Turns initial labels into labels that satisfy the constraints, keeping affinity high."""
+
+    @abc.abstractmethod
+    def balance(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> np.ndarray:
+        """Return feasible (F,) labels or raise PartitionError naming the constraint it cannot meet."""
+
+
+class LocalSearchBalancer(Balancer):
+    """Repair by least-loss moves, then improve by gaining moves and swaps (see module docstring).
+
+    Args:
+        max_passes: improvement passes; each scores all moves once. Stops early at a local optimum.
+        swap_tries: swap partners tried per feature in a pass (swaps matter when towers are full).
+    """
+
+    def __init__(self, max_passes: int = 30, swap_tries: int = 8) -> None:
+        self.max_passes = max_passes
+        self.swap_tries = swap_tries
+
+    def balance(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> np.ndarray:
+        state = _SearchState(labels, graph, cons)
+        state.repair()
+        reason = cons.violation(state.labels)
+        if reason is not None:
+            raise PartitionError(f"local search could not satisfy the {reason.value} constraint", reason)
+        for _ in range(self.max_passes):
+            if state.move_pass() + state.swap_pass(self.swap_tries) == 0:
+                break
+        assert cons.violation(state.labels) is None
+        return state.labels
+
+
+class _SearchState:
+    """Labels plus everything a move needs in O(degree): A, loads, memory, counts."""
+
+    def __init__(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64).copy()
+        self.cons = cons
+        self.indptr, self.indices, self.data = graph.indptr, graph.indices, graph.data
+        num, k = len(self.labels), cons.num_towers
+        onehot = sp.csr_array((np.ones(num), (np.arange(num), self.labels)), shape=(num, k))
+        self.aff = np.asarray((graph @ onehot).toarray())  # A: (F, K)
+        self.load, self.mem, self.count = cons.loads(self.labels)
+        # Gains below this are float noise; requiring more guarantees the search terminates.
+        self.eps = 1e-12 * max(1.0, float(self.data.sum()))
+        self.load_cap = cons.max_load * (1 + 1e-12)
+        self.mem_cap = cons.max_memory * (1 + 1e-12)
+
+    # ----------------------------------------------------------------------------- primitives
+    def _neighbours(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.indptr[i], self.indptr[i + 1]
+        return self.indices[lo:hi], self.data[lo:hi]
+
+    def weight(self, i: int, j: int) -> float:
+        nb, w = self._neighbours(i)
+        pos = np.searchsorted(nb, j)
+        return float(w[pos]) if pos < len(nb) and nb[pos] == j else 0.0
+
+    def move(self, i: int, b: int) -> None:
+        a = int(self.labels[i])
+        nb, w = self._neighbours(i)
+        self.aff[nb, a] -= w
+        self.aff[nb, b] += w
+        c, m = self.cons.cost[i], self.cons.memory[i]
+        self.load[a] -= c
+        self.load[b] += c
+        self.mem[a] -= m
+        self.mem[b] += m
+        self.count[a] -= 1
+        self.count[b] += 1
+        self.labels[i] = b
+
+    def _fits(self, i: int, b: int, freed_cost: float = 0.0, freed_mem: float = 0.0) -> bool:
+        return (self.load[b] - freed_cost + self.cons.cost[i] <= self.load_cap
+                and self.mem[b] - freed_mem + self.cons.memory[i] <= self.mem_cap)  # fmt: skip
+
+    def _target_mask(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), K): towers each feature may move to without breaking a cap."""
+        c, m = self.cons.cost[rows, None], self.cons.memory[rows, None]
+        ok = (self.load[None, :] + c <= self.load_cap) & (self.mem[None, :] + m <= self.mem_cap)
+        ok[np.arange(len(rows)), self.labels[rows]] = False
+        return ok
+
+    def _gains(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), K): affinity gained by moving each feature to each tower."""
+        return self.aff[rows] - self.aff[rows, self.labels[rows]][:, None]
+
+    # --------------------------------------------------------------------------------- repair
+    def repair(self) -> None:
+        """Move features out of over-full towers, then into empty ones, at least affinity loss."""
+        while True:
+            over = (self.load > self.load_cap) | (self.mem > self.mem_cap)
+            if not over.any() or not self._relieve(over):
+                break
+        if not self.cons.allow_empty:
+            self._fill_empty()
+
+    def _relieve(self, over: np.ndarray) -> bool:
+        # Only features that carry the overflowing resource help (a zero-cost one frees no load).
+        load_over = self.load > self.load_cap
+        mem_over = self.mem > self.mem_cap
+        helps = (load_over[self.labels] & (self.cons.cost > 0)) | (mem_over[self.labels] & (self.cons.memory > 0))
+        rows = np.flatnonzero(helps & (self.count[self.labels] > 1))
+        if len(rows) == 0:
+            return False
+        gains = np.where(self._target_mask(rows), self._gains(rows), -np.inf)
+        best = gains.argmax(axis=1)
+        best_gain = gains[np.arange(len(rows)), best]
+        moved = False
+        for r in np.argsort(-best_gain, kind="stable").tolist():
+            if not np.isfinite(best_gain[r]):
+                break
+            i, b = int(rows[r]), int(best[r])
+            a = self.labels[i]
+            still_over = self.load[a] > self.load_cap or self.mem[a] > self.mem_cap
+            if still_over and self.count[a] > 1 and self._fits(i, b):
+                self.move(i, b)
+                moved = True
+        return moved
+
+    def _fill_empty(self) -> None:
+        for b in np.flatnonzero(self.count == 0).tolist():
+            rows = np.flatnonzero(self.count[self.labels] > 1)
+            if len(rows) == 0:
+                return
+            ok = self._target_mask(rows)[:, b]
+            if not ok.any():
+                return
+            gain = np.where(ok, self.aff[rows, b] - self.aff[rows, self.labels[rows]], -np.inf)
+            self.move(int(rows[gain.argmax()]), b)
+
+    # -------------------------------------------------------------------------------- improve
+    def _may_leave(self, rows: np.ndarray) -> np.ndarray:
+        return np.ones(len(rows), bool) if self.cons.allow_empty else self.count[self.labels[rows]] > 1
+
+    def move_pass(self) -> int:
+        """Apply every feasible move with positive gain, best first; return how many."""
+        rows = np.arange(len(self.labels))
+        gains = np.where(self._target_mask(rows), self._gains(rows), -np.inf)
+        best = gains.argmax(axis=1)
+        best_gain = gains[rows, best]
+        cand = np.flatnonzero((best_gain > self.eps) & self._may_leave(rows))
+        moved = 0
+        for i in cand[np.argsort(-best_gain[cand], kind="stable")].tolist():
+            b, a = int(best[i]), int(self.labels[i])
+            # Earlier moves in this pass changed A and the loads: re-check with current values.
+            if (self.aff[i, b] - self.aff[i, a] > self.eps and self._fits(i, b)
+                    and (self.cons.allow_empty or self.count[a] > 1)):  # fmt: skip
+                self.move(i, b)
+                moved += 1
+        return moved
+
+    def swap_pass(self, tries: int) -> int:
+        """Swap pairs (i in a -> b, j in b -> a) that gain affinity and keep the caps; return how many.
+
+        Each feature proposes its best tower regardless of capacity; proposals a -> b and b -> a
+        are paired best-first. Swaps keep counts, so they never empty a tower.
+        """
+        rows = np.arange(len(self.labels))
+        gains = self._gains(rows)
+        gains[rows, self.labels] = -np.inf
+        best = gains.argmax(axis=1)
+        best_gain = gains[rows, best]
+        cand = np.flatnonzero(best_gain > self.eps)
+        if len(cand) < 2:
+            return 0
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i in cand[np.argsort(-best_gain[cand], kind="stable")].tolist():
+            buckets.setdefault((int(self.labels[i]), int(best[i])), []).append(i)
+        swapped = 0
+        used: set[int] = set()
+        for (a, b), forward in buckets.items():
+            backward = buckets.get((b, a))
+            if a > b or not backward:
+                continue  # each unordered pair once
+            for i in forward:
+                for j in backward[:tries]:
+                    if i in used or j in used or self.labels[i] != a or self.labels[j] != b:
+                        continue
+                    gain = (self.aff[i, b] - self.aff[i, a] + self.aff[j, a] - self.aff[j, b]
+                            - 2.0 * self.weight(i, j))  # fmt: skip
+                    ci, cj = self.cons.cost[i], self.cons.cost[j]
+                    mi, mj = self.cons.memory[i], self.cons.memory[j]
+                    if gain > self.eps and self._fits(i, b, cj, mj) and self._fits(j, a, ci, mi):
+                        self.move(i, b)
+                        self.move(j, a)
+                        used.update((i, j))
+                        swapped += 1
+                        break
+        return swapped

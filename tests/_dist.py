@@ -1,0 +1,211 @@
+"""Multi-process test harness (CPU, gloo) and the synthetic inputs the parity tests share.
+
+``run_distributed(fn, world_size=4, local_world_size=2, **kwargs)`` starts ``world_size`` processes
+with the ``spawn`` start method, sets the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) so ranks ``h*L .. h*L+L-1`` form emulated host ``h``,
+joins a gloo process group (or NCCL with ``backend="nccl"``: each rank then sees only GPU
+``rank % num_gpus`` as ``cuda:0``) and calls ``fn(rank, world_size, **kwargs)`` in each. It returns the
+ranks' return values (which must pickle). A child's exception is re-raised in the test with the
+child's traceback; a child killed by a signal (e.g. a gloo SIGABRT) or a run past ``timeout``
+fails the test instead of hanging it; shortly before that timeout every child dumps its Python
+stacks to stderr (pytest shows them), which is where a hung collective shows. The environment
+variable DMT_TEST_DIST_TIMEOUT overrides every timeout (seconds). ``fn`` must be a module-level
+function of an importable module (the children import it).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+DEFAULT_TIMEOUT_S = 240.0
+
+
+class ChildError(AssertionError):
+    """A rank of a distributed test raised, died or timed out."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(
+    rank: int,
+    world_size: int,
+    local_world_size: int,
+    port: int,
+    backend: str,
+    num_gpus: int,
+    pg_timeout_s: float,
+    stack_dump_s: float,
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    results: Any,
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank % local_world_size),
+        LOCAL_WORLD_SIZE=str(local_world_size),
+        GROUP_RANK=str(rank // local_world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    if backend == "nccl":  # before CUDA starts: torchrec puts shards on cuda:{rank % local size}
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(rank % num_gpus)
+    torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(stack_dump_s, exit=False)
+    import torch.distributed as dist  # noqa: PLC0415
+
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=pg_timeout_s))
+        result = fn(rank, world_size, **kwargs)
+        results.put((rank, "ok", result))
+    except BaseException:  # noqa: BLE001 (everything must reach the parent)
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            # A peer that failed may never join a barrier; don't let cleanup hang.
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def run_distributed(
+    fn: Callable[..., Any],
+    world_size: int,
+    local_world_size: int,
+    *,
+    backend: str = "gloo",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, **kwargs)`` on ``world_size`` ranks; return their results by rank."""
+    assert world_size % local_world_size == 0, (world_size, local_world_size)
+    timeout = float(os.environ.get("DMT_TEST_DIST_TIMEOUT", timeout))
+    num_gpus = torch.cuda.device_count() if backend == "nccl" else 0
+    assert backend == "gloo" or num_gpus >= 1, "backend='nccl' needs a GPU"
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    # The gloo timeout is shorter than ours so a stuck collective fails inside the children first.
+    pg_timeout_s = max(10.0, timeout * 0.75)
+    port = free_port()
+    procs = [
+        ctx.Process(
+            target=_child,
+            args=(rank, world_size, local_world_size, port, backend, num_gpus, pg_timeout_s, timeout * 0.9,
+                  fn, kwargs, results),
+            daemon=True,
+        )
+        for rank in range(world_size)
+    ]
+    old_omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # children inherit it before torch is imported
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        if old_omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_omp
+    outcome: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(outcome) < world_size:
+            try:
+                rank, status, value = results.get(timeout=0.5)
+                outcome[rank] = (status, value)
+                if status == "error":
+                    break  # the others are likely stuck in a collective with this rank
+                continue
+            except queue.Empty:
+                pass
+            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in outcome]
+            if dead:
+                time.sleep(0.5)  # let a last message arrive
+                while not results.empty():
+                    rank, status, value = results.get_nowait()
+                    outcome[rank] = (status, value)
+                dead = [r for r in dead if r not in outcome]
+                if dead:
+                    raise ChildError(
+                        "rank(s) died without reporting: "
+                        + ", ".join(f"{r} (exit code {procs[r].exitcode})" for r in dead)
+                    )
+            if time.monotonic() > deadline:
+                raise ChildError(
+                    f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}"
+                )
+    finally:
+        for p in procs:
+            p.join(timeout=5 if len(outcome) == world_size else 0.1)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    errors = {r: v for r, (s, v) in outcome.items() if s == "error"}
+    if errors:
+        first = min(errors)
+        raise ChildError(f"rank {first} failed:\n{errors[first]}")
+    return [outcome[r][1] for r in range(world_size)]
+
+
+# --------------------------------------------------------------------------- synthetic inputs
+def make_batch(
+    features: Sequence[str],
+    num_embeddings: Sequence[int],
+    num_dense: int,
+    batch_size: int,
+    *,
+    seed: int,
+    start: int = 0,
+    stop: int | None = None,
+    max_ids: int = 3,
+):
+    """Samples ``start:stop`` of a deterministic random global batch of ``batch_size`` samples.
+
+    Every sample has 0..``max_ids`` ids per feature (empty bags included), dense features in [0, 1)
+    and a 0/1 label. Slicing the same global batch per rank gives each rank its share of exactly
+    the samples an unsharded run sees.
+    """
+    from torchrec.datasets.utils import Batch  # noqa: PLC0415
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+
+    stop = batch_size if stop is None else stop
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, max_ids + 1, (len(features), batch_size), generator=g)
+    values, local_lengths = [], []
+    for f, n in enumerate(num_embeddings):
+        ids = torch.randint(0, n, (int(lengths[f].sum()),), generator=g)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths[f].cumsum(0)])
+        values.append(ids[offsets[start] : offsets[stop]])
+        local_lengths.append(lengths[f, start:stop])
+    dense = torch.rand(batch_size, num_dense, generator=g)
+    labels = torch.randint(0, 2, (batch_size,), generator=g)
+    return Batch(
+        dense_features=dense[start:stop],
+        sparse_features=KeyedJaggedTensor(
+            keys=list(features),
+            values=torch.cat(values),
+            lengths=torch.cat(local_lengths).to(torch.int32),
+        ),
+        labels=labels[start:stop],
+    )

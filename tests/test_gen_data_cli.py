@@ -1,0 +1,83 @@
+"""`dmt gen-data`: writes data + truth, prints one line; bad arguments exit 2 and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dmt.cli import main
+from dmt.commands import gen_data
+from dmt.data.criteo import read_criteo
+
+
+def test_writes_data_and_truth(tmp_path, capsys):
+    out, truth = tmp_path / "d.txt", tmp_path / "t.json"
+    rc = main(["gen-data", "--rows", "2000", "--out", str(out), "--truth", str(truth), "--seed", "3",
+               "--preset", "tiny", "--groups", "3"])  # fmt: skip
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "2,000 rows" in lines[0] and "3 planted groups" in lines[0]
+    t = json.loads(truth.read_text())
+    assert t["rows"] == 2000 and t["seed"] == 3 and len(t["groups"]) == 3
+    assert read_criteo(out)[1].rows == 2000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "t.json"]  # no temp files left
+
+
+def test_gz_and_new_directories(tmp_path):
+    out, truth = tmp_path / "a" / "d.txt.gz", tmp_path / "b" / "t.json"
+    args = ["gen-data", "--rows", "500", "--out", str(out), "--truth", str(truth), "--preset", "tiny"]
+    assert main(args) == 0
+    assert out.read_bytes()[:2] == b"\x1f\x8b" and read_criteo(out)[1].rows == 500
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rows", "0"], "--rows=0 must be >= 1"),
+        (["--rows", "-5"], "--rows=-5 must be >= 1"),
+        (["--rows", "10", "--seed", "-1"], "--seed=-1 must be >= 0"),
+        (["--rows", "10", "--groups", "0"], "num_groups=0 must be in [1, 26]"),
+        (["--rows", "10", "--groups", "27"], "num_groups=27 must be in [1, 26]"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(tmp_path, capsys, extra, message):
+    out, truth = tmp_path / "d.txt", tmp_path / "t.json"
+    assert main(["gen-data", *extra, "--out", str(out), "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dmt gen-data: error: ") and message in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_paths_exit_2_and_write_nothing(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    good = tmp_path / "d.txt"
+    cases = [
+        (str(blocker / "sub" / "d.txt"), str(tmp_path / "t.json"), "not a writable directory"),
+        (str(good), str(blocker / "t.json"), "not a writable directory"),
+        (str(tmp_path), str(tmp_path / "t.json"), "is a directory"),
+        (str(good), str(good), "the same file"),
+    ]
+    for out, truth, message in cases:
+        assert main(["gen-data", "--rows", "10", "--out", out, "--truth", truth]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_failed_truth_write_removes_the_data(tmp_path, monkeypatch, capsys):
+    def fail(path: str, text: str) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(gen_data, "atomic_write_text", fail)
+    out, truth = tmp_path / "d.txt", tmp_path / "t.json"
+    args = ["gen-data", "--rows", "10", "--out", str(out), "--truth", str(truth), "--preset", "tiny"]
+    assert main(args) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_required_argument_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["gen-data", "--rows", "10", "--out", str(tmp_path / "d.txt")])
+    assert e.value.code == 2 and "--truth" in capsys.readouterr().err

@@ -1,0 +1,238 @@
+"""TowerPartitioner and baselines: toy cases computed by hand, invariants, infeasible requests."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from dmt.plan import TowerPlan
+from partitioner import (
+    METHODS,
+    FeatureCosts,
+    FeatureRepresentation,
+    GreedyPartitioner,
+    PartitionError,
+    PartitionErrorReason,
+    RandomPartitioner,
+    RoundRobinPartitioner,
+    TowerPartitioner,
+)
+from partitioner.metrics import ari_vs_groups
+
+# a-b and c-d interact strongly, a-c and b-d weakly; total affinity 20.
+TOY_AFFINITY = np.array([[0, 9, 1, 0], [9, 0, 0, 1], [1, 0, 0, 9], [0, 1, 9, 0]], dtype=float)
+TOY = FeatureRepresentation(names=("a", "b", "c", "d"), affinity=TOY_AFFINITY)
+
+
+def planted(num_groups: int, size: int, seed: int, noise: float = 0.1) -> tuple[FeatureRepresentation, np.ndarray]:
+    """Affinity with dense blocks on the diagonal and weak random links elsewhere; shuffled order."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(num_groups), size)
+    perm = rng.permutation(len(truth))
+    truth = truth[perm]
+    w = rng.uniform(0, noise, (len(truth), len(truth)))
+    w = np.where(truth[:, None] == truth[None, :], rng.uniform(0.5, 1.0, w.shape), w)
+    w = np.triu(w, 1)
+    names = tuple(f"f{i}" for i in range(len(truth)))
+    return FeatureRepresentation(names=names, affinity=w + w.T), truth
+
+
+# ---------------------------------------------------------------------------- toy, by hand
+def test_toy_affinity_decides_when_costs_are_equal():
+    tp = TowerPartitioner(2, random_state=0).fit(TOY)
+    assert tp.labels_.tolist() == [0, 0, 1, 1]
+    assert [t.features for t in tp.plan_.towers] == [("a", "b"), ("c", "d")]
+    assert tp.tower_loads_.tolist() == [2.0, 2.0]
+    assert tp.imbalance_ == 1.0
+    assert tp.intra_affinity_ == pytest.approx(18 / 20)
+
+
+def test_toy_balance_overrides_affinity():
+    # Costs 3, 2, 2, 1: mean 4, cap 4.4. {a,b} costs 5, so the only feasible split is {a,d} | {b,c}
+    # (every 1-3 split puts >= 5 on one side), even though it keeps no affinity at all.
+    tp = TowerPartitioner(2, balance_tolerance=0.1, random_state=0).fit(TOY, costs=np.array([3.0, 2, 2, 1]))
+    assert tp.labels_.tolist() == [0, 1, 1, 0]
+    assert tp.tower_loads_.tolist() == [4.0, 4.0]
+    assert tp.intra_affinity_ == 0.0
+
+
+def test_toy_baselines():
+    costs = np.array([3.0, 2, 2, 1])
+    with pytest.warns(UserWarning, match="round_robin: max tower load is 1.250x"):
+        assert RoundRobinPartitioner(2).fit(TOY, costs=costs).labels_.tolist() == [0, 1, 0, 1]
+    # LPT: a(3) -> t0, b(2) -> t1, c(2) -> t1 (2 < 3), d(1) -> t0 (3 < 4).
+    greedy = GreedyPartitioner(2).fit(TOY, costs=costs)
+    assert greedy.labels_.tolist() == [0, 1, 1, 0]
+    assert greedy.tower_loads_.tolist() == [4.0, 4.0]
+    rnd = RandomPartitioner(2, random_state=0).fit(TOY)
+    assert sorted(np.bincount(rnd.labels_).tolist()) == [2, 2]
+
+
+def test_plan_has_hosts_costs_and_round_trips():
+    rep, _ = planted(4, 5, seed=0)
+    tp = TowerPartitioner(4, random_state=0).fit(rep, num_hosts=2)
+    plan = tp.plan_
+    assert plan.method == "tp" and plan.num_hosts == 2 and plan.params["num_towers"] == 4
+    assert sorted(t.host for t in plan.towers) == [0, 0, 1, 1]
+    assert [t.cost for t in plan.towers] == tp.tower_loads_.tolist()
+    assert TowerPlan.from_json(plan.to_json()) == plan
+
+
+# ------------------------------------------------------------------------------ recovery
+@pytest.mark.parametrize("clusterer", ["spectral", "kernighan_lin"])
+def test_tp_recovers_planted_groups_baselines_do_not(clusterer):
+    rep, truth = planted(4, 6, seed=1)
+    groups = [[n for n, t in zip(rep.names, truth) if t == g] for g in range(4)]
+    tp = TowerPartitioner(4, clusterer=clusterer, random_state=0).fit(rep)
+    assert ari_vs_groups(tp.features_, tp.labels_, groups) == 1.0
+    for cls in (RandomPartitioner, RoundRobinPartitioner, GreedyPartitioner):
+        base = cls(4, random_state=0).fit(rep)
+        assert ari_vs_groups(base.features_, base.labels_, groups) < 0.5
+        assert base.intra_affinity_ < tp.intra_affinity_
+
+
+def test_vectors_only_builds_knn_graph():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 10, (3, 5))
+    x = np.repeat(centers, 20, axis=0) + rng.normal(0, 0.5, (60, 5))
+    tp = TowerPartitioner(3, random_state=0).fit(x)
+    assert ari_vs_groups(tp.features_, tp.labels_, [[f"feature_{i}" for i in range(g * 20, g * 20 + 20)]
+                                                    for g in range(3)]) == 1.0  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- invariants
+def _feasible_case(data, num_towers: int, tol: float) -> tuple[FeatureRepresentation, np.ndarray]:
+    """Costs in [1, 3] and enough features that every one costs <= tol x mean: LPT (and so TP)
+    then provably meets the balance (list scheduling: max load <= mean + max cost)."""
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    num = max(data.draw(st.integers(num_towers, 40)), math.ceil(3 * num_towers / tol))
+    costs = rng.uniform(1, 3, num)
+    w = rng.exponential(1.0, (num, num)) * (rng.random((num, num)) < 0.3)
+    w = np.triu(w, 1)
+    return FeatureRepresentation(names=tuple(f"f{i}" for i in range(num)), affinity=w + w.T), costs
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), num_towers=st.integers(1, 6), tol=st.sampled_from([0.1, 0.2, 0.5]),
+       method=st.sampled_from(["tp", "greedy"]))  # fmt: skip
+def test_every_feature_once_no_empty_tower_balanced(data, num_towers, tol, method):
+    rep, costs = _feasible_case(data, num_towers, tol)
+    est = METHODS[method](num_towers, balance_tolerance=tol, random_state=0).fit(rep, costs=costs)
+    plan = est.plan_
+    assert sorted(plan.features) == sorted(rep.names)  # each feature in exactly one tower
+    assert len(plan.towers) == num_towers and all(t.features for t in plan.towers)
+    assert est.tower_loads_.max() <= (1 + tol) * costs.sum() / num_towers * (1 + 1e-9)
+    assert est.tower_loads_.sum() == pytest.approx(costs.sum())
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), num_towers=st.integers(2, 5), method=st.sampled_from(["tp", "random"]))
+def test_fixed_random_state_gives_identical_plan(seed, num_towers, method):
+    rep, _ = planted(num_towers, 4, seed=seed, noise=0.5)
+    first = METHODS[method](num_towers, random_state=seed).fit(rep).plan_
+    again = METHODS[method](num_towers, random_state=seed).fit(rep).plan_
+    assert first.to_dict() == again.to_dict()
+
+
+@settings(max_examples=15, deadline=None)
+@given(num=st.integers(1, 8), extra=st.integers(1, 4))
+def test_too_few_features(num, extra):
+    rep = FeatureRepresentation(names=tuple(f"f{i}" for i in range(num)), vectors=np.eye(num))
+    with pytest.raises(PartitionError) as e:
+        TowerPartitioner(num + extra).fit(rep)
+    assert e.value.reason is PartitionErrorReason.TOO_FEW_FEATURES
+
+
+@settings(max_examples=15, deadline=None)
+@given(num=st.integers(4, 30), num_towers=st.integers(2, 4), tol=st.sampled_from([0.0, 0.1, 0.3]))
+def test_one_feature_above_the_cap_is_a_balance_error(num, num_towers, tol):
+    costs = np.ones(num)
+    # big > (1 + tol) (rest + big) / K  <=>  big > (1 + tol) rest / (K - 1 - tol); twice that:
+    costs[num // 2] = 2 * (1 + tol) * (num - 1) / (num_towers - 1 - tol)
+    rep = FeatureRepresentation(names=tuple(f"f{i}" for i in range(num)), vectors=np.eye(num))
+    with pytest.raises(PartitionError) as e:
+        TowerPartitioner(num_towers, balance_tolerance=tol).fit(rep, costs=costs)
+    assert e.value.reason is PartitionErrorReason.BALANCE
+    assert f"f{num // 2}" in str(e.value)
+    with pytest.warns(UserWarning, match="above 1 \\+ balance_tolerance"):
+        GreedyPartitioner(num_towers, balance_tolerance=tol).fit(rep, costs=costs)
+
+
+def test_hard_but_not_obviously_infeasible_balance_is_reported():
+    # 3 equal features into 2 towers at 10 %: every single feature fits the cap (1 <= 1.65), yet
+    # some tower must take two (2 > 1.65).
+    rep = FeatureRepresentation(names=("a", "b", "c"), vectors=np.eye(3))
+    with pytest.raises(PartitionError) as e:
+        TowerPartitioner(2, balance_tolerance=0.1).fit(rep)
+    assert e.value.reason is PartitionErrorReason.BALANCE
+    with pytest.warns(UserWarning, match="above 1 \\+ balance_tolerance"):
+        GreedyPartitioner(2, balance_tolerance=0.1).fit(rep)  # baselines report, never refuse
+
+
+def test_memory():
+    rep, _ = planted(2, 4, seed=0)
+    costs = FeatureCosts.uniform(rep.names, memory_bytes=100)
+    # 2 hosts x 450 bytes, 4 towers -> 2 towers a host -> 225 bytes a tower: 2 features each fit.
+    tp = TowerPartitioner(4, random_state=0).fit(rep, costs=costs, num_hosts=2, host_memory_bytes=450)
+    assert tp.tower_memory_.max() <= 225
+    with pytest.raises(PartitionError) as e:  # 800 bytes of tables, 4 x 175 = 700 available
+        TowerPartitioner(4).fit(rep, costs=costs, num_hosts=2, host_memory_bytes=350)
+    assert e.value.reason is PartitionErrorReason.MEMORY
+    with pytest.raises(PartitionError) as e:  # one table alone exceeds a tower's share
+        TowerPartitioner(2).fit(rep, costs=costs, num_hosts=1, host_memory_bytes=150)
+    assert e.value.reason is PartitionErrorReason.MEMORY
+
+
+def test_allow_empty_towers():
+    # 6 features into 8 towers; the cap (1.5 x 6 / 8 = 1.125) allows one feature a tower.
+    rep = FeatureRepresentation(names=tuple("abcdef"), vectors=np.eye(6))
+    tp = TowerPartitioner(8, balance_tolerance=0.5, allow_empty=True, random_state=0).fit(rep)
+    assert [len(t.features) for t in tp.plan_.towers] == [1] * 6  # empty towers are not in the plan
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"num_towers": 0}, "num_towers=0"), ({"num_towers": 2, "balance_tolerance": -1}, "balance_tolerance"),
+     ({"num_towers": 2, "clusterer": "nope"}, "clusterer='nope'")],
+)  # fmt: skip
+def test_bad_parameters_raise_in_fit_not_init(kwargs, match):
+    num_towers = kwargs.pop("num_towers")
+    est = TowerPartitioner(num_towers, **kwargs)  # __init__ only stores
+    with pytest.raises(PartitionError, match=match) as e:
+        est.fit(TOY)
+    assert e.value.reason is PartitionErrorReason.INPUT
+
+
+def test_costs_are_aligned_by_name():
+    costs = FeatureCosts.from_lookup_cost(("d", "c", "b", "a"), np.array([1.0, 2, 2, 3]))
+    tp = TowerPartitioner(2, random_state=0).fit(TOY, costs=costs)
+    assert tp.labels_.tolist() == [0, 1, 1, 0]  # the same answer as costs [3, 2, 2, 1] for a..d
+    with pytest.raises(PartitionError, match="different features"):
+        TowerPartitioner(2).fit(TOY, costs=FeatureCosts.uniform(("a", "b", "c", "x")))
+
+
+# ------------------------------------------------------------------------ scikit-learn API
+def _expected_failed_checks(estimator) -> dict[str, str]:
+    if isinstance(estimator, TowerPartitioner):
+        return {}
+    return {"check_clustering": "baselines ignore the data by design, so they cannot recover blobs"}
+
+
+@parametrize_with_checks(
+    [TowerPartitioner(3, balance_tolerance=0.5, random_state=0), RandomPartitioner(3, random_state=0),
+     RoundRobinPartitioner(3), GreedyPartitioner(3)],
+    expected_failed_checks=_expected_failed_checks,
+)  # fmt: skip
+def test_sklearn_estimator_contract(estimator, check):
+    # Rows of X are features (the samples being clustered); tolerance 0.5 because the checks'
+    # 10 equal-cost rows cannot be split 4/3/3 within 10 % of the mean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # baselines warn about their balance
+        check(estimator)
