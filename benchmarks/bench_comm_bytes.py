@@ -146,7 +146,7 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
     """
     try:
         from dmt.sharding import find_tower_collection, shard  # noqa: PLC0415
-        from dmt.transform import transform  # noqa: PLC0415
+        from dmt.sptt import transform  # noqa: PLC0415
     except ImportError as e:
         raise NotImplementedError(f"dmt.sharding / dmt.transform not available ({e})") from None
     from dmt.models import build_flat_model as build  # noqa: PLC0415

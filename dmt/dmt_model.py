@@ -3,7 +3,7 @@
 ``DMTModel`` is the tower counterpart of torchrec's ``DLRM`` (same ``forward(dense, sparse) ->
 logits``) and ``DMTTrain`` the counterpart of ``DLRMTrain`` (same ``forward(batch) -> (loss,
 (loss, logits, labels))``), so the training loop and torchrec's pipelines run either unchanged.
-Build one from a flat model with :func:`dmt.transform.transform`; shard it with
+Build one from a flat model with :func:`dmt.sptt.transform`; shard it with
 :func:`dmt.sharding.shard`.
 
 Data flow (B = local batch, D = embedding dim, T = towers, K = sum of the towers' k_t)::

@@ -57,8 +57,10 @@ def init_distributed(backend: str | None = None) -> DistEnv:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    # torchrec reads the host size from here; LOCAL_WORLD_SIZE is its fallback with a warning.
-    os.environ.setdefault("TORCHREC_RESOLVED_POD_SIZE", str(topology.local_world_size))
+    # torchrec's host groups are pod_size x LOCAL_WORLD_SIZE ranks; a pod of one host keeps them to
+    # one host (and silences the fallback warning it prints on every call).
+    os.environ.setdefault("TORCHREC_RESOLVED_POD_SIZE", "1")
+    os.environ.setdefault("TOPOLOGY_DOMAIN_MULTIPLE", "1")  # torchrec 1.6's name for the same
     return DistEnv(topology=topology, device=device, backend=backend)
 
 

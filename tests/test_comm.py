@@ -143,9 +143,9 @@ def _dmt_linear_towers(env, rank: int) -> dict:
     """One counted step of a 2-tower DMT model (linear towers, c=2): tower DDPs are found and counted."""
     try:
         from dmt.sharding import shard  # noqa: PLC0415
-        from dmt.transform import transform  # noqa: PLC0415
+        from dmt.sptt import transform  # noqa: PLC0415
     except ImportError as e:
-        return {"skipped": f"dmt.sharding / dmt.transform not importable: {e}"}
+        return {"skipped": f"dmt.sharding / dmt.sptt not importable: {e}"}
     from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
     from dmt.plan import TowerPlan  # noqa: PLC0415
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415

@@ -57,7 +57,7 @@ LR = 0.5  # plain SGD everywhere: fused EXACT_SGD for the shards, torch SGD for 
 
 def _transformed(flat, plan, tower_module=None):
     """``transform`` under a fixed seed, so fresh dense parts are the same on every call."""
-    from dmt.transform import transform  # noqa: PLC0415
+    from dmt.sptt import transform  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
 
     torch.manual_seed(1)
@@ -175,7 +175,7 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
 
 def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
     from dmt.sharding import DmtModelParallel, StateDictError  # noqa: PLC0415
-    from dmt.transform import transform  # noqa: PLC0415
+    from dmt.sptt import transform  # noqa: PLC0415
     from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
     from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
 
@@ -251,7 +251,7 @@ def check_sharder_keeps_plan(rank, world, *, arch, plan, sharding):
 
     from dmt.sharding import TowerCollectionSharder, build_sharding_plan  # noqa: PLC0415
     from dmt.topology import Topology  # noqa: PLC0415
-    from dmt.transform import transform  # noqa: PLC0415
+    from dmt.sptt import transform  # noqa: PLC0415
 
     dmt = transform(_flat(arch), plan)
     sharding_plan = build_sharding_plan(dmt, plan, Topology.from_env(), sharding=sharding)
@@ -388,7 +388,7 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
     from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
     from dmt.sharding import SMALL_TABLE_ROWS, build_sharding_plan  # noqa: PLC0415
     from dmt.topology import Topology  # noqa: PLC0415
-    from dmt.transform import transform  # noqa: PLC0415
+    from dmt.sptt import transform  # noqa: PLC0415
 
     rows = (40, 30, SMALL_TABLE_ROWS + 1, 20, 40, 30)
     cfg = ModelConfig.preset("debug", sparse_features=FEATURES, num_embeddings=rows)

@@ -11,7 +11,7 @@ from dmt.dmt_model import DMTModel, DMTTrain, index_to_blocks, permute_columns
 from dmt.errors import DmtError
 from dmt.models import ModelConfig, build_flat_model
 from dmt.plan import PlanError, Tower, TowerPlan
-from dmt.transform import flat_global_interaction, transform
+from dmt.sptt import flat_global_interaction, transform
 from towers import GlobalInteractionConfig, TowerModuleConfig
 
 FEATURES = tuple(f"f{i}" for i in range(6))

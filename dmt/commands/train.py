@@ -29,6 +29,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--preset", choices=["debug", "small", "criteo"], default="small", help="model size (small)")
     model.add_argument("--embedding-dim", type=int, help="override the preset's embedding dim")
     model.add_argument("--num-embeddings", type=int, help="rows per table; ids are hashed modulo this")
+    tw = p.add_argument_group("towers (DMT)")
+    tw.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`): train DMT over these towers")
+    tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="identity",
+                    help="module per tower (identity: exactly the flat model)")
+    tw.add_argument("--compression", type=float, default=1.0, help="tower output compression ratio c (1)")
+    tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
+                    help="tower tables inside a host (auto)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
     opt.add_argument("--epochs", type=int, default=1)
@@ -63,6 +70,19 @@ def job_config(args: argparse.Namespace):
         overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
     if args.num_embeddings:
         overrides["num_embeddings"] = (args.num_embeddings,) * 26
+    towers = None
+    if args.plan:
+        from dmt.plan import TowerPlan  # noqa: PLC0415
+        from dmt.train.build import TowerSpec  # noqa: PLC0415
+        from towers import TowerModuleConfig  # noqa: PLC0415
+
+        try:
+            module = TowerModuleConfig(kind=args.tower_module, compression=args.compression)
+        except ValueError as e:
+            raise DmtError(f"bad tower module: {e}") from None
+        towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module, sharding=args.tower_sharding)
+    elif args.tower_module != "identity" or args.compression != 1.0:
+        raise DmtError("--tower-module/--compression need --plan (a TowerPlan from `dmt partition`)")
     return JobConfig(
         data=args.data, out=args.out, model=ModelConfig.preset(args.preset, **overrides),
         optim=OptimConfig(sparse=args.sparse_optimizer, sparse_lr=args.lr, dense=args.dense_optimizer,
@@ -70,7 +90,7 @@ def job_config(args: argparse.Namespace):
         eval_fraction=args.eval_fraction, batch_size=args.batch_size, epochs=args.epochs,
         max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
         skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, towers=towers,
     )  # fmt: skip
 
 

@@ -19,10 +19,11 @@ from dmt.atomic import atomic_write_text
 from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import CriteoArrays, read_criteo
 from dmt.errors import DmtError
-from dmt.models import ModelConfig, build_flat_model
+from dmt.models import ModelConfig
 from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dmt.train.loop import LoopConfig, LoopResult, train
-from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+from dmt.train.build import TowerSpec, build_model
+from dmt.train.optim import OptimConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,7 @@ class JobConfig:
     eval_every: int = 0
     sharding: str = "table_wise"  # flat models under torchrun
     seed: int = 0
+    towers: TowerSpec | None = None  # None: the flat model; else DMT over these towers
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     resume: bool = False  # continue from the newest complete checkpoint in <out>/checkpoints
     skip_bad_rows: bool = False
@@ -69,9 +71,9 @@ def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, 
 
 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
-    """Train the flat model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
+    """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
     if distributed:
-        from dmt.parallel import init_distributed, shard_flat  # noqa: PLC0415 (keeps 1-process start light)
+        from dmt.parallel import init_distributed  # noqa: PLC0415 (keeps 1-process start light)
 
         env = init_distributed()
         rank, world, device, is_main = env.topology.rank, env.topology.world_size, env.device, env.is_main
@@ -89,17 +91,9 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     steps = cfg.epochs * steps_per_epoch
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
 
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank and in the 1-process run
-    model = build_flat_model(cfg.model, device="meta" if distributed else None)
-    if distributed:
-        # Materialise the meta tables with the same values a 1-process run gets: build them on CPU
-        # under the same seed and copy them into the local shards after sharding.
-        torch.manual_seed(cfg.seed)
-        reference = build_flat_model(cfg.model).state_dict()
-        apply_sparse_optimizer(model, cfg.optim)
-        model = shard_flat(model, cfg.model, env, cfg.sharding)
-        _load_global_weights(model, reference)
-    optimizer = build_optimizer(model, cfg.optim)
+    model, optimizer = build_model(cfg.model, cfg.optim, seed=cfg.seed, towers=cfg.towers,
+                                   env=env if distributed else None, flat_sharding=cfg.sharding)
+    counter = _comm_counter(model, env) if distributed else None
 
     def eval_batches():
         return iter_batches(eval_arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
@@ -107,7 +101,8 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
 
     ckpt_root = os.path.join(cfg.out, "checkpoints")
     fingerprint = json.loads(json.dumps({"global_batch": cfg.batch_size * world, "seed": cfg.seed,
-                                         "train_rows": len(train_arrays), "model": cfg.model.to_dict()}))
+                                         "train_rows": len(train_arrays), "model": cfg.model.to_dict(),
+                                         "towers": _towers_dict(cfg.towers)}))
     history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume else None
 
     def on_checkpoint(progress: LoopResult) -> None:
@@ -120,14 +115,14 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     result = train(model, optimizer, _epoch_batches(train_arrays, cfg, rank, world, first_step), eval_batches,
                    LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
                    device=device, is_main=is_main, history=history,
-                   checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint)
+                   checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint, counter=counter)
     if cfg.checkpoint_every:
         save_checkpoint(ckpt_root, result.steps, model, optimizer,
                         {"fingerprint": fingerprint, "progress": asdict(result)})
     wall = time.perf_counter() - start
     final = result.evals[-1]
     metrics = {
-        "model": cfg.model.arch,
+        "model": cfg.model.arch if cfg.towers is None else f"dmt({cfg.model.arch})",
         "auc": final["auc"],
         "logloss": final["logloss"],
         "ne": final["ne"],
@@ -139,13 +134,46 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         "train_rows": len(train_arrays),
         "eval_rows": final["num_samples"],
         "bad_rows_skipped": report.bad_rows_skipped,
+        **_comm_metrics(counter, result.steps - (history.steps if history else 0), cfg.batch_size * world),
         "losses": result.losses,
         "evals": result.evals,
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "towers": _towers_dict(cfg.towers)},
     }
     if is_main:
         atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _towers_dict(towers: TowerSpec | None) -> dict | None:
+    if towers is None:
+        return None
+    return {"plan": towers.plan.to_dict(), "module": towers.module.to_dict(), "sharding": towers.sharding}
+
+
+def _comm_counter(model, env):
+    """Count every collective of the training steps (DDP all-reduces included) for metrics.json."""
+    from dmt.comm import CommCounter, register_ddp_counting_hooks  # noqa: PLC0415
+
+    counter = CommCounter(env.topology)
+    register_ddp_counting_hooks(model, counter)
+    return counter
+
+
+def _comm_metrics(counter, steps: int, global_batch: int) -> dict:
+    """Bytes per training sample, summed over ranks: cross-host and intra-host, by collective."""
+    if counter is None or steps == 0:
+        return {"cross_host_bytes_per_sample": 0.0, "intra_host_bytes_per_sample": 0.0}
+    from dmt.comm import reduce_summary  # noqa: PLC0415
+
+    per_sample = reduce_summary(counter.summary()).per_sample(global_batch * steps)
+    train = ("forward", "backward")
+    total = per_sample.total(phase=train)
+    by_op = {
+        "/".join(k): {"cross_host": v.cross_host, "intra_host": v.intra_host}
+        for k, v in per_sample.grouped("op", "group", "phase").items() if k[2] in train
+    }
+    return {"cross_host_bytes_per_sample": total.cross_host, "intra_host_bytes_per_sample": total.intra_host,
+            "comm_bytes_per_sample": by_op}
 
 
 def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> LoopResult | None:
@@ -173,19 +201,3 @@ def _maybe_inject_fault(step: int) -> None:
     rank, at = (int(x) for x in spec.split(":"))
     if step == at and int(os.environ.get("RANK", "0")) == rank:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _load_global_weights(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> None:
-    """Copy unsharded weights into a DMP model's (possibly sharded) state, in place."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
-
-    for key, target in model.state_dict().items():
-        source = global_state[key.removeprefix("_dmp_wrapped_module.").removeprefix("module.")]
-        if isinstance(target, ShardedTensor):
-            for shard in target.local_shards():
-                offsets = shard.metadata.shard_offsets
-                sizes = shard.metadata.shard_sizes
-                index = tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
-                shard.tensor.detach().copy_(source[index])
-        else:
-            target.detach().copy_(source)

@@ -8,6 +8,7 @@ to overlap and use a plain step with the same contract. Training proceeds in pha
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -21,6 +22,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from dmt.comm import CommCounter
 from dmt.errors import DmtError
 from dmt.metrics import binary_metrics
 
@@ -121,12 +123,17 @@ def train(
     history: LoopResult | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[LoopResult], None] | None = None,
+    counter: CommCounter | None = None,
 ) -> LoopResult:
     """Train until ``cfg.steps`` steps from ``train_batches``; evaluate on fresh ``eval_batches()``.
 
     ``history`` continues a resumed run (its ``steps`` must match where ``train_batches`` starts);
     ``on_checkpoint`` is called every ``checkpoint_every`` steps with the result so far.
+    ``counter`` counts the training steps' collectives (evaluation and bookkeeping are labelled
+    "eval" and "other", so they don't mix with the forward/backward bytes).
     """
+    counting = counter if counter is not None else contextlib.nullcontext()
+    other = (lambda name: counter.phase(name)) if counter is not None else (lambda name: contextlib.nullcontext())
     if isinstance(model, DistributedModelParallel):
         pipeline = TrainPipelineSparseDist(model, optimizer, device)
     else:
@@ -140,12 +147,14 @@ def train(
         next_ckpt = _next_boundary(result.steps, checkpoint_every, cfg.steps)
         n = min(next_eval, next_ckpt) - result.steps
         start = time.perf_counter()
-        outputs = _run_phase(pipeline, itertools.islice(train_batches, n))
+        with counting:
+            outputs = _run_phase(pipeline, itertools.islice(train_batches, n))
         result.train_seconds += time.perf_counter() - start
         if not outputs:
             break  # out of data
         # One collective per phase, not per step: per-step losses are all-reduced together.
-        losses = _mean_over_ranks(torch.stack([o[0].detach().float().cpu() for o in outputs])).tolist()
+        with counting, other("other"):
+            losses = _mean_over_ranks(torch.stack([o[0].detach().float().cpu() for o in outputs])).tolist()
         for i, value in enumerate(losses):
             if not math.isfinite(value):
                 raise DmtError(f"loss became {value} at step {result.steps + i + 1}; lower the learning "
@@ -155,11 +164,13 @@ def train(
         bar.update(len(outputs))
         out_of_data = len(outputs) < n
         if result.steps == next_eval or out_of_data:
-            metrics = evaluate(pipeline, model, eval_batches())
+            with counting, other("eval"):
+                metrics = evaluate(pipeline, model, eval_batches())
             result.evals.append({"step": result.steps, **metrics})
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", auc=f"{metrics['auc']:.4f}")
         if on_checkpoint is not None and result.steps == next_ckpt and checkpoint_every:
-            on_checkpoint(result)
+            with counting, other("other"):
+                on_checkpoint(result)
         if out_of_data:
             break
     bar.close()
