@@ -12,9 +12,9 @@ setup: $(STAMP)
 # Re-runs only when a pin or the package metadata changed, so a ready venv costs nothing.
 $(STAMP): requirements/cpu.txt requirements/torchrec.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements/cpu.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements/torchrec.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -qq --disable-pip-version-check -r requirements/cpu.txt
+	$(BIN)/pip install -qq --disable-pip-version-check --no-deps -r requirements/torchrec.txt
+	$(BIN)/pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 demo: setup

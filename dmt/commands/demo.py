@@ -1,7 +1,8 @@
 """`dmt demo`: the main job end to end on generated data, no download needed.
 
-generate Criteo-format rows with planted feature groups (once) -> train the flat DLRM sharded over
-2 emulated hosts x 2 ranks -> print the results table and where the outputs are.
+generate Criteo-format rows with planted feature groups (once) -> partition the features into towers
+from a briefly trained probe model -> train the flat DLRM and DMT (those towers, linear tower
+modules with compression c) on 2 emulated hosts x 2 ranks -> print the comparison and write a report.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dmt.errors import DmtError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="generate data and train on emulated hosts (the main job)",
-        description="Generate synthetic Criteo-format data if absent, train the flat DLRM on "
-        "--hosts x --ranks-per-host emulated hosts, and print AUC / log loss / throughput.",
+        help="generate data, partition, train flat vs DMT on emulated hosts (the main job)",
+        description="Generate synthetic Criteo-format data if absent, partition its features into "
+        "towers, train the flat DLRM and DMT on --hosts x --ranks-per-host emulated hosts, print AUC, "
+        "log loss, cross-host bytes and throughput side by side, and write a report with plots.",
     )
     p.add_argument("--workdir", default="runs/demo", help="where data and results go (runs/demo)")
     p.add_argument("--rows", type=int, default=300_000, help="generated rows (300000)")
@@ -26,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks-per-host", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--towers", type=int, default=4, help="towers for DMT (4)")
+    p.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -49,23 +53,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] generating {args.rows:,} rows -> {data}")
         _run_dmt(["gen-data", "--rows", str(args.rows), "--out", str(data), "--truth", str(truth),
                   "--seed", str(args.seed)])
-    runs = {"flat DLRM": work / "flat"}
-    for name, out in runs.items():
+    plan = work / "plan.json"
+    print(f"[demo] partitioning {args.towers} towers over {args.hosts} hosts -> {plan}")
+    _run_dmt(["partition", "--data", str(data), "--num-towers", str(args.towers), "--hosts", str(args.hosts),
+              "--out", str(plan), "--truth", str(truth), "--plot", str(work / "towers.png"),
+              "--seed", str(args.seed)])
+    common = ["--data", str(data), "--model", "dlrm", "--hosts", str(args.hosts),
+              "--ranks-per-host", str(args.ranks_per_host), "--batch-size", str(args.batch_size),
+              "--epochs", str(args.epochs), "--seed", str(args.seed), "--eval-every", "200"]
+    runs = {
+        "flat DLRM": (work / "flat", []),
+        f"DMT (TP towers, linear c={args.compression:g})": (
+            work / "dmt", ["--plan", str(plan), "--tower-module", "linear", "--compression", str(args.compression)]),
+    }
+    for name, (out, extra) in runs.items():
         print(f"[demo] training {name} on {args.hosts} hosts x {args.ranks_per_host} ranks -> {out}")
-        _run_dmt(["train", "--data", str(data), "--out", str(out), "--model", "dlrm",
-                  "--hosts", str(args.hosts), "--ranks-per-host", str(args.ranks_per_host),
-                  "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-                  "--seed", str(args.seed), "--eval-every", "200"])
+        _run_dmt(["train", *common, "--out", str(out), *extra])
+    from dmt.report import results_table, write_report  # noqa: PLC0415
+
+    metrics = {name: json.loads((out / "metrics.json").read_text()) for name, (out, _) in runs.items()}
+    report = write_report(metrics, work / "report", title="DMT demo: flat DLRM vs DMT on generated data")
     print()
-    print(results_table({name: json.loads((out / "metrics.json").read_text()) for name, out in runs.items()}))
-    print(f"\n[demo] metrics: {', '.join(str(out / 'metrics.json') for out in runs.values())}")
+    print(results_table(metrics))
+    print(f"\n[demo] report: {report} (plots beside it); tower plot: {work / 'towers.png'}")
     return 0
-
-
-def results_table(results: dict[str, dict]) -> str:
-    """Markdown table of the headline metrics of each run."""
-    rows = ["| model | AUC | log loss | NE | steps | samples/s |", "|---|---|---|---|---|---|"]
-    for name, m in results.items():
-        rows.append(f"| {name} | {m['auc']:.4f} | {m['logloss']:.4f} | {m['ne']:.4f} | {m['steps']} "
-                    f"| {m['samples_per_s']:,.0f} |")
-    return "\n".join(rows)

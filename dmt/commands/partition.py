@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.steps > 0:
         rep = _learn(arrays, args, progress)
         info = rep.info
-        print(f"representation: {rep.source}; probe held-out loss {info['initial_heldout_loss']:.4f} -> "
-              f"{info['heldout_loss']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
+        print(f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
+              f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
               f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
         if args.representation:
             rep.save(args.representation)

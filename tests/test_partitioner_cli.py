@@ -1,0 +1,92 @@
+"""`dmt partition`: table, plan, PNG and ARI on generated data; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dmt.cli import main
+from dmt.data.synthetic import SyntheticSpec, generate_criteo
+from dmt.plan import TowerPlan
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    truth = generate_criteo(d / "rows.txt", rows=60_000, seed=1, spec=SyntheticSpec.tiny())
+    (d / "truth.json").write_text(json.dumps(truth))
+    return d
+
+
+def _args(d, *extra):
+    return ["partition", "--data", str(d / "rows.txt"), "--num-towers", "4", "--out", str(d / "plan.json"),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def test_tp_writes_plan_table_png_and_ari(data, capsys):
+    rc = main(_args(data, "--hosts", "2", "--steps", "400", "--plot", str(data / "towers.png"),
+                    "--truth", str(data / "truth.json"), "--representation", str(data / "rep.npz")))  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "intra-tower affinity" in out and "tower_3" in out
+    ari = float(out.split("adjusted Rand index")[1].split(":")[1].split()[0])
+    assert ari >= 0.9
+    plan = TowerPlan.from_json(data / "plan.json")
+    assert plan.method == "tp" and plan.num_towers == 4 and sorted(t.host for t in plan.towers) == [0, 0, 1, 1]
+    assert len(plan.features) == 26
+    assert (data / "towers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (data / "rep.npz").exists()
+
+
+@pytest.mark.parametrize("method", ["random", "round_robin", "greedy"])
+def test_baselines_reuse_the_cached_representation(data, capsys, method):
+    if not (data / "rep.npz").exists():
+        pytest.skip("needs the representation cached by the tp test")
+    with pytest.warns(UserWarning) if method != "greedy" else _nothing():
+        assert main(_args(data, "--method", method, "--representation", str(data / "rep.npz"),
+                          "--balance-tolerance", "0.0")) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "from " + str(data / "rep.npz") in out
+    assert TowerPlan.from_json(data / "plan.json").method == method
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-towers", "0"], "--num-towers=0 must be >= 1"),
+        (["--num-towers", "27", "--steps", "0", "--method", "greedy"], "n_samples=26 features cannot fill"),
+        (["--balance-tolerance", "-1"], "--balance-tolerance=-1.0 must be >= 0"),
+        (["--steps", "0"], "tp needs >= 1 steps"),
+        (["--truth", "/nonexistent/truth.json"], "cannot read --truth"),
+        (["--hosts", "0"], "--hosts=0 must be >= 1"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_exit_2_with_one_line(data, capsys, extra, message):
+    assert main(_args(data, *extra)) == 2  # a repeated flag: argparse keeps the last
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dmt partition: error: ") and message in err
+
+
+def test_missing_data_exits_2(tmp_path, capsys):
+    assert main(["partition", "--data", str(tmp_path / "none.txt"), "--num-towers", "2",
+                 "--out", str(tmp_path / "p.json"), "--no-progress"]) == 2  # fmt: skip
+    assert "none.txt" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_dmt_never_imports_sklearn_or_networkx():
+    code = ("import sys, dmt, dmt.cli, dmt.commands.partition; dmt.cli.build_parser(); "
+            "bad = [m for m in ('sklearn', 'networkx', 'partitioner') if m in sys.modules]; "
+            "assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
