@@ -78,7 +78,7 @@ class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
         return types + [t for t in extra if t not in types]
 
 
-def exact_resume_ddp_wrapper() -> DefaultDataParallelWrapper:
+def exact_resume_ddp_kwargs() -> dict:
     """DDP arguments that make a resumed run reduce gradients bit-identically to an uninterrupted one.
 
     DDP buckets the parameters in definition order for its first iteration and rebuilds the
@@ -89,9 +89,19 @@ def exact_resume_ddp_wrapper() -> DefaultDataParallelWrapper:
     part of a DLRM has few parameters, so the extra all-reduce calls cost little.
     """
     if "bucket_cap_mb_list" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        return DefaultDataParallelWrapper(ddp_kwargs={"bucket_cap_mb_list": [0]})
+        return {"bucket_cap_mb_list": [0]}
     # Older torch: no rebuild at all (one fixed bucket), at the price of an unused-parameter scan.
-    return DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+    return {"static_graph": False, "find_unused_parameters": True}
+
+
+def exact_resume_ddp_wrapper() -> DefaultDataParallelWrapper:
+    """torchrec's DMP data-parallel wrapper with :func:`exact_resume_ddp_kwargs`."""
+    kwargs = exact_resume_ddp_kwargs()
+    return DefaultDataParallelWrapper(
+        static_graph=kwargs.pop("static_graph", True),
+        find_unused_parameters=kwargs.pop("find_unused_parameters", False),
+        ddp_kwargs=kwargs,
+    )
 
 
 def shard_flat(

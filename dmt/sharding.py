@@ -73,7 +73,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt.dmt_model import ColumnBlocks, index_to_blocks, permute_columns
 from dmt.errors import DmtError, TopologyError
-from dmt.parallel import DistEnv
+from dmt.parallel import DistEnv, exact_resume_ddp_kwargs, exact_resume_ddp_wrapper
 from dmt.plan import PlanError, TowerPlan
 from dmt.topology import Topology
 
@@ -134,7 +134,7 @@ def _tower_ddp(module: nn.Module, device_ids: list[Any] | None = None, *args: An
     """What torchrec's tower sharding gets when it asks for ``DistributedDataParallel(...)``."""
     if not any(p.requires_grad for p in module.parameters()):
         return ParameterFreeTower(module)
-    return CpuSafeDDP(module, device_ids, *args, **kwargs)
+    return CpuSafeDDP(module, device_ids, *args, **{**kwargs, **exact_resume_ddp_kwargs()})
 
 
 class _MeshlessShardingEnv(ShardingEnv):
@@ -723,6 +723,7 @@ def shard(
             device=device,
             plan=copy.deepcopy(sharding_plan),
             sharders=[sharder],
+            data_parallel_wrapper=exact_resume_ddp_wrapper(),
         )
     if tables:
         sharded = get_unwrapped_module(dmp).get_submodule(fqn)

@@ -41,7 +41,7 @@ from dmt.errors import DmtError
 from partitioner.probe import ProbeConfig, prepare, train_probe
 from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 
-SCORES = ("attribution", "dot")
+SCORES = ("attribution", "ablation", "dot")
 
 
 class LearnedEmbedder(FeatureEmbedder):
@@ -75,41 +75,70 @@ class LearnedEmbedder(FeatureEmbedder):
 def pair_scores(
     model: torch.nn.Module, sample: CriteoArrays, sizes: Sequence[int], cfg: ProbeConfig, score: str
 ) -> np.ndarray:
-    """(F, F) mean pair score over ``sample`` (zero diagonal), from the probe's interaction arch."""
+    """(F, F) score of every feature pair over ``sample`` (zero diagonal), from the probe.
+
+    Args:
+        model: the trained probe (``DLRMTrain`` with a linear over-arch).
+        sample: rows to score on, ids encoded as for training.
+        sizes: table size per feature.
+        cfg: the probe config (batch size, embedding dim).
+        score: "attribution", "ablation" or "dot" (see the module docstring).
+    """
     dlrm = model.model
     num = sample.sparse.shape[1]
     d = cfg.embedding_dim
     # torchrec's InteractionArch stacks [dense, sparse_0..sparse_F-1] and keeps the strict upper
     # triangle of their Gram matrix, after the D dense outputs: pair (i, j) of that stack.
     iu = torch.triu_indices(num + 1, num + 1, offset=1)
-    total = torch.zeros(iu.shape[1], dtype=torch.float64)
     captured: list[torch.Tensor] = []
     handle = dlrm.inter_arch.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    parts: dict[str, list[torch.Tensor]] = {"contrib": [], "z": [], "logit": [], "label": []}
     model.eval()
     try:
-        rows = 0
         for batch in iter_batches(sample, batch_size=min(cfg.batch_size, len(sample)), num_embeddings=sizes,
                                   shuffle=False):  # fmt: skip
             captured.clear()
-            logits = dlrm(batch.dense_features, batch.sparse_features)
+            logits = dlrm(batch.dense_features, batch.sparse_features).reshape(-1)
             z = captured[0]
             if score == "attribution":
                 # autograd.grad, not backward(): no parameter gradients, so the in-backward
                 # embedding optimizer never fires and the probe is left untouched.
                 (grad,) = torch.autograd.grad(logits.sum(), z)
-                contrib = (z * grad)[:, d:]
+                parts["contrib"].append((z * grad)[:, d:].detach().abs().sum(dim=0).double())
+            elif score == "dot":
+                parts["contrib"].append(z[:, d:].detach().abs().sum(dim=0).double())
             else:
-                contrib = z[:, d:]
-            total += contrib.detach().abs().sum(dim=0).double()
-            rows += len(z)
+                parts["z"].append(z[:, d:].detach())
+                parts["logit"].append(logits.detach())
+                parts["label"].append(batch.labels.reshape(-1))
     finally:
         handle.remove()
         model.train()
-    mean = (total / max(rows, 1)).numpy()
+    if score == "ablation":
+        weight = dlrm.over_arch.weight.detach()[0, d:]  # the linear over-arch's weight per pair
+        per_pair = _ablation(torch.cat(parts["z"]), torch.cat(parts["logit"]), torch.cat(parts["label"]), weight)
+    else:
+        per_pair = (torch.stack(parts["contrib"]).sum(dim=0) / len(sample)).numpy()
     full = np.zeros((num + 1, num + 1))
-    full[iu[0].numpy(), iu[1].numpy()] = mean
+    full[iu[0].numpy(), iu[1].numpy()] = per_pair
     full = full + full.T
     return full[1:, 1:]  # drop the dense row/column: only sparse features are partitioned
+
+
+def _ablation(z: torch.Tensor, logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
+    """(P,) rise of the mean log loss when each pair's term is replaced by its mean (0 if it falls).
+
+    With a linear over-arch, ablating pair p moves every logit by ``-w_p (z_p - mean z_p)``, so
+    all P ablations are one (N, P) tensor expression, evaluated in chunks of pairs.
+    """
+    base = torch.nn.functional.softplus(logit) - label * logit  # (N,) log loss per row
+    out = []
+    for lo in range(0, z.shape[1], 64):
+        zc = z[:, lo : lo + 64]
+        ablated = logit[:, None] - weight[lo : lo + 64] * (zc - zc.mean(dim=0))
+        loss = torch.nn.functional.softplus(ablated) - label[:, None] * ablated
+        out.append((loss - base[:, None]).mean(dim=0))
+    return torch.cat(out).clamp(min=0).double().numpy()
 
 
 def relative_affinity(scores: np.ndarray) -> np.ndarray:

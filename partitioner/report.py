@@ -110,7 +110,8 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
     ax_b.set_ylabel("share of lookup cost (%)")
     ax_b.set_title(f"per-tower load: max/mean = {model.imbalance_:.3f}, "
                    f"intra-tower affinity = {100 * model.intra_affinity_:.1f} %")  # fmt: skip
-    ax_b.legend(handles=handles, loc="lower right", fontsize=8)
+    ax_b.set_ylim(0, 1.12 * max(cap, 100 * float(share.max())))
+    ax_b.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8)
     fig.suptitle(title or f"{model.plan_.method}: {num} features -> {k} towers on {model.plan_.num_hosts} hosts")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -9,6 +9,7 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dmt.cli import main
+from dmt.plan import Tower, TowerPlan
 from dmt.train.checkpoint import latest_checkpoint
 
 ARGS = ["--preset", "debug", "--max-steps", "30", "--checkpoint-every", "10", "--no-progress", "--seed", "5"]
@@ -56,8 +57,20 @@ def test_single_process_resume_is_exact(synthetic_criteo, tmp_path):
                        tmp_path / "resumed/checkpoints/step_00000030", tmp_path)
 
 
-def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_path, monkeypatch):
+def _dmt_plan(tmp_path) -> list[str]:
+    """Three towers, logical order != host order (hosts 1, 0, 1), linear modules with c=2."""
+    feats = [f"cat_{i}" for i in range(26)]
+    plan = TowerPlan(towers=(Tower("t0", feats[:9], host=1), Tower("t1", feats[9:18], host=0),
+                             Tower("t2", feats[18:], host=1)), num_hosts=2)
+    plan.to_json(tmp_path / "plan.json")
+    return ["--plan", str(tmp_path / "plan.json"), "--tower-module", "linear", "--compression", "2"]
+
+
+@pytest.mark.parametrize("model", ["flat", "dmt"])
+def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_path, monkeypatch, model):
     dist = ["--batch-size", "16", "--hosts", "2", "--ranks-per-host", "2"]
+    if model == "dmt":
+        dist += _dmt_plan(tmp_path)
     assert _train(synthetic_criteo, tmp_path / "full", *dist) == 0
     # Rank 1 SIGKILLs itself right after the step-20 checkpoint; its peers die with it.
     monkeypatch.setenv("DMT_FAULT", "1:20")

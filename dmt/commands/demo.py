@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=int, default=300_000, help="generated rows (300000)")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
+    p.add_argument("--batch-size", type=int, default=128, help="per rank (128)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--towers", type=int, default=4, help="towers for DMT (4)")
     p.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4)")

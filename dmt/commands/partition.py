@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 
 from dmt.errors import DmtError
 
@@ -142,8 +143,12 @@ def run(args: argparse.Namespace) -> int:
     estimator = METHODS[args.method](args.num_towers, balance_tolerance=args.balance_tolerance, random_state=args.seed)
     memory = None if args.host_memory_gb is None else args.host_memory_gb * 2**30
     t1 = time.perf_counter()
-    estimator.fit(rep, costs=costs, num_hosts=args.hosts, host_memory_bytes=memory)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        estimator.fit(rep, costs=costs, num_hosts=args.hosts, host_memory_bytes=memory)
     fit_s = time.perf_counter() - t1
+    for w in caught:  # baselines report a broken balance instead of refusing: say it plainly
+        print(f"warning: {w.message}")
     estimator.plan_.to_json(args.out)
 
     print()
