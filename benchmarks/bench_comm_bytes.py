@@ -300,7 +300,7 @@ def comparison_table(name: str, measured, analytic) -> str:
 
 
 def report(cfg: BenchConfig, results: dict) -> tuple[str, dict]:
-    from dmt.comm import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
 
     shape = CommShape(num_features=cfg.num_features, embedding_dim=cfg.dim, num_hosts=cfg.hosts,
                       ranks_per_host=cfg.ranks_per_host, batch_size=cfg.batch_size, pooling_factor=cfg.pooling)

@@ -14,8 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torchrec.datasets.criteo import DEFAULT_CAT_NAMES
@@ -141,6 +140,3 @@ def build_flat_model(cfg: ModelConfig, device: torch.device | str | None = None)
         model = DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank)
     return DLRMTrain(model)
 
-
-def num_parameters(module: torch.nn.Module, names: Sequence[str] | None = None) -> int:
-    return sum(p.numel() for n, p in module.named_parameters() if names is None or n in names)

@@ -41,7 +41,7 @@ from dmt.errors import DmtError
 from partitioner.probe import ProbeConfig, prepare, train_probe
 from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 
-SCORES = ("attribution", "ablation", "dot")
+SCORES = ("attribution", "dot")
 
 
 class LearnedEmbedder(FeatureEmbedder):
@@ -78,11 +78,11 @@ def pair_scores(
     """(F, F) score of every feature pair over ``sample`` (zero diagonal), from the probe.
 
     Args:
-        model: the trained probe (``DLRMTrain`` with a linear over-arch).
+        model: the trained probe (``DLRMTrain``).
         sample: rows to score on, ids encoded as for training.
         sizes: table size per feature.
         cfg: the probe config (batch size, embedding dim).
-        score: "attribution", "ablation" or "dot" (see the module docstring).
+        score: "attribution" or "dot" (see the module docstring).
     """
     dlrm = model.model
     num = sample.sparse.shape[1]
@@ -92,7 +92,8 @@ def pair_scores(
     iu = torch.triu_indices(num + 1, num + 1, offset=1)
     captured: list[torch.Tensor] = []
     handle = dlrm.inter_arch.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    parts: dict[str, list[torch.Tensor]] = {"contrib": [], "z": [], "logit": [], "label": []}
+    contrib: list[torch.Tensor] = []
+    rows = 0  # iter_batches drops a last partial batch: count what was scored
     model.eval()
     try:
         for batch in iter_batches(sample, batch_size=min(cfg.batch_size, len(sample)), num_embeddings=sizes,
@@ -104,41 +105,17 @@ def pair_scores(
                 # autograd.grad, not backward(): no parameter gradients, so the in-backward
                 # embedding optimizer never fires and the probe is left untouched.
                 (grad,) = torch.autograd.grad(logits.sum(), z)
-                parts["contrib"].append((z * grad)[:, d:].detach().abs().sum(dim=0).double())
-            elif score == "dot":
-                parts["contrib"].append(z[:, d:].detach().abs().sum(dim=0).double())
-            else:
-                parts["z"].append(z[:, d:].detach())
-                parts["logit"].append(logits.detach())
-                parts["label"].append(batch.labels.reshape(-1))
+                z = z * grad
+            contrib.append(z[:, d:].detach().abs().sum(dim=0).double())
+            rows += len(z)
     finally:
         handle.remove()
         model.train()
-    if score == "ablation":
-        weight = dlrm.over_arch.weight.detach()[0, d:]  # the linear over-arch's weight per pair
-        per_pair = _ablation(torch.cat(parts["z"]), torch.cat(parts["logit"]), torch.cat(parts["label"]), weight)
-    else:
-        per_pair = (torch.stack(parts["contrib"]).sum(dim=0) / len(sample)).numpy()
+    per_pair = (torch.stack(contrib).sum(dim=0) / rows).numpy()
     full = np.zeros((num + 1, num + 1))
     full[iu[0].numpy(), iu[1].numpy()] = per_pair
     full = full + full.T
     return full[1:, 1:]  # drop the dense row/column: only sparse features are partitioned
-
-
-def _ablation(z: torch.Tensor, logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
-    """(P,) rise of the mean log loss when each pair's term is replaced by its mean (0 if it falls).
-
-    With a linear over-arch, ablating pair p moves every logit by ``-w_p (z_p - mean z_p)``, so
-    all P ablations are one (N, P) tensor expression, evaluated in chunks of pairs.
-    """
-    base = torch.nn.functional.softplus(logit) - label * logit  # (N,) log loss per row
-    out = []
-    for lo in range(0, z.shape[1], 64):
-        zc = z[:, lo : lo + 64]
-        ablated = logit[:, None] - weight[lo : lo + 64] * (zc - zc.mean(dim=0))
-        loss = torch.nn.functional.softplus(ablated) - label[:, None] * ablated
-        out.append((loss - base[:, None]).mean(dim=0))
-    return torch.cat(out).clamp(min=0).double().numpy()
 
 
 def relative_affinity(scores: np.ndarray) -> np.ndarray:

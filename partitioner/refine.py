@@ -1,7 +1,9 @@
 """Balance constraints, the LPT baseline, and the local search that enforces balance.
 
 The objective is the *intra-tower affinity*: the sum of ``w_ij`` over pairs i < j in the same
-tower (equivalently, the affinity lost between towers is minimised). The constraints:
+tower (equivalently, the affinity lost between towers is minimised), less a modularity penalty
+(``resolution``) so that a loose tolerance does not fill towers with features that merely add
+links. The constraints:
 
 * **balance**: every tower's lookup cost <= ``max_load`` = (1 + tolerance) x total / num_towers;
 * **memory**: every tower's table bytes <= ``max_memory``;
@@ -129,16 +131,22 @@ class LocalSearchBalancer(Balancer):
     """Repair by least-loss moves, then improve by gaining moves and swaps (see module docstring).
 
     Args:
+        resolution: weight g of the modularity penalty. The search maximises
+            ``intra - g * sum_t vol_t^2 / (4 m)`` (vol_t: summed affinity degree of tower t, m: total
+            affinity). With g = 0 that is plain intra-tower affinity, which a loose tolerance lets
+            grow by filling towers to the cap with features that belong elsewhere; g = 1 is
+            Newman's modularity, which only keeps links stronger than chance.
         max_passes: improvement passes; each scores all moves once. Stops early at a local optimum.
         swap_tries: swap partners tried per feature in a pass (swaps matter when towers are full).
     """
 
-    def __init__(self, max_passes: int = 30, swap_tries: int = 8) -> None:
+    def __init__(self, resolution: float = 1.0, max_passes: int = 30, swap_tries: int = 8) -> None:
+        self.resolution = resolution
         self.max_passes = max_passes
         self.swap_tries = swap_tries
 
     def balance(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> np.ndarray:
-        state = _SearchState(labels, graph, cons)
+        state = _SearchState(labels, graph, cons, self.resolution)
         state.repair()
         reason = cons.violation(state.labels)
         if reason is not None:
@@ -153,7 +161,7 @@ class LocalSearchBalancer(Balancer):
 class _SearchState:
     """Labels plus everything a move needs in O(degree): A, loads, memory, counts."""
 
-    def __init__(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> None:
+    def __init__(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints, resolution: float) -> None:
         self.labels = np.asarray(labels, dtype=np.int64).copy()
         self.cons = cons
         self.indptr, self.indices, self.data = graph.indptr, graph.indices, graph.data
@@ -161,6 +169,10 @@ class _SearchState:
         onehot = sp.csr_array((np.ones(num), (np.arange(num), self.labels)), shape=(num, k))
         self.aff = np.asarray((graph @ onehot).toarray())  # A: (F, K)
         self.load, self.mem, self.count = cons.loads(self.labels)
+        self.degree = np.asarray(graph.sum(axis=1)).ravel()  # d: (F,)
+        self.vol = np.bincount(self.labels, weights=self.degree, minlength=k)  # (K,)
+        # Penalty factor g / 2m: moving i from a to b costs g d_i (vol_b - vol_a + d_i) / 2m.
+        self.penalty = resolution / max(float(self.degree.sum()), 1e-300)
         # Gains below this are float noise; requiring more guarantees the search terminates.
         self.eps = 1e-12 * max(1.0, float(self.data.sum()))
         self.load_cap = cons.max_load * (1 + 1e-12)
@@ -188,7 +200,14 @@ class _SearchState:
         self.mem[b] += m
         self.count[a] -= 1
         self.count[b] += 1
+        self.vol[a] -= self.degree[i]
+        self.vol[b] += self.degree[i]
         self.labels[i] = b
+
+    def gain(self, i: int, b: int) -> float:
+        """Objective change of moving feature i to tower b (current state)."""
+        a, d = self.labels[i], self.degree[i]
+        return float(self.aff[i, b] - self.aff[i, a] - self.penalty * d * (self.vol[b] - self.vol[a] + d))
 
     def _fits(self, i: int, b: int, freed_cost: float = 0.0, freed_mem: float = 0.0) -> bool:
         return (self.load[b] - freed_cost + self.cons.cost[i] <= self.load_cap
@@ -202,8 +221,11 @@ class _SearchState:
         return ok
 
     def _gains(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), K): affinity gained by moving each feature to each tower."""
-        return self.aff[rows] - self.aff[rows, self.labels[rows]][:, None]
+        """(len(rows), K): objective gained by moving each feature to each tower."""
+        a = self.labels[rows]
+        d = self.degree[rows, None]
+        vol_change = self.vol[None, :] - self.vol[a][:, None] + d
+        return self.aff[rows] - self.aff[rows, a][:, None] - self.penalty * d * vol_change
 
     # --------------------------------------------------------------------------------- repair
     def repair(self) -> None:
@@ -246,7 +268,7 @@ class _SearchState:
             ok = self._target_mask(rows)[:, b]
             if not ok.any():
                 return
-            gain = np.where(ok, self.aff[rows, b] - self.aff[rows, self.labels[rows]], -np.inf)
+            gain = np.where(ok, self._gains(rows)[:, b], -np.inf)
             self.move(int(rows[gain.argmax()]), b)
 
     # -------------------------------------------------------------------------------- improve
@@ -264,7 +286,7 @@ class _SearchState:
         for i in cand[np.argsort(-best_gain[cand], kind="stable")].tolist():
             b, a = int(best[i]), int(self.labels[i])
             # Earlier moves in this pass changed A and the loads: re-check with current values.
-            if (self.aff[i, b] - self.aff[i, a] > self.eps and self._fits(i, b)
+            if (self.gain(i, b) > self.eps and self._fits(i, b)
                     and (self.cons.allow_empty or self.count[a] > 1)):  # fmt: skip
                 self.move(i, b)
                 moved += 1
@@ -297,8 +319,9 @@ class _SearchState:
                 for j in backward[:tries]:
                     if i in used or j in used or self.labels[i] != a or self.labels[j] != b:
                         continue
+                    shift = self.degree[i] - self.degree[j]  # vol moves a -> b
                     gain = (self.aff[i, b] - self.aff[i, a] + self.aff[j, a] - self.aff[j, b]
-                            - 2.0 * self.weight(i, j))  # fmt: skip
+                            - 2.0 * self.weight(i, j) - self.penalty * shift * (self.vol[b] - self.vol[a] + shift))  # fmt: skip
                     ci, cj = self.cons.cost[i], self.cons.cost[j]
                     mi, mj = self.cons.memory[i], self.cons.memory[j]
                     if gain > self.eps and self._fits(i, b, cj, mj) and self._fits(j, a, ci, mi):

@@ -7,9 +7,9 @@ Example:
     >>> tp = TowerPartitioner(2, random_state=0).fit(FeatureRepresentation(names=tuple("abcd"), affinity=w))
     >>> print(format_table(tp))  # doctest: +NORMALIZE_WHITESPACE
     tower    host  #features  cost share  memory  intra-tower affinity
-    tower_0     0          2      50.0 %     0 B                47.4 %
-    tower_1     0          2      50.0 %     0 B                47.4 %
-    total       -          4     100.0 %     0 B                94.7 %
+    tower_0     0          2      50.0 %     0 B                45.0 %
+    tower_1     0          2      50.0 %     0 B                45.0 %
+    total       -          4     100.0 %     0 B                90.0 %
 """
 
 from __future__ import annotations
