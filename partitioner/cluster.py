@@ -79,6 +79,9 @@ def spectral_rows(graph: sp.csr_array, num_components: int, rng: np.random.Rando
     else:
         from sklearn.manifold import spectral_embedding  # noqa: PLC0415
 
+        # scikit-learn accepts only 32-bit sparse indices; scipy may have chosen 64-bit ones.
+        graph = sp.csr_matrix(graph)
+        graph.indices, graph.indptr = graph.indices.astype(np.int32), graph.indptr.astype(np.int32)
         with warnings.catch_warnings():
             # Planted or natural clusters often make the kNN graph disconnected; that is the
             # point of clustering it, not a problem.

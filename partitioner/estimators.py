@@ -39,7 +39,7 @@ from partitioner.costs import FeatureCosts
 from partitioner.errors import PartitionError, PartitionErrorReason
 from partitioner.hosts import assign_hosts, towers_per_host
 from partitioner.metrics import imbalance, tower_intra_affinity
-from partitioner.refine import Balancer, Constraints, LocalSearchBalancer, lpt_assign
+from partitioner.refine import Balancer, Constraints, LocalSearchBalancer, lpt_assign, objective
 from partitioner.representation import DEFAULT_NEIGHBORS, FeatureRepresentation
 
 CLUSTERERS: dict[str, type[Clusterer]] = {"spectral": SpectralClusterer, "kernighan_lin": KernighanLinClusterer}
@@ -124,8 +124,8 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         top = int(np.argmax(cost.lookup_cost))
         if self.enforces_balance and cost.lookup_cost[top] > max_load * (1 + 1e-12):
             raise PartitionError(
-                f"feature {rep.names[top]!r} alone costs {cost.lookup_cost[top]:.4g}, above the "
-                f"max tower load (1 + {self.balance_tolerance}) x mean {mean:.4g} = {max_load:.4g}; "
+                f"feature {rep.names[top]!r} alone costs {cost.lookup_cost[top]:,.6g}, above the "
+                f"max tower load (1 + {self.balance_tolerance}) x mean {mean:,.6g} = {max_load:,.6g}; "
                 "raise balance_tolerance or use fewer towers", PartitionErrorReason.BALANCE)  # fmt: skip
         max_memory = math.inf
         if host_memory_bytes is not None:
@@ -220,14 +220,17 @@ class TowerPartitioner(_BasePartitioner):
             except PartitionError as e:
                 errors.append(e)
                 continue
-            results.append((float(tower_intra_affinity(graph, labels, cons.num_towers).sum()), labels))
+            resolution = getattr(balancer, "resolution", 0.0)
+            results.append((objective(graph, labels, cons.num_towers, resolution), labels))
         if not results:
             reasons = {e.reason for e in errors}
             reason = PartitionErrorReason.MEMORY if PartitionErrorReason.MEMORY in reasons else errors[-1].reason
+            mean = float(cons.cost.sum()) / cons.num_towers
             raise PartitionError(
-                f"no assignment found with max tower cost <= {cons.max_load:.4g} (1 + "
-                f"{self.balance_tolerance} times the mean) and tower memory <= {cons.max_memory:,.0f}; "
-                "raise balance_tolerance, use fewer towers or add memory", reason)  # fmt: skip
+                f"no assignment found with max tower cost <= {cons.max_load:,.6g} ((1 + {self.balance_tolerance}) "
+                f"x mean {mean:,.6g}; costliest feature {cons.cost.max():,.6g}) and tower memory <= "
+                f"{cons.max_memory:,.0f} bytes; raise balance_tolerance, use fewer towers or add memory",
+                reason)  # fmt: skip
         return max(results, key=lambda r: r[0])[1]
 
 

@@ -119,6 +119,15 @@ def lpt_assign(cons: Constraints, order: np.ndarray | None = None) -> np.ndarray
     return labels
 
 
+def objective(graph: sp.csr_array, labels: np.ndarray, num_towers: int, resolution: float) -> float:
+    """What :class:`LocalSearchBalancer` maximises: intra-tower affinity - g * sum_t vol_t^2 / (4 m)."""
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    same = labels[:, None] == np.arange(num_towers)[None, :]
+    intra = 0.5 * float(((graph @ same.astype(np.float64)) * same).sum())
+    vol = np.bincount(labels, weights=degree, minlength=num_towers)
+    return intra - resolution * float((vol**2).sum()) / (2.0 * max(float(degree.sum()), 1e-300))
+
+
 class Balancer(abc.ABC):
     """Turns initial labels into labels that satisfy the constraints, keeping affinity high."""
 
@@ -320,8 +329,9 @@ class _SearchState:
                     if i in used or j in used or self.labels[i] != a or self.labels[j] != b:
                         continue
                     shift = self.degree[i] - self.degree[j]  # vol moves a -> b
+                    penalty = self.penalty * shift * (self.vol[b] - self.vol[a] + shift)
                     gain = (self.aff[i, b] - self.aff[i, a] + self.aff[j, a] - self.aff[j, b]
-                            - 2.0 * self.weight(i, j) - self.penalty * shift * (self.vol[b] - self.vol[a] + shift))  # fmt: skip
+                            - 2.0 * self.weight(i, j) - penalty)  # fmt: skip
                     ci, cj = self.cons.cost[i], self.cons.cost[j]
                     mi, mj = self.cons.memory[i], self.cons.memory[j]
                     if gain > self.eps and self._fits(i, b, cj, mj) and self._fits(j, a, ci, mi):

@@ -75,7 +75,8 @@ class FeatureRepresentation:
         if self.affinity is not None:
             a = self.affinity
             if a.shape != (num, num):
-                raise PartitionError(f"affinity has shape {a.shape}, expected ({num}, {num})", PartitionErrorReason.INPUT)
+                raise PartitionError(f"affinity has shape {a.shape}, expected ({num}, {num})",
+                                     PartitionErrorReason.INPUT)  # fmt: skip
             values = a.data if sp.issparse(a) else np.asarray(a)
             if not np.isfinite(values).all() or (values < 0).any():
                 raise PartitionError("affinity must be finite and >= 0", PartitionErrorReason.INPUT)
@@ -84,7 +85,8 @@ class FeatureRepresentation:
         """Write an ``.npz`` (atomically) that :meth:`load` reads back; the affinity is stored dense."""
         from dmt.atomic import atomic_open  # noqa: PLC0415
 
-        arrays = {"names": np.array(self.names), "meta": np.array(json.dumps({"source": self.source, "info": self.info}))}
+        meta = json.dumps({"source": self.source, "info": self.info})
+        arrays = {"names": np.array(self.names), "meta": np.array(meta)}
         if self.vectors is not None:
             arrays["vectors"] = self.vectors
         if self.affinity is not None:
@@ -108,7 +110,8 @@ class FeatureRepresentation:
                     info=meta["info"],
                 )
         except (OSError, ValueError, KeyError) as e:
-            raise PartitionError(f"cannot read representation {os.fspath(path)!r}: {e}", PartitionErrorReason.INPUT) from None
+            raise PartitionError(f"cannot read representation {os.fspath(path)!r}: {e}",
+                                 PartitionErrorReason.INPUT) from None  # fmt: skip
 
     @property
     def num_features(self) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dmt.plan import TowerPlan
@@ -22,7 +24,9 @@ from partitioner import (
     RandomPartitioner,
     RoundRobinPartitioner,
     TowerPartitioner,
+    measure_costs,
 )
+from partitioner.hosts import assign_hosts
 from partitioner.metrics import ari_vs_groups
 
 # a-b and c-d interact strongly, a-c and b-d weakly; total affinity 20.
@@ -236,3 +240,59 @@ def test_sklearn_estimator_contract(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # baselines warn about their balance
         check(estimator)
+
+
+# -------------------------------------------------------------------------- scale and parts
+def _blobs(num: int, num_towers: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.permutation(np.arange(num) % num_towers)
+    return rng.normal(0, 3, (num_towers, 8))[truth] + rng.normal(0, 1, (num, 8)), truth
+
+
+def test_large_inputs_take_the_sparse_paths():
+    # > 3000 features: sparse kNN graph and ARPACK; a dense affinity above 2000 is cut to top-k.
+    x, truth = _blobs(3200, 16)
+    costs = np.random.default_rng(0).uniform(1, 2, len(x))
+    tp = TowerPartitioner(16, random_state=0).fit(x, costs=costs)
+    assert tp.imbalance_ <= 1.1 + 1e-9 and len(tp.plan_.towers) == 16
+    assert adjusted_rand_score(truth, tp.labels_) > 0.8
+    dense = (truth[:2100, None] == truth[None, :2100]).astype(float)
+    graph = FeatureRepresentation(names=tuple(map(str, range(2100))), affinity=dense).affinity_graph(num_neighbors=5)
+    assert graph.nnz <= 2 * 5 * 2100 and graph.diagonal().sum() == 0
+
+
+@pytest.mark.slow
+def test_10k_features_into_64_towers_in_30_seconds():
+    x, truth = _blobs(10_000, 64)
+    costs = np.random.default_rng(0).lognormal(0, 0.5, len(x))
+    start = time.perf_counter()
+    tp = TowerPartitioner(64, random_state=0).fit(x, costs=costs, num_hosts=8)
+    assert time.perf_counter() - start < 30
+    assert tp.imbalance_ <= 1.1 + 1e-9 and adjusted_rand_score(truth, tp.labels_) > 0.8
+    assert np.bincount(tp.tower_hosts_).tolist() == [8] * 8
+
+
+def test_hosts_get_equal_tower_counts_and_balanced_cost():
+    loads = np.random.default_rng(0).uniform(1, 2, 10)
+    hosts = assign_hosts(loads, np.zeros(10), num_hosts=3)
+    assert sorted(np.bincount(hosts).tolist()) == [3, 3, 4]
+    per_host = np.bincount(hosts, weights=loads)
+    assert per_host.max() - per_host.min() <= loads.max()
+
+
+@pytest.mark.parametrize(("optimizer", "state_bytes"), [("sgd", 0), ("rowwise_adagrad", 4), ("adagrad", 32)])
+def test_memory_counts_optimizer_state(optimizer, state_bytes):
+    ids = np.array([[1, -1], [2, -1], [3, 5]])
+    c = measure_costs(ids, ["a", "b"], embedding_dim=8, batch_size=1, optimizer=optimizer)
+    assert c.table_rows.tolist() == [3, 1]  # distinct ids; an (almost) empty feature keeps one row
+    assert c.memory_bytes.tolist() == [3 * (32 + state_bytes), 1 * (32 + state_bytes)]
+    assert c.pooling_factor.tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_representation_validates_its_input():
+    with pytest.raises(PartitionError, match="duplicate feature names"):
+        FeatureRepresentation(names=("a", "a"), vectors=np.eye(2))
+    with pytest.raises(PartitionError, match="vectors or affinity"):
+        FeatureRepresentation(names=("a", "b"))
+    with pytest.raises(PartitionError, match=">= 0"):
+        FeatureRepresentation(names=("a", "b"), affinity=-np.ones((2, 2)))

@@ -14,6 +14,7 @@ imports it, so training hosts need neither library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -120,16 +121,20 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({read.bad_rows_skipped:,} bad rows skipped)" if read.bad_rows_skipped else ""))  # fmt: skip
     names = tuple(SPARSE_NAMES)
     costs = measure_costs(arrays.sparse, names, embedding_dim=args.embedding_dim, batch_size=args.batch_size,
-                          num_embeddings=[args.num_embeddings] * len(names), optimizer=args.sparse_optimizer)  # fmt: skip
+                          num_embeddings=[args.num_embeddings] * len(names),
+                          optimizer=args.sparse_optimizer)  # fmt: skip
 
     t0 = time.perf_counter()
+    source = {"data": os.path.abspath(args.data), "rows": read.rows}
     if _cached(args):
         rep = FeatureRepresentation.load(args.representation)
-        if rep.names != names:
-            raise DmtError(f"--representation {args.representation} is for other features; delete it to re-learn")
+        if rep.names != names or rep.info.get("source_data", source) != source:
+            raise DmtError(f"--representation {args.representation} was learned from "
+                           f"{rep.info.get('source_data')}, not {source}; delete it to re-learn")  # fmt: skip
         print(f"representation: {rep.source} from {args.representation}")
     elif args.steps > 0:
         rep = _learn(arrays, args, progress)
+        rep = dataclasses.replace(rep, info={**rep.info, "source_data": source})
         info = rep.info
         print(f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
               f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
