@@ -226,11 +226,11 @@ class TowerPartitioner(_BasePartitioner):
             reasons = {e.reason for e in errors}
             reason = PartitionErrorReason.MEMORY if PartitionErrorReason.MEMORY in reasons else errors[-1].reason
             mean = float(cons.cost.sum()) / cons.num_towers
+            memory = "" if math.isinf(cons.max_memory) else f" and tower memory <= {cons.max_memory:,.0f} bytes"
             raise PartitionError(
                 f"no assignment found with max tower cost <= {cons.max_load:,.6g} ((1 + {self.balance_tolerance}) "
-                f"x mean {mean:,.6g}; costliest feature {cons.cost.max():,.6g}) and tower memory <= "
-                f"{cons.max_memory:,.0f} bytes; raise balance_tolerance, use fewer towers or add memory",
-                reason)  # fmt: skip
+                f"x mean {mean:,.6g}; costliest feature {cons.cost.max():,.6g}){memory}; raise "
+                "balance_tolerance, use fewer towers or add memory", reason)  # fmt: skip
         return max(results, key=lambda r: r[0])[1]
 
 

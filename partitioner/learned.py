@@ -38,7 +38,7 @@ import torch
 from dmt.data.batching import iter_batches
 from dmt.data.criteo import SPARSE_NAMES, CriteoArrays
 from dmt.errors import DmtError
-from partitioner.probe import ProbeConfig, prepare, train_probe
+from partitioner.probe import ProbeConfig, one_thread, prepare, train_probe
 from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 
 SCORES = ("attribution", "dot")
@@ -64,8 +64,9 @@ class LearnedEmbedder(FeatureEmbedder):
         names = tuple(names or SPARSE_NAMES)
         cfg = self.config
         train, holdout, sizes = prepare(data, cfg)
-        model, summary = train_probe(train, holdout, sizes, cfg, self.progress)
-        scores = pair_scores(model, holdout, sizes, cfg, self.score)  # (F, F)
+        with one_thread():
+            model, summary = train_probe(train, holdout, sizes, cfg, self.progress)
+            scores = pair_scores(model, holdout, sizes, cfg, self.score)  # (F, F)
         affinity = relative_affinity(scores)
         info = {**summary, "probe": asdict(cfg)}
         return FeatureRepresentation(names=names, vectors=affinity.copy(), affinity=affinity,

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -229,6 +230,18 @@ def train_probe(
     summary = {"steps_run": step, "best_step": best["step"], "heldout_auc": best["auc"], "heldout_loss": best["loss"],
                "initial_heldout_auc": initial["auc"], "table_rows": list(sizes)}  # fmt: skip
     return model, summary
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: the probe's ops are tiny, and on a shared 2-core machine two
+    threads spin-wait on each other (150 steps: 5 s on one thread, 32 s on two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

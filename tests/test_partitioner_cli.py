@@ -16,7 +16,7 @@ from dmt.plan import TowerPlan
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    truth = generate_criteo(d / "rows.txt", rows=60_000, seed=1, spec=SyntheticSpec.tiny())
+    truth = generate_criteo(d / "rows.txt", rows=40_000, seed=1, spec=SyntheticSpec.tiny())
     (d / "truth.json").write_text(json.dumps(truth))
     return d
 
@@ -27,7 +27,7 @@ def _args(d, *extra):
 
 
 def test_tp_writes_plan_table_png_and_ari(data, capsys):
-    rc = main(_args(data, "--hosts", "2", "--steps", "300", "--plot", str(data / "towers.png"),
+    rc = main(_args(data, "--hosts", "2", "--steps", "150", "--plot", str(data / "towers.png"),
                     "--truth", str(data / "truth.json"), "--representation", str(data / "rep.npz")))  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
@@ -87,5 +87,5 @@ def test_dmt_never_imports_sklearn_or_networkx():
 def test_cached_representation_of_other_data_is_refused(data, capsys):
     if not (data / "rep.npz").exists():
         pytest.skip("needs the representation cached by the tp test")
-    assert main(_args(data, "--representation", str(data / "rep.npz"), "--max-rows", "30000")) == 2
+    assert main(_args(data, "--representation", str(data / "rep.npz"), "--max-rows", "20000")) == 2
     assert "delete it to re-learn" in capsys.readouterr().err

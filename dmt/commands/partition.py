@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if rep.names != names or rep.info.get("source_data", source) != source:
             raise DmtError(f"--representation {args.representation} was learned from "
                            f"{rep.info.get('source_data')}, not {source}; delete it to re-learn")  # fmt: skip
+        if rep.source != f"learned:{args.score}":
+            raise DmtError(f"--representation {args.representation} holds {rep.source} scores, not "
+                           f"--score {args.score}; use another cache file")  # fmt: skip
         print(f"representation: {rep.source} from {args.representation}")
     elif args.steps > 0:
         rep = _learn(arrays, args, progress)
