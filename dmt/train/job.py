@@ -141,6 +141,11 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     }
     if is_main:
         atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    if distributed:
+        # Leave together and tear the groups down: a rank that exits with live gloo threads can
+        # abort in C++ ("terminate called without an active exception", seen once in CI-like runs).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return metrics
 
 
