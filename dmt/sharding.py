@@ -557,10 +557,27 @@ def _tower_sharding_type(tower: EmbeddingTower, choice: str, local_world_size: i
     """TWRW or TWCW for one tower under ``choice`` ("auto" or a type); see build_sharding_plan."""
     if choice != "auto":
         return choice
+    if _has_rowwise_optimizer(tower):
+        return TWRW
     configs = tower.embedding.embedding_bag_configs()
     small = all(c.num_embeddings <= SMALL_TABLE_ROWS for c in configs)
     splits = all(c.embedding_dim % (_CW_ALIGN * local_world_size) == 0 for c in configs)
     return TWCW if small and splits else TWRW
+
+
+def _has_rowwise_optimizer(tower: EmbeddingTower) -> bool:
+    """Whether the tower's tables carry an in-backward row-wise optimizer (RowWiseAdagrad).
+
+    Column-wise shards would change such an optimizer's maths: it keeps one accumulator per row,
+    the mean of the row's squared gradient, and a column shard averages over its own columns only,
+    so the sharded model would no longer train like the unsharded one (measured: AUC 0.769 vs 0.778
+    for identity towers that should equal the flat model).
+    """
+    return any(
+        "rowwise" in cls.__name__.lower()
+        for p in tower.embedding.parameters()
+        for cls in getattr(p, "_optimizer_classes", ())
+    )
 
 
 def _table_column_wise(ranks: list[int]) -> Any:
