@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from dmt.errors import DmtError
 from dmt.quiet import quiet_third_party
 
 # Modules under dmt.commands, in the order `dmt --help` lists them.
-COMMANDS = ("gen_data", "partition", "train", "demo")
+COMMANDS = ("gen_data", "partition", "train", "demo", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,11 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DmtError as e:
-        print(f"dmt {args.command}: error: {e}", file=sys.stderr)
+        _report(f"dmt {args.command}: error: {e}")
         return 2
     except FileNotFoundError as e:
-        print(f"dmt {args.command}: error: no such file: {e.filename}", file=sys.stderr)
+        _report(f"dmt {args.command}: error: no such file: {e.filename}")
         return 2
+
+
+def _report(line: str) -> None:
+    """Print an input error once: under torchrun every rank reads the same arguments and data and
+    fails alike, so only rank 0 speaks (the others still exit 2)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

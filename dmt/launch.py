@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from dmt.topology import Topology
 
@@ -31,15 +32,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class HostLaunch:
+    """How one emulated host's torchrun agent starts, beyond the default (see ``dmt.netns``).
+
+    Args:
+        prefix: command run in front of torchrun, e.g. ``("ip", "netns", "exec", "ns0")``.
+        env: variables for this host's agent and ranks (override the launcher's).
+        torchrun_args: extra torchrun flags, e.g. ``("--local-addr=10.77.0.1",)``.
+    """
+
+    prefix: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    torchrun_args: tuple[str, ...] = ()
+
+
 def torchrun_command(
-    argv: Sequence[str], *, hosts: int, ranks_per_host: int, port: int
+    argv: Sequence[str],
+    *,
+    hosts: int,
+    ranks_per_host: int,
+    port: int,
+    rdzv_host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The torchrun command line of one emulated host running ``dmt <argv>``."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "dmt._torchrun",
         f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=dmt-{port}",
-        "-m", "dmt.cli", *argv,
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_host}:{port}", f"--rdzv-id=dmt-{port}",
+        *extra_args, "-m", "dmt.cli", *argv,
     ]  # fmt: skip
 
 
@@ -49,11 +71,14 @@ def launch_local(
     hosts: int,
     ranks_per_host: int,
     env: Mapping[str, str] | None = None,
+    rdzv_host: str = "127.0.0.1",
+    host_launch: Callable[[int], HostLaunch] | None = None,
 ) -> int:
     """Start ``hosts`` torchrun agents running ``dmt <argv>``; return the worst exit code.
 
     If one agent fails the others are stopped, so a crashed rank never leaves peers hanging in a
-    collective until the timeout.
+    collective until the timeout. ``host_launch(h)`` (with ``rdzv_host``, host 0's address) wraps
+    host ``h``'s agent, e.g. into its own network namespace (``dmt.netns.ShapedNetwork``).
     """
     Topology(world_size=hosts * ranks_per_host, local_world_size=ranks_per_host)  # validates
     port = free_port()
@@ -61,13 +86,15 @@ def launch_local(
     # gloo over loopback: name the interface so it never picks an unreachable one.
     child_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     child_env.setdefault("OMP_NUM_THREADS", "1")
+    wraps = [host_launch(h) if host_launch is not None else HostLaunch() for h in range(hosts)]
     procs = [
         subprocess.Popen(
-            torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, port=port),
-            env=child_env,
+            [*w.prefix, *torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, port=port,
+                                          rdzv_host=rdzv_host, extra_args=w.torchrun_args)],
+            env={**child_env, **host_gpu_env(h, ranks_per_host, child_env), **w.env},
             start_new_session=True,
         )
-        for h in range(hosts)
+        for h, w in enumerate(wraps)
     ]
     try:
         return _wait_all(procs)
@@ -76,6 +103,24 @@ def launch_local(
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait()
+
+
+def host_gpu_env(host: int, ranks_per_host: int, env: Mapping[str, str]) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` giving emulated host ``host`` its own L GPUs; {} on CPU.
+
+    Why: on a real cluster every host has GPUs 0..L-1, and torchrec places a rank's shards on
+    ``cuda:{rank % LOCAL_WORLD_SIZE}``; two emulated hosts on one box would both use GPU 0.
+    Left alone when the user set the variable or the box has too few GPUs for H x L.
+    """
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return {}
+    import torch  # noqa: PLC0415 (device_count asks NVML; it does not start CUDA here)
+
+    gpus = torch.cuda.device_count()
+    first = host * ranks_per_host
+    if gpus < first + ranks_per_host:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in range(first, first + ranks_per_host))}
 
 
 def _wait_all(procs: list[subprocess.Popen]) -> int:

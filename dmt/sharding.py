@@ -55,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.comm import intra_and_cross_node_pg
 from torchrec.distributed.embedding_tower_sharding import (
     EmbeddingTowerCollectionSharder,
+    EmbeddingTowerSharder,
     ShardedEmbeddingTowerCollection,
 )
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_unwrapped_module
@@ -75,6 +76,7 @@ from dmt.dmt_model import ColumnBlocks, index_to_blocks, permute_columns
 from dmt.errors import DmtError, TopologyError
 from dmt.parallel import DistEnv, exact_resume_ddp_kwargs, exact_resume_ddp_wrapper
 from dmt.plan import PlanError, TowerPlan
+from dmt.qcomm import CommCompression, comm_codecs_registry, largest_table_rows
 from dmt.topology import Topology
 
 __all__ = [
@@ -443,7 +445,21 @@ class TowerCollectionSharder(EmbeddingTowerCollectionSharder):
     """``EmbeddingTowerCollectionSharder`` that builds a :class:`ShardedTowerCollection`.
 
     Never mutates the plan it is given (torchrec's does, see trap (b)).
+
+    ``qcomm_codecs_registry`` compresses the cross-host exchange of tower outputs and, unless
+    ``intra_host_qcomm`` is False, the intra-host comms of the towers' sharded lookups too (torchrec's
+    behaviour: its tower sharder hands the registry to every table sharder it builds).
     """
+
+    def __init__(
+        self,
+        fused_params: dict[str, Any] | None = None,
+        qcomm_codecs_registry: dict[str, Any] | None = None,
+        intra_host_qcomm: bool = True,
+    ) -> None:
+        super().__init__(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
+        if not intra_host_qcomm:
+            self._tower_sharder = EmbeddingTowerSharder(self.fused_params, qcomm_codecs_registry=None)
 
     def shard(
         self,
@@ -673,6 +689,7 @@ def shard(
     device: torch.device | None = None,
     fused_params: dict[str, Any] | None = None,
     qcomm_codecs_registry: dict[str, Any] | None = None,
+    comm_compression: CommCompression | None = None,
 ) -> DmtModelParallel:
     """Shard a DMT model over the job: each tower on its plan host, the rest data-parallel.
 
@@ -699,6 +716,9 @@ def shard(
         device: compute device; default: the env's, else ``cuda:<local rank>`` or CPU.
         fused_params: extra fbgemm fused-kernel parameters for every table.
         qcomm_codecs_registry: torchrec quantized-comms codecs for the all-to-alls.
+        comm_compression: compress the cross-host exchange (and, with ``intra_host``, the towers'
+            intra-host comms) with :func:`dmt.qcomm.comm_codecs_registry`; not with
+            ``qcomm_codecs_registry``.
 
     Raises:
         TopologyError: the process group, the topology and the plan's hosts don't agree.
@@ -732,7 +752,17 @@ def shard(
         if k.startswith(prefix) and _is_table(k, fqn) and not v.is_meta
     }
     tower_process_groups(topology, device)
-    sharder = TowerCollectionSharder(fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry)
+    intra_host_qcomm = True
+    if comm_compression is not None:
+        if qcomm_codecs_registry is not None:
+            raise DmtError("pass qcomm_codecs_registry or comm_compression to shard, not both")
+        qcomm_codecs_registry = comm_codecs_registry(
+            comm_compression, device=device, rows=largest_table_rows(collection)
+        )
+        intra_host_qcomm = comm_compression.intra_host
+    sharder = TowerCollectionSharder(
+        fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry, intra_host_qcomm=intra_host_qcomm
+    )
     with _torchrec_host_size(topology.local_world_size):
         dmp = DmtModelParallel(
             module=model,

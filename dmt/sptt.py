@@ -80,7 +80,10 @@ def transform(
             sparse features.
         tower_module: how each tower's module is built (``towers.build_tower_modules``).
         global_interaction: the interaction over ``[dense, tower outputs]``; ``None`` uses the
-            flat model's kind (dot for DLRM, the same cross network for DLRM_DCN).
+            flat model's kind (dot for DLRM, the same cross network for DLRM_DCN), also for
+            compressing towers: :meth:`GlobalInteractionConfig.hierarchical` (self-dots + raw
+            tower vectors) is an option, but measured on 1M planted-group rows (2x1, linear
+            c=4) plain dots did better (AUC 0.860 vs 0.839).
 
     Returns:
         ``DMTTrain`` for a ``DLRMTrain`` input, ``DMTModel`` for a bare ``DLRM``.

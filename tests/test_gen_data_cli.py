@@ -79,5 +79,11 @@ def test_failed_truth_write_removes_the_data(tmp_path, monkeypatch, capsys):
 
 def test_missing_required_argument_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["gen-data", "--rows", "10", "--out", str(tmp_path / "d.txt")])
-    assert e.value.code == 2 and "--truth" in capsys.readouterr().err
+        main(["gen-data", "--rows", "10", "--truth", str(tmp_path / "t.json")])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_truth_defaults_to_a_file_beside_the_rows(tmp_path):
+    assert main(["gen-data", "--rows", "10", "--out", str(tmp_path / "d.txt")]) == 0
+    truth = json.loads((tmp_path / "d.txt.truth.json").read_text())
+    assert truth["rows"] == 10 and len(truth["groups"]) >= 2

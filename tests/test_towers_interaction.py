@@ -11,8 +11,10 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt.plan import TowerPlan
+from towers.interaction import GlobalDotInteraction
 from towers import (
     GlobalInteractionConfig,
+    TowerConfigError,
     TowerModuleConfig,
     build_global_interaction,
     build_tower_modules,
@@ -144,3 +146,38 @@ def test_global_interaction_meta_construction(config: GlobalInteractionConfig) -
     if config.kind == "dot":
         expected = InteractionArch(num_sparse_features=3)(dense, towers.view(B, 3, D))
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_dot_options_add_self_dots_and_raw_towers():
+    k, d, b = 3, 4, 5
+    torch.manual_seed(0)
+    dense, towers = torch.randn(b, d), torch.randn(b, k * d)
+    plain = GlobalDotInteraction(k, d)
+    full = GlobalDotInteraction(k, d, self_dots=True, raw_towers=True)
+    out = full(dense, towers)
+    assert out.shape == (b, full.output_dim) == (b, plain.output_dim + (k + 1) + k * d)
+    assert torch.equal(out[:, :d], dense) and torch.equal(out[:, d : d + k * d], towers)
+    vectors = torch.cat([dense.unsqueeze(1), towers.view(b, k, d)], dim=1)
+    gram = vectors @ vectors.transpose(1, 2)
+    rows, cols = torch.triu_indices(k + 1, k + 1, offset=0)
+    torch.testing.assert_close(out[:, d + k * d :], gram[:, rows, cols])
+    # The off-diagonal dots are exactly the plain (torchrec InteractionArch) ones, in the same order.
+    off = rows != cols
+    torch.testing.assert_close(out[:, d + k * d :][:, off], plain(dense, towers)[:, d:])
+
+
+def test_dot_options_survive_meta_construction():
+    with torch.device("meta"):
+        inter = GlobalDotInteraction(2, 4, self_dots=True)
+    inter.to_empty(device="cpu")
+    inter.init_weights()
+    assert inter(torch.ones(1, 4), torch.ones(1, 8)).shape == (1, inter.output_dim)
+
+
+def test_dot_options_only_apply_to_dot():
+    with pytest.raises(TowerConfigError, match="self_dots"):
+        GlobalInteractionConfig(kind="dcn", self_dots=True)
+    with pytest.raises(TowerConfigError, match="raw_towers"):
+        GlobalInteractionConfig(kind="dot", raw_towers="yes")
+    cfg = GlobalInteractionConfig.hierarchical()
+    assert GlobalInteractionConfig.from_dict(cfg.to_dict()) == cfg

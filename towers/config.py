@@ -163,12 +163,17 @@ class GlobalInteractionConfig:
         hidden: "concat" only: MLP widths after the concatenation; () returns the concatenation.
         num_cross_layers: cross layers of "dcn".
         cross_rank: "dcn" only; 0 uses a full-rank ``CrossNet``, r > 0 a ``LowRankCrossNet``.
+        self_dots: "dot" only: also each vector's self-dot, which carries a compressed tower's
+            in-tower pairs (see ``towers.interaction.GlobalDotInteraction``).
+        raw_towers: "dot" only: also pass the tower vectors themselves to the over-arch.
     """
 
     kind: str = "dot"
     hidden: tuple[int, ...] = ()
     num_cross_layers: int = 1
     cross_rank: int = 0
+    self_dots: bool = False
+    raw_towers: bool = False
 
     def __post_init__(self) -> None:
         _check_kind(self.kind, GLOBAL_KINDS, "global interaction")
@@ -178,16 +183,28 @@ class GlobalInteractionConfig:
                 f"hidden={list(self.hidden)} only applies to the global kind='concat' (got {self.kind!r})"
             )
         _check_cross(self.kind, self.num_cross_layers, self.cross_rank)
+        for name in ("self_dots", "raw_towers"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TowerConfigError(f"{name}={value!r} must be true or false")
+            if value and self.kind != "dot":
+                raise TowerConfigError(f"{name}=True only applies to the global kind='dot' (got {self.kind!r})")
+
+    @classmethod
+    def hierarchical(cls) -> GlobalInteractionConfig:
+        """The global interaction for compressed towers: dots with self-dots, plus the raw towers."""
+        return cls(kind="dot", self_dots=True, raw_towers=True)
 
     def output_dim(self, num_tower_outputs: int, embedding_dim: int) -> int:
         """Width of the interaction output for K = ``num_tower_outputs`` vectors of dim D.
 
-        dot: D + K + K(K-1)/2 (dense, dense-tower dots, tower-tower dots); dcn and concat without
-        hidden layers: (K+1)*D; concat with hidden layers: hidden[-1].
+        dot: D + K + K(K-1)/2 (dense, dense-tower dots, tower-tower dots), + K+1 self-dots with
+        ``self_dots``, + K*D with ``raw_towers``; dcn and concat without hidden layers: (K+1)*D;
+        concat with hidden layers: hidden[-1].
         """
         k, d = num_tower_outputs, embedding_dim
         if self.kind == "dot":
-            return d + k + k * (k - 1) // 2
+            return d + k + k * (k - 1) // 2 + (k + 1) * self.self_dots + k * d * self.raw_towers
         if self.kind == "concat" and self.hidden:
             return self.hidden[-1]
         return (k + 1) * d

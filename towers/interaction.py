@@ -58,40 +58,74 @@ def feature_order_permutation(
 
 
 class GlobalDotInteraction(nn.Module):
-    """DLRM dot interaction: [dense, all pairwise dots of {dense, K tower vectors}].
+    """DLRM dot interaction: [dense, all pairwise dots of {dense, K tower vectors}], plus options.
 
-    A thin wrapper of torchrec's ``InteractionArch(num_sparse_features=K)`` (same output, same
-    order), taking the towers' outputs flat.
+    With both options off it is a thin wrapper of torchrec's ``InteractionArch(num_sparse_features=K)``
+    (same output, same order), which is what makes identity-tower DMT compute the flat model.
+
+    The options are for *compressed* towers (the hierarchical interaction). A flat DLRM sees every
+    feature pair as an explicit dot; a compressing tower folds its F features into k < F vectors,
+    and the pairs *inside* the tower then live only in each vector's squared norm
+    (``|sum x_i|^2 = sum |x_i|^2 + 2 sum_{i<j} x_i.x_j``), which ``InteractionArch`` drops (it keeps
+    off-diagonal pairs only). So:
+
+    - ``self_dots``: also emit each tower vector's self-dot (the diagonal), K more columns;
+    - ``raw_towers``: also pass the tower vectors themselves (K*D columns) to the over-arch, so
+      what a tower module computed inside the tower (e.g. its in-tower dots, projected) reaches the
+      over-arch directly rather than only through dots with other towers.
+
+    Output order: ``[dense, raw tower vectors?, dots]``; the dots are the upper triangle of the
+    (K+1)x(K+1) Gram matrix of ``[dense, towers]`` row by row, diagonal included when ``self_dots``
+    (the dense vector's self-dot then comes first).
 
     Args:
         num_tower_outputs: K.
         embedding_dim: D (the dense vector's width too).
+        self_dots: add the K+1 diagonal dots.
+        raw_towers: add the K*D tower columns.
     """
 
-    def __init__(self, num_tower_outputs: int, embedding_dim: int) -> None:
+    def __init__(
+        self, num_tower_outputs: int, embedding_dim: int, *, self_dots: bool = False, raw_towers: bool = False
+    ) -> None:
         super().__init__()
         self.num_tower_outputs: int = num_tower_outputs
         self.embedding_dim: int = embedding_dim
+        self.self_dots: bool = self_dots
+        self.raw_towers: bool = raw_towers
         self.arch: InteractionArch = InteractionArch(num_sparse_features=num_tower_outputs)
+        if self_dots:  # reuse the arch's (non-persistent) pair-index buffer, diagonal included
+            k = num_tower_outputs
+            self.arch.triu_indices = torch.triu_indices(k + 1, k + 1, offset=0, device=self.arch.triu_indices.device)
 
     @property
     def output_dim(self) -> int:
-        """D + K + K(K-1)/2."""
-        return GlobalInteractionConfig(kind="dot").output_dim(self.num_tower_outputs, self.embedding_dim)
+        """D + K + K(K-1)/2, + (K+1) with self_dots, + K*D with raw_towers."""
+        return GlobalInteractionConfig(
+            kind="dot", self_dots=self.self_dots, raw_towers=self.raw_towers
+        ).output_dim(self.num_tower_outputs, self.embedding_dim)
 
     def init_weights(self) -> None:
         """Rebuild the pair-index buffer, which ``to_empty`` leaves uninitialised."""
         k, old = self.num_tower_outputs, self.arch.triu_indices
-        self.arch.triu_indices = torch.triu_indices(k + 1, k + 1, offset=1, device=old.device)
+        self.arch.triu_indices = torch.triu_indices(k + 1, k + 1, offset=0 if self.self_dots else 1, device=old.device)
 
     def flops_per_sample(self) -> int:
         """The bmm's (K+1)^2 dots of length D, x2."""
         return 2 * (self.num_tower_outputs + 1) ** 2 * self.embedding_dim
 
     def forward(self, dense_features: torch.Tensor, tower_outputs: torch.Tensor) -> torch.Tensor:
-        """Args: dense_features: [B, D]; tower_outputs: [B, K*D]. Returns: [B, D + K + K(K-1)/2]."""
+        """Args: dense_features: [B, D]; tower_outputs: [B, K*D]. Returns: [B, output_dim]."""
         b = dense_features.shape[0]
-        return self.arch(dense_features, tower_outputs.reshape(b, self.num_tower_outputs, self.embedding_dim))
+        towers = tower_outputs.reshape(b, self.num_tower_outputs, self.embedding_dim)
+        if not (self.self_dots or self.raw_towers):
+            return self.arch(dense_features, towers)
+        # InteractionArch has no diagonal option; the same Gram-matrix computation, kept by hand.
+        combined = torch.cat([dense_features.unsqueeze(1), towers], dim=1)  # [B, K+1, D]
+        gram = torch.bmm(combined, combined.transpose(1, 2))
+        dots = gram[:, self.arch.triu_indices[0], self.arch.triu_indices[1]]
+        parts = [dense_features, tower_outputs, dots] if self.raw_towers else [dense_features, dots]
+        return torch.cat(parts, dim=1)
 
 
 class GlobalDCNInteraction(nn.Module):
@@ -197,7 +231,7 @@ def build_global_interaction(
     """
     k, d = num_tower_outputs, embedding_dim
     if config.kind == "dot":
-        return GlobalDotInteraction(k, d)
+        return GlobalDotInteraction(k, d, self_dots=config.self_dots, raw_towers=config.raw_towers)
     if config.kind == "dcn":
         return GlobalDCNInteraction(k, d, config.num_cross_layers, config.cross_rank)
     return GlobalConcatInteraction(k, d, config.hidden)

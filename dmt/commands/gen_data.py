@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rows", type=int, required=True, help="number of rows to generate (>= 1)")
     p.add_argument("--out", required=True, help="output TSV file (.gz to compress)")
-    p.add_argument("--truth", required=True, help="output JSON file with the planted groups")
+    p.add_argument("--truth", help="output JSON file with the planted groups (default: <out>.truth.json)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     p.add_argument(
         "--groups", type=int, default=None, help="number of planted groups (default: the preset's, 4)"
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise DmtError(f"--rows={args.rows} must be >= 1")
     if args.seed < 0:
         raise DmtError(f"--seed={args.seed} must be >= 0")
+    if args.truth is None:
+        args.truth = f"{args.out}.truth.json"
     if os.path.abspath(args.out) == os.path.abspath(args.truth):
         raise DmtError(f"--out and --truth are the same file ({args.out}); give two paths")
     overrides = {} if args.groups is None else {"num_groups": args.groups}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from dmt.errors import DmtError
 
@@ -34,8 +35,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="identity",
                     help="module per tower (identity: exactly the flat model)")
     tw.add_argument("--compression", type=float, default=1.0, help="tower output compression ratio c (1)")
+    tw.add_argument("--tower-hidden", default="", help="hidden widths of the tower MLP, e.g. 64,32 (mlp: required)")
+    tw.add_argument("--global-interaction", choices=sorted(GLOBAL_CHOICES), default="auto",
+                    help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
+                         "dots + self-dots + raw tower vectors)")
     tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
                     help="tower tables inside a host (auto)")
+    comm = p.add_argument_group("communication")
+    comm.add_argument("--comm-compression", metavar="SPEC",
+                      help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
+                           "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/qcomm.py)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
     opt.add_argument("--epochs", type=int, default=1)
@@ -59,6 +68,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# CLI name -> GlobalInteractionConfig keyword arguments; "auto" (None) leaves it to dmt.transform.
+GLOBAL_CHOICES = {
+    "auto": None,
+    "dot": {"kind": "dot"},
+    "hierarchical": {"kind": "dot", "self_dots": True, "raw_towers": True},
+    "dcn": {"kind": "dcn"},
+    "concat": {"kind": "concat"},
+}
+
+
+def global_interaction_config(name: str):
+    from towers import GlobalInteractionConfig  # noqa: PLC0415
+
+    kwargs = GLOBAL_CHOICES[name]
+    return None if kwargs is None else GlobalInteractionConfig(**kwargs)
+
+
 def job_config(args: argparse.Namespace):
     from dmt.models import ModelConfig  # noqa: PLC0415 (torchrec import only when running)
     from dmt.train.job import JobConfig  # noqa: PLC0415
@@ -77,10 +103,11 @@ def job_config(args: argparse.Namespace):
         from towers import TowerModuleConfig  # noqa: PLC0415
 
         try:
-            module = TowerModuleConfig(kind=args.tower_module, compression=args.compression)
+            module = TowerModuleConfig(kind=args.tower_module, compression=args.compression, hidden=args.tower_hidden)
         except ValueError as e:
             raise DmtError(f"bad tower module: {e}") from None
-        towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module, sharding=args.tower_sharding)
+        towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module, sharding=args.tower_sharding,
+                           global_interaction=global_interaction_config(args.global_interaction))
     elif args.tower_module != "identity" or args.compression != 1.0:
         raise DmtError("--tower-module/--compression need --plan (a TowerPlan from `dmt partition`)")
     return JobConfig(
@@ -91,7 +118,19 @@ def job_config(args: argparse.Namespace):
         max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
         skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every, resume=args.resume, towers=towers,
+        comm=comm_compression(args.comm_compression),
     )  # fmt: skip
+
+
+def comm_compression(spec: str | None):
+    if not spec:
+        return None
+    from dmt.qcomm import CommCompression  # noqa: PLC0415
+
+    try:
+        return CommCompression.parse(spec)
+    except ValueError as e:  # DmtError is a ValueError too
+        raise DmtError(f"bad --comm-compression {spec!r}: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     if args.hosts < 1 or args.ranks_per_host < 1:
         raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
     cfg = job_config(args)  # validate here, before any process starts
+    if not os.path.isfile(cfg.data):
+        raise FileNotFoundError(2, "no such file", cfg.data)
+    if cfg.towers is not None and not under_torchrun() and args.hosts * args.ranks_per_host > 1:
+        cfg.towers.plan.validate_hosts(args.hosts)
     if under_torchrun():
         from dmt.train.job import run_job  # noqa: PLC0415
 

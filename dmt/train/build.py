@@ -14,7 +14,7 @@ import torch
 from dmt.models import ModelConfig, build_flat_model
 from dmt.plan import TowerPlan
 from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
-from towers import TowerModuleConfig
+from towers import GlobalInteractionConfig, TowerModuleConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,21 +24,29 @@ class TowerSpec:
     plan: TowerPlan
     module: TowerModuleConfig = TowerModuleConfig()
     sharding: str = "auto"  # inside a host: "auto", "table_row_wise" or "table_column_wise"
+    global_interaction: GlobalInteractionConfig | None = None  # None: transform's default
 
 
 def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, towers: TowerSpec | None,
-                env=None, flat_sharding: str = "table_wise"):
-    """The model and its optimizer. ``env`` (a DistEnv) shards the model over the job."""
+                env=None, flat_sharding: str = "table_wise", comm=None):
+    """The model and its optimizer. ``env`` (a DistEnv) shards the model over the job.
+
+    ``comm`` (a :class:`dmt.qcomm.CommCompression`) compresses the sharded model's embedding
+    comms: DMT's cross-host exchange, or all of a flat model's embedding all-to-alls.
+    """
     torch.manual_seed(seed)  # same initial weights on every rank and in the 1-process run
     if towers is not None:
         from dmt.sptt import transform  # noqa: PLC0415 (torchrec towers only when used)
 
-        model = transform(build_flat_model(model_cfg), towers.plan, tower_module=towers.module)
+        model = transform(
+            build_flat_model(model_cfg), towers.plan, tower_module=towers.module,
+            global_interaction=towers.global_interaction,
+        )
         if env is not None:
             from dmt.sharding import shard  # noqa: PLC0415
 
             apply_sparse_optimizer(model, optim_cfg)
-            model = shard(model, towers.plan, env, sharding=towers.sharding)
+            model = shard(model, towers.plan, env, sharding=towers.sharding, comm_compression=comm)
     elif env is not None:
         from dmt.parallel import shard_flat  # noqa: PLC0415
 
@@ -47,7 +55,7 @@ def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, to
         torch.manual_seed(seed)
         reference = build_flat_model(model_cfg).state_dict()
         apply_sparse_optimizer(model, optim_cfg)
-        model = shard_flat(model, model_cfg, env, flat_sharding)
+        model = shard_flat(model, model_cfg, env, flat_sharding, comm_compression=comm)
         _load_global_weights(model, reference)
     else:
         model = build_flat_model(model_cfg)

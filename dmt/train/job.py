@@ -24,6 +24,7 @@ from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.build import TowerSpec, build_model
 from dmt.train.optim import OptimConfig
+from dmt.qcomm import CommCompression, codec_stats, set_iteration
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class JobConfig:
     sharding: str = "table_wise"  # flat models under torchrun
     seed: int = 0
     towers: TowerSpec | None = None  # None: the flat model; else DMT over these towers
+    comm: CommCompression | None = None  # compressed embedding comms (sharded runs only)
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     resume: bool = False  # continue from the newest complete checkpoint in <out>/checkpoints
     skip_bad_rows: bool = False
@@ -91,8 +93,11 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     steps = cfg.epochs * steps_per_epoch
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
 
+    if cfg.comm is not None and not distributed:
+        raise DmtError("--comm-compression compresses the collectives of a sharded run; "
+                       "add --hosts/--ranks-per-host (one process has no comms to compress)")
     model, optimizer = build_model(cfg.model, cfg.optim, seed=cfg.seed, towers=cfg.towers,
-                                   env=env if distributed else None, flat_sharding=cfg.sharding)
+                                   env=env if distributed else None, flat_sharding=cfg.sharding, comm=cfg.comm)
     counter = _comm_counter(model, env) if distributed else None
 
     def eval_batches():
@@ -112,7 +117,10 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
 
     start = time.perf_counter()
     first_step = history.steps if history else 0
-    result = train(model, optimizer, _epoch_batches(train_arrays, cfg, rank, world, first_step), eval_batches,
+    batches = _epoch_batches(train_arrays, cfg, rank, world, first_step)
+    if cfg.comm is not None and cfg.comm.uses_lossy:
+        batches = _driving_codec_schedule(batches, model, first_step)
+    result = train(model, optimizer, batches, eval_batches,
                    LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
                    device=device, is_main=is_main, history=history,
                    checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint, counter=counter)
@@ -135,9 +143,10 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         "eval_rows": final["num_samples"],
         "bad_rows_skipped": report.bad_rows_skipped,
         **_comm_metrics(counter, result.steps - (history.steps if history else 0), cfg.batch_size * world),
+        **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),
         "losses": result.losses,
         "evals": result.evals,
-        "config": {**asdict(cfg), "towers": _towers_dict(cfg.towers)},
+        "config": {**asdict(cfg), "towers": cfg.towers and {**_towers_dict(cfg.towers), "sharding": cfg.towers.sharding}},
     }
     if is_main:
         atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
@@ -149,10 +158,31 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     return metrics
 
 
+def _driving_codec_schedule(batches, model, first_step: int):
+    """Set the lossy codec's iteration before each batch is handed out.
+
+    The pipeline pulls a batch a step or two ahead of the one it computes, so the schedule runs
+    up to two steps early -- on every rank alike, which is what the codec needs (its width must
+    agree across ranks); over a decay of thousands of steps the lead does not matter.
+    """
+    for step, batch in enumerate(batches, start=first_step):
+        set_iteration(model, step)
+        yield batch
+
+
+def _codec_metrics(model) -> dict:
+    """What each codec of this rank sent: bytes in/out, ratio and (if tracked) the error seen."""
+    return {name: {**asdict(stats), "ratio": stats.ratio} for name, stats in codec_stats(model).items()}
+
+
 def _towers_dict(towers: TowerSpec | None) -> dict | None:
     if towers is None:
         return None
-    return {"plan": towers.plan.to_dict(), "module": towers.module.to_dict(), "sharding": towers.sharding}
+    # Not the sharding inside a host: it changes where shards live, not the math, and DCP
+    # reshards on load (tests/test_checkpoint.py resumes a row-wise run column-wise).
+    inter = towers.global_interaction
+    return {"plan": towers.plan.to_dict(), "module": towers.module.to_dict(),
+            "global_interaction": inter.to_dict() if inter is not None else None}
 
 
 def _comm_counter(model, env):
@@ -187,11 +217,13 @@ def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> Lo
         if is_main:
             print(f"[dmt] --resume: no checkpoint in {root} yet, starting from step 0")
         return None
-    meta = load_checkpoint(path, model, optimizer)
+    # Check before loading: a different model would fail inside DCP with a far less clear message.
+    meta = json.loads((path / "meta.json").read_text())
     if meta["fingerprint"] != fingerprint:
         diff = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
         raise DmtError(f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
                        "the same data, model, seed and global batch, or use a new --out")
+    load_checkpoint(path, model, optimizer)
     if is_main:
         print(f"[dmt] resumed from {path} at step {meta['step']}")
     return LoopResult(**meta["progress"])

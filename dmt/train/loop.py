@@ -69,20 +69,30 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def _comm_device() -> torch.device:
+    """Where the bookkeeping collectives' tensors must live: NCCL only moves CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a CPU tensor over ranks, returned on the CPU."""
     if _world() > 1:
-        x = x.clone()
+        x = x.to(_comm_device(), copy=True)
         dist.all_reduce(x)
-        x /= _world()
+        x = x.cpu() / _world()
     return x
 
 
 def _gather_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's CPU tensor (same shape on all ranks), concatenated in rank order, on the CPU."""
     if _world() == 1:
         return x
+    x = x.to(_comm_device())
     parts = [torch.empty_like(x) for _ in range(_world())]
     dist.all_gather(parts, x)
-    return torch.cat(parts)
+    return torch.cat(parts).cpu()
 
 
 def _run_phase(pipeline, batches: Iterator[Batch]) -> list[tuple]:

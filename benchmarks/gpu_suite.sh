@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The runs the GPU notes quote, on one machine with 2 GPUs (the device tool's nvidia-h100-x2), after
+# ../shared/gpu/README.md's install:  PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh <part> <out dir>
+#   part "train": NCCL training runs (flat and DMT, 2 emulated hosts x 1 GPU) + the NCCL parity tests
+#   part "bench": dmt bench on the Criteo-shaped model, fast (NVLink) and slow (sockets) links
+set -uo pipefail
+part=$1; out=$2; mkdir -p "$out"
+export PYTHONPATH=/tmp/site:$PWD
+py=python3
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+$py -c "import torch, torchrec; from importlib.metadata import version; print('torch', torch.__version__, 'torchrec', version('torchrec'))" 2>&1 | tail -1
+
+if [ "$part" = train ]; then
+  $py -m dmt.cli gen-data --rows 400000 --out /tmp/d.tsv --seed 0
+  $py -m dmt.cli partition --data /tmp/d.tsv --num-towers 4 --hosts 2 --out /tmp/plan.json --truth /tmp/d.tsv.truth.json 2>&1 | tail -3
+  for run in "flat" "dmt --plan /tmp/plan.json --tower-module identity" "dmt_c4 --plan /tmp/plan.json --tower-module linear --compression 4"; do
+    set -- $run; name=$1; shift
+    $py -m dmt.cli train --data /tmp/d.tsv "$@" --hosts 2 --ranks-per-host 1 --batch-size 1024 --eval-every 100 \
+        --no-progress --out "$out/train_$name" 2>&1 | grep -v -i "warn" | tail -4
+  done
+  $py -m pytest -q -p no:cacheprovider tests/test_tower_sharding.py -k "nccl or cuda" 2>&1 | tail -3
+fi
+
+if [ "$part" = bench ]; then
+  common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192 --towers 2
+          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+  for link in fast slow; do
+    flag=""; [ $link = slow ] && flag="--slow-link"
+    $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
+        --out "$out/bench_$link.json" 2>&1 | grep -v -i "warn" | tail -9
+    $py -m dmt.cli bench $common $flag --variants flat,dmt+comm --comm-compression lossy:fp16,lossy_eb=0.01 \
+        --out "$out/bench_${link}_lossy.json" 2>&1 | grep -v -i "warn" | tail -5
+  done
+fi

@@ -1,0 +1,45 @@
+"""torchrun for ``dmt.launch``: the same agent, without its traceback when a worker fails.
+
+A worker that fails on bad input (a missing file, a malformed row, a plan that does not fit)
+already printed one line naming the problem and exited 2. torchrun's own ``main`` then raises
+``ChildFailedError``, whose uncaught traceback and failure table would bury that line; this
+wrapper exits with the worker's code instead. Any other failure of torchrun itself keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+
+
+class _DropKnownNoise(logging.Filter):
+    """Drop two agent log lines that explain nothing new to a user.
+
+    "failed (exitcode: 2)": 2 is dmt's bad-input exit, whose one-line reason rank 0 printed.
+    "failed to shutdown the rendezvous": emulated host 0's agent hosts the rendezvous store and
+    exits first, so the others cannot deregister from it; harmless once the job is over.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "(exitcode: 2)" not in message and "failed to shutdown the rendezvous" not in message
+
+
+def run(argv: list[str]) -> int:
+    for name in ("torch.distributed.elastic.multiprocessing.api",
+                 "torch.distributed.elastic.rendezvous.dynamic_rendezvous"):
+        logging.getLogger(name).addFilter(_DropKnownNoise())
+    try:
+        main(argv)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1  # a signal (negative) is a failure too
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

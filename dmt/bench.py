@@ -1,0 +1,494 @@
+"""`dmt bench` library: time flat and DMT training steps side by side on synthetic Criteo batches.
+
+Every rank of one job builds each variant in turn on the same Criteo-shaped model (26 tables) and
+trains it on the same pre-generated random batches:
+
+* ``flat``: torchrec's DLRM, its tables sharded over the whole job by DMP (``dmt.parallel.shard_flat``);
+* ``dmt``: the same DLRM transformed into towers (``dmt.transform``) and sharded tower per host
+  (``dmt.shard``);
+* ``stock``: the same DMT model sharded by torchrec's own ``EmbeddingTowerCollectionSharder``
+  (none of ``dmt.sharding``'s fixes; outputs come back in host order, which timing ignores);
+* ``flat+comm`` / ``dmt+comm``: ``flat`` / ``dmt`` with ``comm`` (a :class:`dmt.qcomm.CommCompression`)
+  compressing the embedding exchange.
+
+A step is what training does: forward, backward (the fused sparse optimizer updates the tables
+inside it), dense optimizer step; optionally through torchrec's ``TrainPipelineSparseDist``.
+Step time is the median over the timed steps of the slowest rank's time (CUDA events on GPU,
+``perf_counter`` between barriers on CPU). Bytes come from :class:`dmt.comm.CommCounter` over a
+few extra steps after the timed ones, so counting never slows the timed steps.
+
+Shapes: B = batch per rank, W = ranks, F = 26 features, D = embedding dim.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from dmt.atomic import atomic_write_text
+from dmt.errors import DmtError
+from dmt.plan import TowerPlan
+from dmt.qcomm import CommCompression
+from dmt.train.optim import OptimConfig
+
+# "+comm": the same variant with --comm-compression on its embedding exchange (dmt.qcomm).
+VARIANTS = ("flat", "dmt", "stock", "flat+comm", "dmt+comm")
+NUM_TABLES = 26  # Criteo's categorical features
+FEATURES = tuple(f"cat_{i}" for i in range(NUM_TABLES))  # torchrec's DEFAULT_CAT_NAMES
+PHASES = ("forward", "backward", "optimizer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What one ``dmt bench`` run measures; identical on every rank."""
+
+    plan: TowerPlan  # the DMT towers and their hosts
+    variants: tuple[str, ...] = ("flat", "dmt")
+    model: str = "dlrm"  # or "dlrm_dcn"
+    num_embeddings: int = 100_000  # rows per table
+    embedding_dim: int = 64
+    batch_size: int = 1024  # per rank
+    pooling: int = 1  # ids per (sample, feature)
+    warmup: int = 5
+    steps: int = 20  # timed steps
+    count_steps: int = 2  # extra steps whose collectives are counted
+    tower_module: str = "linear"
+    compression: float = 4.0
+    tower_sharding: str = "auto"
+    flat_sharding: str = "table_wise"
+    pipeline: bool = False  # torchrec's TrainPipelineSparseDist instead of a plain step
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    comm: CommCompression | None = None  # for the "+comm" variants
+    link: str = "default"  # how the hosts are connected, for the report only
+    out: str | None = None  # JSON path
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants or len(set(self.variants)) != len(self.variants):
+            raise DmtError(f"--variants {','.join(self.variants)}: give distinct names from {list(VARIANTS)}")
+        for name in ("num_embeddings", "embedding_dim", "batch_size", "steps", "count_steps"):
+            if getattr(self, name) < 1:
+                raise DmtError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.warmup < 0 or self.pooling < 1:
+            raise DmtError(f"warmup={self.warmup} must be >= 0 and pooling={self.pooling} >= 1")
+        self.plan.validate_features(FEATURES)
+        if any(v.endswith("+comm") for v in self.variants) and self.comm is None:
+            raise DmtError("the +comm variants need --comm-compression, e.g. --comm-compression fp16")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "plan": self.plan.to_dict(), "comm": self.comm.to_dict() if self.comm else None}
+
+
+def contiguous_plan(num_towers: int, num_hosts: int) -> TowerPlan:
+    """``num_towers`` towers of contiguous features (sizes differ by at most one), tower i on host i % H.
+
+    Example:
+        >>> [len(t.features) for t in contiguous_plan(4, 2).towers], [t.host for t in contiguous_plan(4, 2).towers]
+        ([7, 7, 6, 6], [0, 1, 0, 1])
+    """
+    if not 1 <= num_towers <= NUM_TABLES:
+        raise DmtError(f"--towers={num_towers} must be between 1 and {NUM_TABLES} (one feature per tower at most)")
+    size, extra = divmod(NUM_TABLES, num_towers)
+    bounds = list(itertools.accumulate([0] + [size + (i < extra) for i in range(num_towers)]))
+    groups = [FEATURES[a:b] for a, b in itertools.pairwise(bounds)]
+    return TowerPlan.from_groups(groups, num_hosts=num_hosts, method="contiguous")
+
+
+def check_plan_fits(plan: TowerPlan, hosts: int) -> None:
+    """Raise DmtError when ``plan`` needs more hosts than the job has."""
+    plan.validate_hosts(hosts)
+
+
+# ---------------------------------------------------------------------------------------- model
+def model_config(cfg: BenchConfig):
+    """The Criteo-shaped flat model: 26 tables of ``num_embeddings`` x D, dense arch 512-256-D."""
+    from dmt.models import ModelConfig  # noqa: PLC0415 (torchrec only in the ranks)
+
+    return ModelConfig.preset("criteo", arch=cfg.model, embedding_dim=cfg.embedding_dim,
+                              num_embeddings=(cfg.num_embeddings,) * NUM_TABLES,
+                              dense_arch=(512, 256, cfg.embedding_dim))  # fmt: skip
+
+
+@dataclass
+class Built:
+    """One variant, sharded, with the sizes the analytic byte model needs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dense_params: int  # replicated over the world (world DDP)
+    tower_params: int = 0  # tower modules, replicated per host (intra-host DDP)
+    tower_features: tuple[int, ...] = ()
+    tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
+    intra_sharding: str | None = None  # the analytic model's name, when every tower uses one type
+
+
+def build_variant(name: str, cfg: BenchConfig, env) -> Built:
+    """Build, shard and equip with optimizers the ``name`` variant; collective (every rank)."""
+    torch.manual_seed(cfg.seed)  # same dense init for every variant
+    comm = cfg.comm if name.endswith("+comm") else None
+    if name.startswith("flat"):
+        return _build_flat(cfg, env, comm)
+    return _build_towers(cfg, env, stock=name == "stock", comm=comm)
+
+
+def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> Built:
+    from dmt.models import build_flat_model  # noqa: PLC0415
+    from dmt.parallel import shard_flat  # noqa: PLC0415
+    from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
+
+    mcfg = model_config(cfg)
+    model = build_flat_model(mcfg, device="meta")  # tables on meta: DMP materialises the local shards
+    dense = sum(p.numel() for n, p in model.named_parameters() if "embedding_bag_collection" not in n)
+    apply_sparse_optimizer(model, cfg.optim)
+    sharded = shard_flat(model, mcfg, env, cfg.flat_sharding, comm_compression=comm)
+    return Built(model=sharded, optimizer=build_optimizer(sharded, cfg.optim), dense_params=dense)
+
+
+def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression | None = None) -> Built:
+    from dmt.models import build_flat_model  # noqa: PLC0415
+    from dmt.sharding import build_sharding_plan, find_tower_collection, shard  # noqa: PLC0415
+    from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
+    from towers import TowerModuleConfig  # noqa: PLC0415
+
+    try:
+        module = TowerModuleConfig(kind=cfg.tower_module, compression=cfg.compression)
+    except ValueError as e:
+        raise DmtError(f"bad tower module: {e}") from None
+    model = transform(build_flat_model(model_config(cfg), device="meta"), cfg.plan, tower_module=module)
+    fqn, collection = find_tower_collection(model)
+    sizes = dict(
+        dense_params=sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}.")),
+        tower_params=sum(p.numel() for t in collection.towers for p in t.interaction.parameters()),
+        tower_features=tuple(len(t.features) for t in cfg.plan.towers),
+        tower_outputs=tuple(int(t.interaction.output_dim) for t in collection.towers),
+    )
+    apply_sparse_optimizer(model, cfg.optim)
+    # The plan both shardings follow (pure: read before torchrec consumes and rewrites it).
+    plan = build_sharding_plan(model, cfg.plan, env.topology, sharding=cfg.tower_sharding, device_type=env.device.type)
+    if stock:
+        sharded = _shard_stock(model, plan, env)
+    else:
+        sharded = shard(model, cfg.plan, env, sharding=cfg.tower_sharding, comm_compression=comm)
+    return Built(model=sharded, optimizer=build_optimizer(sharded, cfg.optim), intra_sharding=_intra_sharding(plan),
+                 **sizes)  # fmt: skip
+
+
+def _shard_stock(model: torch.nn.Module, plan, env):
+    """torchrec's DMP + EmbeddingTowerCollectionSharder on the sharding plan dmt.shard would use.
+
+    Only what it cannot run without is added: on CPU its intra-host DDP rejects CPU
+    ``device_ids`` (the swap of ``dmt.sharding``), and its process groups need torchrec's
+    host-size variables pinned. torchrec mutates the plan, so it gets a copy.
+    """
+    import contextlib  # noqa: PLC0415
+    import copy  # noqa: PLC0415
+
+    from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder  # noqa: PLC0415
+    from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
+    from torchrec.distributed.types import ShardingEnv  # noqa: PLC0415
+
+    from dmt import sharding as ds  # noqa: PLC0415
+
+    ds.tower_process_groups(env.topology, env.device)
+    cpu_fix = ds._safe_tower_sharding() if env.device.type == "cpu" else contextlib.nullcontext()
+    with cpu_fix, ds._torchrec_host_size(env.topology.local_world_size):
+        return DistributedModelParallel(module=model, env=ShardingEnv.from_process_group(dist.group.WORLD),
+                                        device=env.device, plan=copy.deepcopy(plan),
+                                        sharders=[EmbeddingTowerCollectionSharder()])  # fmt: skip
+
+
+def _intra_sharding(plan) -> str | None:
+    """The analytic model's name for the tower tables' sharding, when all tables share one type."""
+    kinds = {ps.sharding_type for module_plan in plan.plan.values() for ps in module_plan.values()}
+    names = {"table_row_wise": "row_wise", "table_column_wise": "column_wise", "table_wise": "table_wise"}
+    return names.get(kinds.pop()) if len(kinds) == 1 else None
+
+
+# -------------------------------------------------------------------------------------- batches
+def make_batches(cfg: BenchConfig, rank: int, count: int, device: torch.device) -> list:
+    """``count`` random Criteo-shaped batches of this rank, on ``device``; identical for every variant."""
+    from torchrec.datasets.utils import Batch  # noqa: PLC0415
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+
+    B, F, p = cfg.batch_size, NUM_TABLES, cfg.pooling
+    out = []
+    for i in range(count):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + i)
+        batch = Batch(
+            dense_features=torch.rand(B, 13, generator=g),
+            sparse_features=KeyedJaggedTensor(
+                keys=list(FEATURES),
+                values=torch.randint(cfg.num_embeddings, (F * B * p,), generator=g),
+                lengths=torch.full((F * B,), p, dtype=torch.int32),
+            ),
+            labels=torch.randint(2, (B,), generator=g).float(),
+        )
+        out.append(batch.to(device))
+    return out
+
+
+# --------------------------------------------------------------------------------------- timing
+class _Clock:
+    """Step and phase timestamps: CUDA events on GPU, perf_counter on CPU (milliseconds)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._marks: list[list] = []
+
+    def start(self) -> None:
+        dist.barrier()  # every rank starts the step together: a step is as slow as its slowest rank
+        self._marks.append([self._now()])
+
+    def mark(self) -> None:
+        self._marks[-1].append(self._now())
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def durations_ms(self) -> list[list[float]]:
+        """Per step, the time between consecutive marks (the first is from start)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [[a.elapsed_time(b) for a, b in itertools.pairwise(m)] for m in self._marks]
+        return [[(b - a) * 1e3 for a, b in itertools.pairwise(m)] for m in self._marks]
+
+
+def _plain_step(model, optimizer, clock: _Clock | None) -> Callable[[object], None]:
+    """forward, backward, optimizer step, with a clock mark after each phase."""
+
+    def step(batch) -> None:
+        optimizer.zero_grad()
+        loss, _ = model(batch)
+        _mark(clock)
+        loss.backward()
+        _mark(clock)
+        optimizer.step()
+        _mark(clock)
+
+    return step
+
+
+def _mark(clock: _Clock | None) -> None:
+    if clock is not None:
+        clock.mark()
+
+
+def _end_step(clock: _Clock) -> None:
+    """Close a step on CPU: wait for every rank, then mark (a CUDA step ends at its last event)."""
+    if not clock.cuda:
+        dist.barrier()
+        clock.mark()
+
+
+def run_variant(built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
+    """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
+    from dmt.comm import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
+
+    register_ddp_counting_hooks(built.model)  # as training does: the hook runs in timed steps too
+    source = itertools.cycle(batches)
+    clock = _Clock(env.device)
+    if cfg.pipeline:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: PLC0415
+
+        pipeline = TrainPipelineSparseDist(built.model, built.optimizer, env.device)
+
+        def one(timed: bool) -> None:
+            pipeline.progress(source)
+            if timed:
+                _mark(clock if clock.cuda else None)
+                _end_step(clock)
+    else:
+        timed_step = _plain_step(built.model, built.optimizer, clock)
+        step = _plain_step(built.model, built.optimizer, None)
+
+        def one(timed: bool) -> None:
+            (timed_step if timed else step)(next(source))
+            if timed:
+                _end_step(clock)
+
+    built.model.train()
+    for _ in range(cfg.warmup):
+        one(False)
+        bar.update(1)
+    for _ in range(cfg.steps):
+        clock.start()
+        one(True)
+        bar.update(1)
+    durations = _slowest_rank(clock.durations_ms(), env)
+    with CommCounter(env.topology) as counter:
+        for _ in range(cfg.count_steps):
+            one(False)
+            bar.update(1)
+    comm = reduce_summary(counter.summary()).per_sample(cfg.batch_size * env.topology.world_size * cfg.count_steps)
+    return _variant_result(durations, comm, cfg, env)
+
+
+def _slowest_rank(durations: list[list[float]], env) -> list[list[float]]:
+    """Per step ``[total, phase...]``, each the maximum over the ranks (a step waits for its slowest rank)."""
+    t = torch.tensor([[sum(d), *d] for d in durations], dtype=torch.float64)
+    if env.device.type == "cuda":
+        t = t.to(env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
+def _variant_result(durations: list[list[float]], comm, cfg: BenchConfig, env) -> dict:
+    """Step-time statistics, phase medians and bytes per sample of one variant.
+
+    ``durations`` rows are ``[total, intervals...]``: plain steps have forward, backward, optimizer
+    (and on CPU the wait at the closing barrier); pipelined steps one span.
+    """
+    steps_ms = [d[0] for d in durations]
+    phases = None
+    if not cfg.pipeline:
+        phases = {p: statistics.median(d[1 + i] for d in durations) for i, p in enumerate(PHASES)}
+    world = env.topology.world_size
+    median = statistics.median(steps_ms)
+    total = comm.total()
+    by_op = {"/".join(k): {"cross_host": v.cross_host, "intra_host": v.intra_host}
+             for k, v in comm.grouped("op", "group", "phase").items()}  # fmt: skip
+    return {
+        "step_ms": {"median": median, "min": min(steps_ms), "max": max(steps_ms),
+                    "p10": _quantile(steps_ms, 0.1), "p90": _quantile(steps_ms, 0.9), "all": steps_ms},
+        "samples_per_s": cfg.batch_size * world / (median / 1e3),
+        "phases_ms": phases,
+        "cross_host_bytes_per_sample": total.cross_host,
+        "intra_host_bytes_per_sample": total.intra_host,
+        "comm_bytes_per_sample": by_op,
+    }  # fmt: skip
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# ------------------------------------------------------------------------------------- analytic
+def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None:
+    """Cross-/intra-host bytes per sample ``dmt.comm_model`` predicts, or None where it has no model."""
+    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+
+    shape = CommShape(num_features=NUM_TABLES, embedding_dim=cfg.embedding_dim, num_hosts=topology.num_hosts,
+                      ranks_per_host=topology.local_world_size, batch_size=cfg.batch_size,
+                      pooling_factor=cfg.pooling)  # fmt: skip
+    if name.startswith("flat"):
+        if cfg.flat_sharding not in ("table_wise", "row_wise"):
+            return None
+        total = analytic_flat(shape, cfg.flat_sharding, dense_params=built.dense_params).total()
+        return {"cross_host": total.cross_host, "intra_host": total.intra_host}
+    total = analytic_dmt(shape, built.tower_features, built.tower_outputs,
+                         intra_sharding=built.intra_sharding or "row_wise",
+                         dense_params=built.dense_params, tower_params=built.tower_params).total()  # fmt: skip
+    # Cross-host bytes do not depend on how a host shards its tables; intra-host bytes do.
+    return {"cross_host": total.cross_host, "intra_host": total.intra_host if built.intra_sharding else None}
+
+
+# ------------------------------------------------------------------------------------------ job
+def run_bench(cfg: BenchConfig) -> dict:
+    """Every rank: build and time each variant in turn; rank 0 prints the table and writes the JSON."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from dmt.parallel import init_distributed  # noqa: PLC0415
+
+    env = init_distributed()
+    topo = env.topology
+    check_plan_fits(cfg.plan, topo.num_hosts)
+    per_variant = cfg.warmup + cfg.steps + cfg.count_steps
+    batches = make_batches(cfg, topo.rank, min(per_variant + 2, 16), env.device)
+    bar = tqdm(total=per_variant * len(cfg.variants), unit="step", disable=not (cfg.progress and env.is_main))
+    results: dict = {}
+    for name in cfg.variants:
+        bar.set_description(name)
+        built = build_variant(name, cfg, env)
+        results[name] = {**run_variant(built, cfg, env, batches, bar=bar),
+                         "analytic": analytic(built, name, cfg, topo),
+                         "dense_params": built.dense_params, "tower_params": built.tower_params}  # fmt: skip
+        del built
+        _release(env.device)
+    bar.close()
+    report = _report(cfg, env, results)
+    if env.is_main:
+        print(format_table(report), flush=True)
+        if cfg.out:
+            atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
+    dist.barrier()  # leave together (see dmt.train.job)
+    dist.destroy_process_group()
+    return report
+
+
+def _release(device: torch.device) -> None:
+    """Free a finished variant before the next one is built (tables can be most of the memory)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _report(cfg: BenchConfig, env, results: dict) -> dict:
+    topo = env.topology
+    device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+    ratios = {f"{v}/flat": _ratios(results[v], results["flat"]) for v in results if v != "flat" and "flat" in results}
+    return {
+        "hosts": topo.num_hosts, "ranks_per_host": topo.local_world_size, "world_size": topo.world_size,
+        "device": device, "backend": env.backend, "torch": torch.__version__, "torchrec": _torchrec_version(),
+        "config": cfg.to_dict(), "variants": results, "ratios": ratios,
+    }  # fmt: skip
+
+
+def _ratios(a: dict, b: dict) -> dict:
+    def ratio(x: float, y: float) -> float | None:
+        return x / y if y else None
+
+    return {
+        "step_ms": ratio(a["step_ms"]["median"], b["step_ms"]["median"]),
+        "samples_per_s": ratio(a["samples_per_s"], b["samples_per_s"]),
+        "cross_host_bytes_per_sample": ratio(a["cross_host_bytes_per_sample"], b["cross_host_bytes_per_sample"]),
+        "intra_host_bytes_per_sample": ratio(a["intra_host_bytes_per_sample"], b["intra_host_bytes_per_sample"]),
+    }
+
+
+def _torchrec_version() -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return version("torchrec")
+
+
+# ---------------------------------------------------------------------------------------- table
+def format_table(report: dict) -> str:
+    """The printed comparison: one row per variant, then one ratio row per non-flat variant."""
+    cfg = report["config"]
+    head = (f"dmt bench: {report['hosts']} hosts x {report['ranks_per_host']} ranks on {report['device']} "
+            f"({report['backend']}, link: {cfg['link']}); 26 tables x {cfg['num_embeddings']:,} rows x dim "
+            f"{cfg['embedding_dim']}, batch {cfg['batch_size']}/rank, towers: {len(cfg['plan']['towers'])} "
+            f"{cfg['tower_module']} c={cfg['compression']:g} ({cfg['tower_sharding']}), flat {cfg['flat_sharding']}, "
+            f"{'pipelined' if cfg['pipeline'] else 'plain'} steps; median of {cfg['steps']} after {cfg['warmup']} "
+            "warm-up")  # fmt: skip
+    lines = [head, "",
+             "| variant | step ms | p10-p90 ms | samples/s | cross-host B/sample | intra-host B/sample "
+             "| fwd ms | bwd ms | opt ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in report["variants"].items():
+        s, ph = r["step_ms"], r["phases_ms"] or {}
+        phase_cells = [f"{ph[p]:.2f}" if p in ph else "-" for p in PHASES]
+        lines.append(f"| {name} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} | {r['samples_per_s']:,.0f} "
+                     f"| {r['cross_host_bytes_per_sample']:,.1f} | {r['intra_host_bytes_per_sample']:,.1f} | "
+                     + " | ".join(phase_cells) + " |")  # fmt: skip
+    for name, q in report["ratios"].items():
+        cells = [q["step_ms"], None, q["samples_per_s"], q["cross_host_bytes_per_sample"],
+                 q["intra_host_bytes_per_sample"]]  # fmt: skip
+        lines.append(f"| **{name}** | " + " | ".join("-" if c is None else f"{c:.3f}x" for c in cells) + " | | | |")
+    return "\n".join(lines)

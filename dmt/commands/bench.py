@@ -1,0 +1,149 @@
+"""`dmt bench`: flat vs DMT training step time and bytes on synthetic Criteo batches, one table.
+
+Launches itself on ``--hosts H --ranks-per-host L`` emulated hosts (torchrun agents on this
+machine, as `dmt train` does), or runs as is under an outer torchrun on real hosts. See
+:mod:`dmt.bench` for what is measured and :mod:`dmt.netns` for ``--shaped-link``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dmt.errors import DmtError
+
+# NCCL without NVLink/PCIe peer copies or shared memory: every byte between ranks goes through
+# its network transport; without InfiniBand that is TCP sockets, a slow inter-host link.
+SLOW_LINK_ENV = {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_IB_DISABLE": "1"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time flat vs DMT training steps side by side (synthetic Criteo batches)",
+        description="Train the flat DLRM and its DMT transform on the same random Criteo-shaped batches "
+        "and print step time, samples/s and cross-/intra-host bytes per sample side by side, with the "
+        "DMT/flat ratios. A step is forward + backward (fused sparse optimizer) + dense optimizer step.",
+    )
+    model = p.add_argument_group("model (26 Criteo-shaped tables)")
+    model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
+    model.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
+    model.add_argument("--embedding-dim", type=int, default=64, help="(64)")
+    model.add_argument("--batch-size", type=int, default=1024, help="per rank (1024; e.g. 8192 on GPU)")
+    model.add_argument("--pooling", type=int, default=1, help="ids per sample and feature (1)")
+    tw = p.add_argument_group("towers (DMT)")
+    plan = tw.add_mutually_exclusive_group()
+    plan.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`)")
+    plan.add_argument("--towers", type=int, help="N towers of contiguous features, round-robin on hosts (default: H)")
+    tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="linear",
+                    help="module per tower (linear)")
+    tw.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4; 1 for identity)")
+    tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto")
+    what = p.add_argument_group("what to run")
+    what.add_argument("--variants", default="flat,dmt",
+                     help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)")
+    what.add_argument("--sharding", default="table_wise",
+                     choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
+                     help="flat model sharding type (table_wise)")
+    what.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
+    what.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported (20)")
+    what.add_argument("--count-steps", type=int, default=2, help="extra steps whose bytes are counted (2)")
+    what.add_argument("--comm-compression", metavar="SPEC",
+                      help="codec of the +comm variants (flat+comm, dmt+comm), as `dmt train --comm-compression`")
+    what.add_argument("--pipeline", action="store_true", help="step through torchrec's TrainPipelineSparseDist")
+    what.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
+    what.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
+    what.add_argument("--seed", type=int, default=0)
+    topo = p.add_argument_group("distribution")
+    topo.add_argument("--hosts", type=int, default=2, help="emulated hosts on this machine (2)")
+    topo.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
+    topo.add_argument("--slow-link", action="store_true",
+                      help="GPU: NCCL over TCP sockets only (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1)")
+    topo.add_argument("--shaped-link", metavar="RATE[,DELAY]",
+                      help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
+                      "link, e.g. 1gbit,0.5ms (see dmt/netns.py)")
+    p.add_argument("--out", help="write every figure to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+
+
+def comm_compression(spec: str | None):
+    from dmt.commands.train import comm_compression as parse  # noqa: PLC0415 (one parser for both)
+
+    return parse(spec)
+
+
+def bench_config(args: argparse.Namespace, hosts: int):
+    """The validated BenchConfig of these arguments on ``hosts`` hosts."""
+    from dmt.bench import BenchConfig, check_plan_fits, contiguous_plan  # noqa: PLC0415
+    from dmt.plan import TowerPlan  # noqa: PLC0415
+    from dmt.train.optim import OptimConfig  # noqa: PLC0415
+
+    plan = TowerPlan.from_json(args.plan) if args.plan else contiguous_plan(args.towers or hosts, hosts)
+    check_plan_fits(plan, hosts)
+    cfg = BenchConfig(
+        plan=plan, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), model=args.model,
+        num_embeddings=args.num_embeddings, embedding_dim=args.embedding_dim, batch_size=args.batch_size,
+        pooling=args.pooling, warmup=args.warmup, steps=args.steps, count_steps=args.count_steps,
+        tower_module=args.tower_module, compression=args.compression, tower_sharding=args.tower_sharding,
+        flat_sharding=args.sharding, pipeline=args.pipeline,
+        optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer), seed=args.seed,
+        link=_link_label(args), out=args.out, progress=not args.no_progress,
+        comm=comm_compression(args.comm_compression),
+    )  # fmt: skip
+    if "stock" in cfg.variants:
+        _check_stock(cfg, hosts)
+    return cfg
+
+
+def _check_stock(cfg, hosts: int) -> None:
+    """torchrec's stock tower sharder wraps every tower module in DDP (none without parameters) and
+    builds a device mesh only on hosts that hold towers (an idle host leaves the others hanging)."""
+    if cfg.tower_module == "identity":
+        raise DmtError("--variants stock needs a tower module with parameters (torchrec wraps each in DDP); "
+                       "use --tower-module linear or drop stock")
+    idle = sorted(set(range(hosts)) - {t.host for t in cfg.plan.towers})
+    if idle:
+        raise DmtError(f"--variants stock needs a tower on every host, but hosts {idle} have none; "
+                       "use at least --towers H or drop stock")
+
+
+def _link_label(args: argparse.Namespace) -> str:
+    if args.shaped_link:
+        from dmt.netns import LinkShape  # noqa: PLC0415
+
+        return f"shaped {LinkShape.parse(args.shaped_link)} per host (netns + tc)"
+    return "NCCL sockets (--slow-link)" if args.slow_link else "default"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from dmt.launch import under_torchrun  # noqa: PLC0415
+
+    if args.hosts < 1 or args.ranks_per_host < 1:
+        raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
+    if under_torchrun():
+        from dmt.bench import run_bench  # noqa: PLC0415
+        from dmt.topology import Topology  # noqa: PLC0415
+
+        run_bench(bench_config(args, Topology.from_env().num_hosts))
+        return 0
+    bench_config(args, args.hosts)  # validate here, before any process starts
+    return _launch(args)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Start the emulated hosts: plain torchrun agents, or each in its namespace behind a shaped link."""
+    from dmt.launch import launch_local  # noqa: PLC0415
+
+    env = dict(SLOW_LINK_ENV) if args.slow_link else {}
+    if not args.shaped_link:
+        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env)
+    import torch  # noqa: PLC0415
+
+    from dmt.netns import LinkShape, ShapedNetwork, sigterm_as_exit  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        raise DmtError("--shaped-link shapes gloo's TCP traffic on CPU; NCCL on GPUs may bypass the namespaces "
+                       "(peer copies, shared memory): use --slow-link there")
+    with sigterm_as_exit(), ShapedNetwork(args.hosts, LinkShape.parse(args.shaped_link)) as net:
+        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env,
+                            rdzv_host=net.rendezvous_host, host_launch=net.host_launch)  # fmt: skip
