@@ -22,7 +22,7 @@ from dmt.errors import DmtError
 from dmt.quiet import quiet_third_party
 
 # Modules under dmt.commands, in the order `dmt --help` lists them.
-COMMANDS = ("gen_data", "partition", "train", "demo", "bench")
+COMMANDS = ("gen_data", "partition", "train", "demo", "bench", "plan_cluster")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -108,7 +108,9 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     fingerprint = json.loads(json.dumps({"global_batch": cfg.batch_size * world, "seed": cfg.seed,
                                          "train_rows": len(train_arrays), "model": cfg.model.to_dict(),
                                          "towers": _towers_dict(cfg.towers)}))
-    history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume else None
+    # A torchrun restart (--max-restarts) is a resume: the previous attempt's checkpoints are ours.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume or restarted else None
 
     def on_checkpoint(progress: LoopResult) -> None:
         save_checkpoint(ckpt_root, progress.steps, model, optimizer,
@@ -230,8 +232,10 @@ def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> Lo
 
 
 def _maybe_inject_fault(step: int) -> None:
-    """Test hook: DMT_FAULT="rank:step" SIGKILLs that rank after the checkpoint at that step,
-    on the first attempt only (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT)."""
+    """Test hook: DMT_FAULT="rank:step" SIGKILLs that rank after the checkpoint at that step.
+
+    Fires once per run: an attempt resumed from that checkpoint never writes it again, and a
+    torchrun restart (TORCHELASTIC_RESTART_COUNT > 0) is skipped too."""
     spec = os.environ.get("DMT_FAULT")
     if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return

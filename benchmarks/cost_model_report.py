@@ -1,0 +1,180 @@
+"""Calibrate dmt.cost_model on every measured ``dmt bench`` JSON; report predicted vs measured.
+
+    .venv/bin/python -m benchmarks.cost_model_report --out benchmarks/results/cost_model \
+        [--write-presets]
+
+Machine classes and what is fitted (constants per class or link, never per configuration):
+
+* h200x2 (benchmarks/results/gpu_h200x2): machine step overhead, effective TFLOP/s, overlap,
+  codec cost, pipeline cost and overlap; inter-host efficiency of the NVLink and of the NCCL-sockets link.
+  The intra-host link is unused there (1 GPU per emulated host). Link latencies keep their preset
+  values (with 2 ranks they are indistinguishable from the step overhead). The
+  ``*_before_bucket_fix`` runs (per-parameter DDP buckets, since removed) are shown, not fitted.
+* cpu-2x2 (benchmarks/results/cpu_2x2): machine step overhead, effective TFLOP/s, codec cost;
+  one loopback efficiency (intra-host links, and the inter-host link of the loopback run) and the
+  efficiency of each shaped link. Overlap is fixed at 0 (gloo collectives block the CPU ranks).
+
+``--write-presets`` writes the fitted constants into dmt/topologies/*.json, and the H200 class's
+machine constants plus its NVLink efficiency into the h100-nvlink-400g projection preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+
+from dmt.atomic import atomic_open, atomic_write_text
+from dmt.cost_calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
+from dmt.cost_model import TOPOLOGY_DIR, load_topology, predict_step, topology_to_dict
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+GPU = ("h200x2-emulated-fast", "h200x2-emulated-slow")
+CPU = ("cpu-2x2-loopback", "cpu-shaped-1gbit", "cpu-shaped-250mbit")
+
+
+def gpu_measurements() -> list[Measurement]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "gpu_h200x2", "bench_*.json"))):
+        topo = GPU[0] if "bench_fast" in path else GPU[1]
+        why = "per-parameter DDP buckets (overhead since removed)" if "before_bucket_fix" in path else None
+        out += measurements_from_bench(path, topo, excluded=why)
+    return out
+
+
+def cpu_measurements() -> list[Measurement]:
+    files = {"bench_loopback.json": CPU[0], "bench_1gbit.json": CPU[1], "bench_250mbit.json": CPU[2],
+             "bench_1gbit_r2.json": CPU[1], "bench_250mbit_r2.json": CPU[2]}  # r2: repeats, 20 steps
+    return [m for name, topo in files.items()
+            for m in measurements_from_bench(os.path.join(RESULTS, "cpu_2x2", name), topo)]  # fmt: skip
+
+
+def gpu_params() -> list[Param]:
+    return [
+        Param("step overhead ms", "machine.step_overhead_ms", GPU),
+        Param("effective TFLOP/s", "machine.effective_tflops", GPU),
+        Param("overlap", "machine.overlap", GPU, log=False, bounds=(0.0, 1.0)),
+        Param("codec ms / coded collective", "machine.codec_ms", GPU),
+        Param("pipeline ms", "machine.pipeline_ms", GPU, log=False, bounds=(-20.0, 20.0)),
+        Param("pipeline overlap", "machine.pipeline_overlap", GPU, log=False, bounds=(0.0, 1.0)),
+        Param("NVLink efficiency", "inter_host.efficiency", GPU[:1], bounds=(1e-3, 1.5)),
+        Param("NCCL sockets efficiency", "inter_host.efficiency", GPU[1:], bounds=(1e-3, 10.0)),
+    ]
+
+
+def cpu_params() -> list[Param]:
+    loop = [Param("loopback efficiency", "intra_host.efficiency", CPU, bounds=(1e-3, 100.0))]
+    loop = [*loop, dataclasses.replace(loop[0], field="inter_host.efficiency", topologies=CPU[:1])]
+    return [
+        Param("step overhead ms", "machine.step_overhead_ms", CPU),
+        # at most the per-rank share of 2 cores' fp32 FMA peak (~2 x 80 GFLOP/s over 4 ranks)
+        Param("effective TFLOP/s", "machine.effective_tflops", CPU, bounds=(1e-4, 0.04)),
+        Param("codec ms / coded collective", "machine.codec_ms", CPU),
+        *loop,
+        Param("1gbit efficiency", "inter_host.efficiency", CPU[1:2], bounds=(1e-3, 1.5)),
+        Param("250mbit efficiency", "inter_host.efficiency", CPU[2:], bounds=(1e-3, 1.5)),
+    ]
+
+
+def fit_class(ms: list[Measurement], names: tuple[str, ...], params: list[Param]) -> Fit:
+    """Fit one machine class; the loopback pair of params is one value (tied by the second's name)."""
+    topos = {n: load_topology(n) for n in names}
+    tied = [p for p in params if p.name == "loopback efficiency"]
+    if len(tied) == 2:  # one parameter, two fields: fit the first, copy to the second
+        params = [p for p in params if p is not tied[1]]
+        fit = calibrate(ms, topos, params)
+        from dmt.cost_calibration import apply_params  # noqa: PLC0415
+
+        return dataclasses.replace(fit, topologies=apply_params(fit.topologies, [tied[1]], [fit.values[tied[0].name]]))
+    return calibrate(ms, topos, params)
+
+
+def table(rows: list[tuple[Measurement, float]]) -> str:
+    lines = ["| machine / link | run : variant | setup | measured ms (p10-p90) | predicted ms | error |",
+             "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for m, pred in rows:
+        err = pred / m.step_ms - 1
+        note = f" (not fitted: {m.excluded})" if m.excluded else ""
+        lines.append(f"| {m.topology} | {m.source}{note} | {m.setup.label()} | {m.step_ms:.2f} "
+                     f"({m.p10_ms:.2f}-{m.p90_ms:.2f}) | {pred:.2f} | {err:+.1%} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    colors = {n: f"C{i}" for i, n in enumerate(GPU + CPU)}
+    for topo in GPU + CPU:
+        pts = [(m, p) for m, p in rows if m.topology == topo]
+        for excluded in (False, True):
+            sel = [(m, p) for m, p in pts if bool(m.excluded) == excluded]
+            if sel:
+                ax.scatter([m.step_ms for m, _ in sel], [p for _, p in sel], color=colors[topo],
+                           marker="x" if excluded else "o", label=topo + (" (not fitted)" if excluded else ""))  # fmt: skip
+    lo, hi = 3, 2000
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.85", label="+-15%")
+    ax.set(xscale="log", yscale="log", xlabel="measured step ms (median)", ylabel="predicted step ms",
+           title="dmt.cost_model: predicted vs measured, every dmt bench run")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_presets(fits: list[Fit]) -> None:
+    """Fitted topologies into their preset files; H200 machine + NVLink efficiency into the H100 preset."""
+    for fit in fits:
+        for name, topo in fit.topologies.items():
+            atomic_write_text(TOPOLOGY_DIR / f"{name}.json", json.dumps(topology_to_dict(topo), indent=2) + "\n")
+    gpu = fits[0].topologies[GPU[0]]
+    h100 = load_topology("h100-nvlink-400g")
+    machine = dataclasses.replace(gpu.machine, name=h100.machine.name,
+                                  memory_gbytes_per_s=h100.machine.memory_gbytes_per_s)  # fmt: skip
+    intra = dataclasses.replace(h100.intra_host, efficiency=gpu.inter_host.efficiency)  # NVLink, measured
+    h100 = dataclasses.replace(h100, machine=machine, intra_host=intra)
+    atomic_write_text(TOPOLOGY_DIR / "h100-nvlink-400g.json", json.dumps(topology_to_dict(h100), indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="directory for report.md + PNG")
+    ap.add_argument("--write-presets", action="store_true")
+    args = ap.parse_args(argv)
+    classes = [("h200x2", gpu_measurements(), GPU, gpu_params()), ("cpu-2x2", cpu_measurements(), CPU, cpu_params())]
+    fits, rows, text = [], [], []
+    for label, ms, names, params in classes:
+        fit = fit_class(ms, names, params)
+        fits.append(fit)
+        rows += [(m, predict_ms(m, fit.topologies)) for m in ms]
+        consts = ", ".join(f"{k} = {v:.4g}" for k, v in fit.values.items())
+        text.append(f"- **{label}** ({len(params)} constants, {sum(not m.excluded for m in ms)} fitted runs, "
+                    f"RMS log error {fit.rms_log_error:.3f}): {consts}")  # fmt: skip
+        for n in names:
+            t = fit.topologies[n]
+            text.append(f"  - {n}: inter-host {t.inter_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g} GB/s "
+                        f"per rank effective, intra-host {t.intra_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g}")
+    os.makedirs(args.out, exist_ok=True)
+    plot(rows, os.path.join(args.out, "predicted_vs_measured.png"))
+    within = sum(abs(p / m.step_ms - 1) <= 0.15 for m, p in rows)
+    report = "\n".join(["# dmt.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, "",
+                        f"{within} of {len(rows)} runs within 15%.", "", table(rows), ""])  # fmt: skip
+    atomic_write_text(os.path.join(args.out, "report.md"), report)
+    print(report)
+    if args.write_presets:
+        write_presets(fits)
+    # parts of the first fitted row, to sanity-check the decomposition
+    m, _ = rows[0]
+    print(predict_step(m.model, m.setup, fits[0].topologies[m.topology], m.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Fit :mod:`dmt.cost_model`'s free constants to measured ``dmt bench`` JSONs.
+
+Every variant of a bench JSON is one :class:`Measurement` (its median step time and the setup the
+cost model needs, read from the JSON's own config). :func:`calibrate` fits a few named
+:class:`Param` s -- each a constant of the machine class (shared by all its topologies) or of one
+link class -- by least squares on ``log(predicted / measured)``, so every configuration weighs
+the same in relative error. Constants are never per configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dmt.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
+from dmt.errors import DmtError
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One variant of one ``dmt bench`` run, on the topology preset it ran on."""
+
+    source: str  # "file.json:variant"
+    topology: str  # key into the topologies mapping
+    model: ModelShape
+    setup: Setup
+    batch_size: int
+    step_ms: float  # median
+    p10_ms: float
+    p90_ms: float
+    excluded: str | None = None  # why it is shown but not fitted
+
+
+def _codec_factor(name: str, cfg: dict) -> float:
+    """Bytes factor of one direction of ``dmt.qcomm.CommCompression``."""
+    if name in ("fp16", "bf16"):
+        return 0.5
+    if name == "lossy":  # smallest width in (4, 8, 16) whose levels hold the bound (dmt.qcomm)
+        eb = cfg["lossy_eb"]
+        width = next(w for w in (4, 8, 16) if 2**w - 1 >= 2 * 1.001 / eb)
+        return lossy_bytes_factor(width, cfg["lossy_block"])
+    if name in ("int8", "fp8"):
+        return 0.25
+    return 1.0
+
+
+def codec_of(comm: dict | None) -> Codec:
+    """The cost model's codec of a bench JSON's ``config.comm``."""
+    if not comm:
+        return CODECS["fp32"]
+    fwd, bwd = _codec_factor(comm["forward"], comm), _codec_factor(comm["backward"], comm)
+    named = [c for c in CODECS.values() if (c.forward, c.backward) == (fwd, bwd)]
+    return named[0] if named else Codec(name=f"{comm['forward']}/{comm['backward']}", forward=fwd, backward=bwd)
+
+
+def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excluded: str | None = None) -> list[Measurement]:
+    """Every variant of a ``dmt bench --out`` JSON (flat, dmt, stock, +comm; plain or pipelined)."""
+    report = json.loads(open(path).read())
+    cfg = report["config"]
+    model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"],
+                       pooling=cfg["pooling"])  # fmt: skip
+    towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
+    out = []
+    for name, v in report["variants"].items():
+        codec = codec_of(cfg["comm"]) if name.endswith("+comm") else CODECS["fp32"]
+        if name.startswith("flat"):
+            setup = Setup(codec=codec, pipeline=cfg["pipeline"])
+        else:  # dmt and stock: the same towers and bytes (stock differs in torchrec's code path only)
+            setup = Setup(num_towers=len(towers), compression=cfg["compression"], tower_module=cfg["tower_module"],
+                          codec=codec, tower_features=towers, pipeline=cfg["pipeline"])  # fmt: skip
+        s = v["step_ms"]
+        out.append(Measurement(f"{os.path.basename(path)}:{name}", topology, model, setup, cfg["batch_size"],
+                               s["median"], s["p10"], s["p90"], excluded))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class Param:
+    """A fitted constant: ``field`` ("machine.overlap", "inter_host.efficiency", ...) of ``topologies``.
+
+    ``log``: fit log(value) (positive constants spanning decades); else the value, within ``bounds``.
+    """
+
+    name: str
+    field: str
+    topologies: tuple[str, ...]
+    log: bool = True
+    bounds: tuple[float, float] = (1e-6, 1e6)
+
+
+def _get(topo: ClusterTopology, field: str) -> float:
+    part, attr = field.split(".")
+    return getattr(getattr(topo, part), attr)
+
+
+def _set(topo: ClusterTopology, field: str, value: float) -> ClusterTopology:
+    part, attr = field.split(".")
+    return dataclasses.replace(topo, **{part: dataclasses.replace(getattr(topo, part), **{attr: value})})
+
+
+def apply_params(topologies: Mapping[str, ClusterTopology], params: Sequence[Param],
+                 values: Sequence[float]) -> dict[str, ClusterTopology]:  # fmt: skip
+    """The topologies with each parameter's value written into each of its topologies."""
+    out = dict(topologies)
+    for p, v in zip(params, values):
+        for name in p.topologies:
+            out[name] = _set(out[name], p.field, v)
+    return out
+
+
+def predict_ms(m: Measurement, topologies: Mapping[str, ClusterTopology]) -> float:
+    return predict_step(m.model, m.setup, topologies[m.topology], m.batch_size).step_ms
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Fitted topologies, the parameter values, and the RMS of log(pred/meas) over fitted rows."""
+
+    topologies: dict[str, ClusterTopology]
+    values: dict[str, float]
+    rms_log_error: float
+
+
+def calibrate(measurements: Sequence[Measurement], topologies: Mapping[str, ClusterTopology],
+              params: Sequence[Param]) -> Fit:  # fmt: skip
+    """Least squares on log(predicted / measured) over the non-excluded measurements.
+
+    Starts from the topologies' current values. Raises DmtError when there are fewer measurements
+    than parameters (the fit would be underdetermined).
+    """
+    from scipy.optimize import least_squares  # noqa: PLC0415 (only calibration needs scipy)
+
+    rows = [m for m in measurements if m.excluded is None]
+    if len(rows) < len(params):
+        raise DmtError(f"{len(rows)} measurements cannot determine {len(params)} parameters")
+    x0, lo, hi = [], [], []
+    for p in params:
+        v = min(max(_get(topologies[p.topologies[0]], p.field), p.bounds[0]), p.bounds[1])
+        x0.append(math.log(v) if p.log else v)
+        lo.append(math.log(p.bounds[0]) if p.log else p.bounds[0])
+        hi.append(math.log(p.bounds[1]) if p.log else p.bounds[1])
+
+    def values(x) -> list[float]:
+        return [math.exp(xi) if p.log else float(xi) for p, xi in zip(params, x)]
+
+    def residuals(x) -> list[float]:
+        topos = apply_params(topologies, params, values(x))
+        return [math.log(predict_ms(m, topos) / m.step_ms) for m in rows]
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale=1.0, diff_step=1e-4)
+    best = values(res.x)
+    rms = math.sqrt(sum(r * r for r in res.fun) / len(rows))
+    return Fit(apply_params(topologies, params, best), {p.name: v for p, v in zip(params, best)}, rms)

@@ -1,0 +1,515 @@
+"""Topology cost model: predicted step time of flat and DMT training on a cluster.
+
+A step on one rank is modelled as::
+
+    step = overhead + compute + codec + comm - overlap * min(compute, comm) (+ pipeline)
+    compute = embedding bytes / memory bandwidth + dense FLOPs / effective FLOP rate
+    comm    = sum over collectives of  calls * alpha + max(cross bytes / inter bw, intra bytes / intra bw)
+
+Bytes per collective come from :mod:`dmt.comm_model` (the same numbers ``dmt bench`` counts and
+checks), so the model never disagrees with the byte counters; only the conversion of bytes and
+FLOPs into time has free constants. Those are grouped by what they describe:
+
+* :class:`Machine`, one per machine class (a GPU or CPU type and its software stack): memory
+  bandwidth, effective FLOP rate, fixed per-step overhead (launches, Python, optimizer), the cost
+  of one compressed collective's encode/decode, the overlap of compute with communication, and
+  the extra cost of torchrec's pipelined step;
+* :class:`Link`, one per link class (intra-host, inter-host): nominal bandwidth, the efficiency a
+  collective reaches on it, and the latency alpha of one collective call.
+
+:class:`ClusterTopology` bundles hosts x GPUs with one machine and two links; presets live in
+``dmt/topologies/*.json`` (see :func:`load_topology`). ``dmt.cost_calibration`` fits the free
+constants from measured ``dmt bench`` JSONs.
+
+Assumptions (also in ``dmt plan-cluster``'s report): lookups and tower modules are balanced over
+ranks (towers spread evenly; a flat table-wise model with fewer tables than ranks is *not*
+penalised for its idle ranks, which favours flat); each rank's cross-host bytes leave through its
+own share of the host's inter-host bandwidth, full duplex, over a non-blocking fabric; all-reduce
+cross-host bytes are the direct-exchange count of :mod:`dmt.comm` (an upper bound for NCCL's
+hierarchical rings); dense FLOPs are 3x the forward (forward + 2x backward).
+
+Notation: B batch per rank, F tables (one feature each), D embedding dim, p ids per (sample,
+feature), H hosts, L GPUs (ranks) per host, W = H*L, T towers, k_t vectors a tower emits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dmt.errors import DmtError
+
+TOPOLOGY_DIR = Path(__file__).with_name("topologies")
+TOWER_KINDS = ("linear", "identity")  # tower modules whose FLOPs and outputs are modelled
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's default bucket_cap_mb: one all-reduce per bucket
+KJT_INT_CALLS = 3  # a KJT all-to-all: split sizes, lengths, values (three collectives)
+ELEMENT_BYTES = 4  # fp32 tables, activations and gradients
+
+
+class TopologyFileError(DmtError):
+    """A topology JSON that cannot be read or has a bad field."""
+
+
+# ------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """The sizes of a DLRM that set its step time (``dmt bench``'s Criteo-shaped model by default).
+
+    Args:
+        num_tables: F sparse features, one table each.
+        num_embeddings: rows per table (capacity only; lookup time does not depend on it).
+        embedding_dim: D.
+        pooling: p ids per (sample, feature).
+        num_dense: dense input features.
+        dense_arch: bottom MLP widths; None: ``dmt bench``'s (512, 256, D).
+        over_arch: top MLP widths, ending in 1.
+    """
+
+    num_tables: int = 26
+    num_embeddings: int = 100_000
+    embedding_dim: int = 64
+    pooling: float = 1.0
+    num_dense: int = 13
+    dense_arch: tuple[int, ...] | None = None
+    over_arch: tuple[int, ...] = (512, 256, 1)
+
+    def __post_init__(self) -> None:
+        for name in ("num_tables", "num_embeddings", "embedding_dim", "num_dense"):
+            if getattr(self, name) < 1:
+                raise DmtError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.pooling <= 0:
+            raise DmtError(f"pooling={self.pooling} must be > 0")
+        if self.dense_arch is None:
+            object.__setattr__(self, "dense_arch", (512, 256, self.embedding_dim))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Codec:
+    """Bytes factor of the compressed embedding exchange, forward and backward (fp32 = 1)."""
+
+    name: str
+    forward: float
+    backward: float
+
+    @property
+    def compressed(self) -> bool:
+        return self.forward != 1.0 or self.backward != 1.0
+
+
+def lossy_bytes_factor(width: int, block: int = 32) -> float:
+    """``dmt.qcomm``'s lossy block: 9 header bytes + ``block*width/8`` codes, per ``block`` fp32 values.
+
+    Example:
+        >>> lossy_bytes_factor(8)  # 41 bytes per 128
+        0.3203125
+    """
+    return (9 + block * width / 8) / (block * ELEMENT_BYTES)
+
+
+# lossy8: the error-bounded codec at 8 bits forward (eb ~ 0.01) with fp16 gradients, as measured.
+CODECS = {
+    "fp32": Codec(name="fp32", forward=1.0, backward=1.0),
+    "fp16": Codec(name="fp16", forward=0.5, backward=0.5),
+    "lossy8": Codec(name="lossy8", forward=lossy_bytes_factor(8), backward=0.5),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """What runs: flat (``num_towers=0``) or DMT with T towers of ``compression`` c, and its codec.
+
+    Args:
+        num_towers: 0 for flat; else T towers of contiguous features, tower i on host i % H.
+        compression: c of every tower module (``towers.config.num_tower_outputs``).
+        tower_module: "linear" (a Linear F_t*D -> k_t*D) or "identity" (c must be 1).
+        codec: the embedding exchange's codec (cross-host for DMT, the world all-to-all for flat).
+        tower_features: F_t per tower; None: contiguous split of the tables, sizes within one.
+        pipeline: torchrec's TrainPipelineSparseDist (input all-to-alls off the critical path).
+        intra_sharding: the tower tables inside a host: "row_wise" (torchrec's TWRW: a
+            reduce-scatter of partial sums, L-1 pooled vectors per sample) or "column_wise" (TWCW:
+            an all-to-all of D/L columns; ``dmt bench --tower-sharding table_column_wise``).
+    """
+
+    num_towers: int = 0
+    compression: float = 1.0
+    tower_module: str = "linear"
+    codec: Codec = CODECS["fp32"]
+    tower_features: tuple[int, ...] | None = None
+    pipeline: bool = False
+    intra_sharding: str = "row_wise"
+
+    @property
+    def is_dmt(self) -> bool:
+        return self.num_towers > 0
+
+    def label(self) -> str:
+        cw = " cw" if self.intra_sharding == "column_wise" else ""
+        base = "flat" if not self.is_dmt else f"dmt T={self.num_towers} c={self.compression:g}{cw}"
+        return f"{base} {self.codec.name}" + (" pipelined" if self.pipeline else "")
+
+
+# ----------------------------------------------------------------------------------- topology
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """One link class. ``per="gpu"``: each GPU has ``gbytes_per_s``; ``"host"``: the host's GPUs share it.
+
+    Args:
+        gbytes_per_s: nominal bandwidth each way, GB/s (1e9 bytes).
+        per: "gpu" or "host".
+        latency_us: alpha of one collective call (launch, rendezvous, first byte).
+        latency_per_peer_us: extra alpha per remote peer of an all-to-all (many small sends).
+        efficiency: the fraction of nominal bandwidth a collective reaches (fitted).
+    """
+
+    gbytes_per_s: float
+    per: str = "gpu"
+    latency_us: float = 10.0
+    latency_per_peer_us: float = 0.0
+    efficiency: float = 1.0
+
+    def rank_bytes_per_s(self, ranks_per_host: int) -> float:
+        """Bandwidth one rank gets when every rank of its host sends at once."""
+        share = ranks_per_host if self.per == "host" else 1
+        return self.gbytes_per_s * 1e9 * self.efficiency / share
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machine:
+    """Per-rank compute constants of a machine class.
+
+    Args:
+        name: e.g. "H200 + torchrec 1.6.1 + NCCL".
+        memory_gbytes_per_s: embedding-table bandwidth per rank (HBM, or a DRAM share on CPU).
+        effective_tflops: dense FLOP rate per rank reached by the model's layers (fitted).
+        step_overhead_ms: fixed cost of a step: kernel launches, Python, dense optimizer (fitted).
+        codec_ms: encode + decode of one compressed collective, beyond its bytes (fitted).
+        overlap: fraction of min(compute, comm) hidden by running them concurrently (fitted).
+        pipeline_ms: extra (or saved, if negative) time of torchrec's pipelined step (fitted).
+        pipeline_overlap: in a pipelined step, the fraction of min(overhead + compute, comm)
+            hidden: its side streams let the host's launch work run under the collectives (fitted).
+    """
+
+    name: str
+    memory_gbytes_per_s: float
+    effective_tflops: float
+    step_overhead_ms: float = 0.0
+    codec_ms: float = 0.0
+    overlap: float = 0.0
+    pipeline_ms: float = 0.0
+    pipeline_overlap: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterTopology:
+    """Hosts x GPUs per host, one machine class, an intra-host and an inter-host link class."""
+
+    name: str
+    hosts: int
+    gpus_per_host: int
+    machine: Machine
+    intra_host: Link
+    inter_host: Link
+    description: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.hosts * self.gpus_per_host
+
+    def with_hosts(self, hosts: int) -> ClusterTopology:
+        return dataclasses.replace(self, hosts=hosts)
+
+
+def _build(cls, data: dict, where: str, nested: dict | None = None):
+    """``cls(**data)`` with unknown / missing / mistyped fields reported as one TopologyFileError."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise TopologyFileError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+    missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    if missing:
+        raise TopologyFileError(f"{where}: missing field(s) {missing}")
+    kwargs = dict(data)
+    for key, sub in (nested or {}).items():
+        if not isinstance(kwargs[key], dict):
+            raise TopologyFileError(f"{where}.{key}: expected an object, got {type(kwargs[key]).__name__}")
+        kwargs[key] = _build(sub, kwargs[key], f"{where}.{key}")
+    for key, value in kwargs.items():
+        if key in (nested or {}):
+            continue
+        if names[key].type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TopologyFileError(f"{where}.{key}: expected a number, got {value!r}")
+        if names[key].type == "str" and not isinstance(value, str):
+            raise TopologyFileError(f"{where}.{key}: expected a string, got {value!r}")
+    return cls(**kwargs)
+
+
+def _check(topo: ClusterTopology, where: str) -> ClusterTopology:
+    """Ranges a JSON can get wrong while still having the right types."""
+    bad = []
+    if topo.hosts < 1 or topo.gpus_per_host < 1 or int(topo.hosts) != topo.hosts:
+        bad.append(f"hosts={topo.hosts} and gpus_per_host={topo.gpus_per_host} must be integers >= 1")
+    for side in ("intra_host", "inter_host"):
+        link = getattr(topo, side)
+        if link.gbytes_per_s <= 0 or link.efficiency <= 0:
+            bad.append(f"{side}.gbytes_per_s and .efficiency must be > 0")
+        if link.per not in ("gpu", "host"):
+            bad.append(f"{side}.per={link.per!r} must be 'gpu' or 'host'")
+        if link.latency_us < 0 or link.latency_per_peer_us < 0:
+            bad.append(f"{side}.latency_us must be >= 0")
+    m = topo.machine
+    if m.memory_gbytes_per_s <= 0 or m.effective_tflops <= 0:
+        bad.append("machine.memory_gbytes_per_s and machine.effective_tflops must be > 0")
+    if not (0 <= m.overlap <= 1 and 0 <= m.pipeline_overlap <= 1):
+        bad.append(f"machine.overlap={m.overlap} and .pipeline_overlap={m.pipeline_overlap} must be within [0, 1]")
+    if bad:
+        raise TopologyFileError(f"{where}: " + "; ".join(bad))
+    return topo
+
+
+def topology_from_dict(data: object, where: str = "topology") -> ClusterTopology:
+    """A :class:`ClusterTopology` from its JSON object; any problem is one :class:`TopologyFileError`."""
+    if not isinstance(data, dict):
+        raise TopologyFileError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    topo = _build(ClusterTopology, data, where, {"machine": Machine, "intra_host": Link, "inter_host": Link})
+    return _check(topo, where)
+
+
+def topology_to_dict(topo: ClusterTopology) -> dict:
+    return dataclasses.asdict(topo)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.json"))
+
+
+def load_topology(name_or_path: str | os.PathLike[str]) -> ClusterTopology:
+    """A preset name (``dmt/topologies/<name>.json``) or the path of a user JSON of the same form.
+
+    Example:
+        >>> t = load_topology("h100-nvlink-400g")
+        >>> t.gpus_per_host, t.inter_host.gbytes_per_s
+        (8, 50.0)
+    """
+    path = Path(name_or_path)
+    if not path.suffix and (TOPOLOGY_DIR / f"{path}.json").exists():
+        path = TOPOLOGY_DIR / f"{path}.json"
+    if not path.exists():
+        raise TopologyFileError(f"no topology preset or file {str(name_or_path)!r}; presets: {preset_names()}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TopologyFileError(f"{path}: not valid JSON ({e})") from None
+    return topology_from_dict(data, str(path))
+
+
+# ------------------------------------------------------------------------------------ the model
+def contiguous_towers(num_tables: int, num_towers: int) -> tuple[int, ...]:
+    """F_t of T towers of contiguous features, sizes within one (as ``dmt.bench.contiguous_plan``)."""
+    if not 1 <= num_towers <= num_tables:
+        raise DmtError(f"num_towers={num_towers} must be between 1 and num_tables={num_tables}")
+    size, extra = divmod(num_tables, num_towers)
+    return tuple(size + (i < extra) for i in range(num_towers))
+
+
+def num_tower_outputs(num_features: int, compression: float) -> int:
+    """k_t = max(1, floor(F_t / c + 1/2)): ``towers.config.num_tower_outputs``, without importing torch."""
+    return max(1, math.floor(num_features / compression + 0.5))
+
+
+def _mlp_params(widths: Sequence[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Parameter and FLOP counts of one variant (per sample, forward)."""
+
+    dense_params: int  # replicated over the world (world DDP)
+    tower_params: int  # all towers' modules together (each host all-reduces its own)
+    tower_features: tuple[int, ...] = ()
+    tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
+    interaction_flops: float = 0.0
+
+    @property
+    def flops_per_sample(self) -> float:
+        """Forward: 2 per weight of every MLP and tower, plus the interaction's dots."""
+        return 2.0 * (self.dense_params + self.tower_params) + self.interaction_flops
+
+
+def dense_sizes(model: ModelShape, setup: Setup) -> Dense:
+    """Parameters and forward FLOPs of the flat DLRM or its DMT transform (dot interactions).
+
+    Flat: the over arch reads D + n(n-1)/2 for n = F+1 vectors. DMT: K = sum k_t tower vectors and
+    the dense one, D + K + K(K-1)/2 (``towers`` GlobalDotInteraction without self-dots).
+
+    Example:
+        >>> m = ModelShape(embedding_dim=128)   # dmt bench's GPU shape: its JSON says 548737 / 379777
+        >>> dense_sizes(m, Setup()).dense_params, dense_sizes(m, Setup(num_towers=2, compression=4)).dense_params
+        (548737, 379777)
+    """
+    D, F = model.embedding_dim, model.num_tables
+    bottom = _mlp_params((model.num_dense, *model.dense_arch))
+    if not setup.is_dmt:
+        n = F + 1
+        over = _mlp_params((D + n * (n - 1) // 2, *model.over_arch))
+        return Dense(bottom + over, 0, interaction_flops=2.0 * n * n * D)
+    if setup.tower_module not in TOWER_KINDS:
+        raise DmtError(f"tower_module={setup.tower_module!r}: the cost model knows {list(TOWER_KINDS)}")
+    if setup.tower_module == "identity" and setup.compression != 1:
+        raise DmtError(f"an identity tower cannot compress (compression={setup.compression})")
+    if setup.compression < 1:
+        raise DmtError(f"compression={setup.compression} must be >= 1")
+    feats = setup.tower_features or contiguous_towers(F, setup.num_towers)
+    if sum(feats) != F:
+        raise DmtError(f"towers hold {sum(feats)} features but the model has {F} tables")
+    ks = [f if setup.tower_module == "identity" else num_tower_outputs(f, setup.compression) for f in feats]
+    tower_params = 0 if setup.tower_module == "identity" else sum(f * D * k * D + k * D for f, k in zip(feats, ks))
+    K = sum(ks)
+    over = _mlp_params((D + K + K * (K - 1) // 2, *model.over_arch))
+    return Dense(bottom + over, tower_params, tuple(feats), tuple(k * D for k in ks),
+                 interaction_flops=2.0 * (K + 1) ** 2 * D)  # fmt: skip
+
+
+def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: int, batch_size: int):
+    """Bytes per global sample of every collective (``dmt.comm_model``), the codec applied.
+
+    The codec compresses the float all-to-alls it would in ``dmt bench``: DMT's cross-host tower
+    exchange, or flat's world embedding all-to-all (never DDP's all-reduce).
+    """
+    from dmt.comm import CommSummary  # noqa: PLC0415 (torch only when bytes are needed)
+    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+
+    shape = CommShape(num_features=model.num_tables, embedding_dim=model.embedding_dim, num_hosts=hosts,
+                      ranks_per_host=ranks_per_host, batch_size=batch_size, pooling_factor=model.pooling)  # fmt: skip
+    dense = dense_sizes(model, setup)
+    if setup.is_dmt:
+        summary = analytic_dmt(shape, dense.tower_features, dense.tower_outputs, intra_sharding=setup.intra_sharding,
+                               dense_params=dense.dense_params, tower_params=dense.tower_params)  # fmt: skip
+    else:
+        summary = analytic_flat(shape, "table_wise", dense_params=dense.dense_params)
+    factor = {"forward": setup.codec.forward, "backward": setup.codec.backward}
+    stats = {k: s.scaled(factor[k.phase]) if _is_coded(k.op, k.payload, _group_kind(k.group)) else s
+             for k, s in summary.stats.items()}  # fmt: skip
+    return CommSummary(stats)
+
+
+def _is_coded(op: str, payload: str, group_kind: str) -> bool:
+    """The codec's collectives: float all-to-alls that leave the host (with H hosts of one rank the
+    peers *are* the world, so DMT's exchange is labelled "world" there; intra-host ones are not coded)."""
+    return op == "all_to_all_single" and payload == "float" and group_kind != "intra_host"
+
+
+def _group_kind(label: str) -> str:
+    """``dmt.comm.group_label`` names start with world / intra_host / cross_host."""
+    return next(g for g in ("world", "intra_host", "cross_host", "mixed") if label.startswith(g))
+
+
+@dataclass(frozen=True)
+class CollectiveTime:
+    """One modelled collective (a CommKey of the analytic summary) and its time on one rank."""
+
+    op: str
+    group: str
+    phase: str
+    payload: str
+    calls: int
+    cross_bytes: float  # this rank sends, per step
+    intra_bytes: float
+    ms: float
+
+
+def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_size: int) -> list[CollectiveTime]:
+    """alpha-beta time of every collective of a step on one rank.
+
+    ``calls * alpha + max(cross / inter bw, intra / intra bw)``: a rank's cross- and intra-host
+    bytes travel on different links at once. alpha is the inter-host link's when the group spans
+    hosts, plus ``latency_per_peer_us`` per remote peer for all-to-alls.
+    """
+    H, L = topo.hosts, topo.gpus_per_host
+    summary = comm_summary(model, setup, H, L, batch_size)
+    inter_bw, intra_bw = topo.inter_host.rank_bytes_per_s(L), topo.intra_host.rank_bytes_per_s(L)
+    out = []
+    for key, stats in sorted(summary.stats.items()):
+        kind = _group_kind(key.group)
+        link = topo.intra_host if kind == "intra_host" or H == 1 else topo.inter_host
+        members = {"world": H * L, "cross_host": H, "intra_host": L}.get(kind, H * L)
+        cross, intra = stats.cross_host * batch_size, stats.intra_host * batch_size  # per rank per step
+        calls = _calls(key.op, key.payload, cross + intra)
+        peers = (members - 1) if key.op.startswith("all_to_all") else 0
+        alpha_s = calls * (link.latency_us + link.latency_per_peer_us * peers) * 1e-6
+        beta_s = max(cross / inter_bw, intra / intra_bw)
+        out.append(CollectiveTime(key.op, kind, key.phase, key.payload, calls, cross, intra, (alpha_s + beta_s) * 1e3))
+    return out
+
+
+def _calls(op: str, payload: str, rank_bytes: float) -> int:
+    """Collective launches behind one analytic entry (the bytes model sums them)."""
+    if op == "ddp_allreduce":  # one all-reduce per bucket; the rank sends 2S(n-1)/n of S
+        return max(1, math.ceil(rank_bytes / 2 / DDP_BUCKET_BYTES))
+    return KJT_INT_CALLS if payload == "int" else 1
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """Predicted step time of one rank and its parts, milliseconds; bytes per global sample."""
+
+    setup: Setup
+    step_ms: float
+    compute_ms: float
+    embedding_ms: float
+    dense_ms: float
+    comm_ms: float
+    codec_ms: float
+    overhead_ms: float
+    hidden_ms: float  # overlap credit subtracted
+    cross_host_bytes_per_sample: float
+    intra_host_bytes_per_sample: float
+    collectives: tuple[CollectiveTime, ...] = field(default=(), repr=False)
+
+
+def predict_step(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_size: int) -> StepPrediction:
+    """Predicted step time of ``setup`` on ``topo`` with ``batch_size`` samples per rank.
+
+    Example:
+        >>> topo = load_topology("h100-nvlink-400g")
+        >>> flat = predict_step(ModelShape(embedding_dim=128), Setup(), topo, 8192)
+        >>> dmt = predict_step(ModelShape(embedding_dim=128), Setup(num_towers=8, compression=4), topo, 8192)
+        >>> dmt.cross_host_bytes_per_sample < flat.cross_host_bytes_per_sample
+        True
+    """
+    if batch_size < 1:
+        raise DmtError(f"batch_size={batch_size} must be >= 1")
+    if setup.is_dmt and setup.num_towers < topo.hosts:
+        raise DmtError(f"{setup.num_towers} towers cannot cover {topo.hosts} hosts (DMT needs one per host)")
+    m = topo.machine
+    dense = dense_sizes(model, setup)
+    # Forward reads each looked-up row; the fused backward reads and writes it again (rowwise
+    # Adagrad's one state value per row is negligible). Balanced: B*F*p rows per rank either way.
+    emb_bytes = 3.0 * batch_size * model.num_tables * model.pooling * model.embedding_dim * ELEMENT_BYTES
+    embedding_ms = emb_bytes / (m.memory_gbytes_per_s * 1e9) * 1e3
+    dense_ms = 3.0 * batch_size * dense.flops_per_sample / (m.effective_tflops * 1e12) * 1e3
+    compute = embedding_ms + dense_ms
+    colls = collective_times(model, setup, topo, batch_size)
+    # Pipelined: the next batch's input all-to-alls (ids) run under this batch's compute.
+    comm = sum(c.ms for c in colls if not (setup.pipeline and c.payload == "int"))
+    coded = sum(1 for c in colls if setup.codec.compressed and _is_coded(c.op, c.payload, c.group))
+    codec_ms = coded * m.codec_ms
+    if setup.pipeline:
+        hidden = m.pipeline_overlap * min(m.step_overhead_ms + compute, comm)
+    else:
+        hidden = m.overlap * min(compute, comm)
+    overhead = m.step_overhead_ms + (m.pipeline_ms if setup.pipeline else 0.0)
+    total = overhead + compute + codec_ms + comm - hidden
+    # Per rank per step over B is per global sample summed over ranks (comm_model's unit).
+    cross = sum(c.cross_bytes for c in colls) / batch_size
+    intra = sum(c.intra_bytes for c in colls) / batch_size
+    return StepPrediction(setup=setup, step_ms=total, compute_ms=compute, embedding_ms=embedding_ms,
+                          dense_ms=dense_ms, comm_ms=comm, codec_ms=codec_ms, overhead_ms=overhead,
+                          hidden_ms=hidden, cross_host_bytes_per_sample=cross,
+                          intra_host_bytes_per_sample=intra, collectives=tuple(colls))  # fmt: skip

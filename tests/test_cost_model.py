@@ -1,0 +1,213 @@
+"""dmt.cost_model: alpha-beta arithmetic on hand-computed cases, bytes equal to dmt.comm_model's,
+calibration recovering known constants, and the `dmt plan-cluster` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from dmt.cli import main
+from dmt.comm_model import CommShape, analytic_dmt, analytic_flat
+from dmt.cost_calibration import Measurement, Param, calibrate, codec_of, measurements_from_bench, predict_ms
+from dmt.cost_model import (
+    CODECS,
+    ClusterTopology,
+    Link,
+    Machine,
+    ModelShape,
+    Setup,
+    TopologyFileError,
+    collective_times,
+    dense_sizes,
+    load_topology,
+    num_tower_outputs,
+    predict_step,
+    preset_names,
+    topology_from_dict,
+    topology_to_dict,
+)
+
+GPU_JSON = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "gpu_h200x2", "bench_fast_lossy.json")
+
+
+def _topo(hosts: int = 2, gpus: int = 1, **machine: float) -> ClusterTopology:
+    m = dict(name="toy", memory_gbytes_per_s=1000.0, effective_tflops=1.0) | machine
+    return ClusterTopology(name="toy", hosts=hosts, gpus_per_host=gpus, machine=Machine(**m),
+                           intra_host=Link(gbytes_per_s=10.0, latency_us=10.0),
+                           inter_host=Link(gbytes_per_s=1.0, latency_us=100.0))  # fmt: skip
+
+
+TINY = ModelShape(num_tables=2, embedding_dim=4, dense_arch=(4,), over_arch=(1,), num_dense=1)
+
+
+def test_alpha_beta_by_hand():
+    # flat table-wise, 2 hosts x 1 GPU: each rank sends half its samples' pooled vectors across,
+    # 2 features x 4 dims x 4 B x 1/2 = 16 B/sample; B=1000 -> 16 kB at 1 GB/s = 16 us, + alpha 100 us.
+    colls = {(c.op, c.phase, c.payload): c for c in collective_times(TINY, Setup(), _topo(), 1000)}
+    fwd = colls[("all_to_all_single", "forward", "float")]
+    assert fwd.cross_bytes == pytest.approx(16_000) and fwd.calls == 1
+    assert fwd.ms == pytest.approx(0.100 + 0.016)
+    ids = colls[("all_to_all_single", "forward", "int")]  # 2 x (4 + 8) B x 1/2 = 12 B/sample, 3 calls
+    assert ids.calls == 3 and ids.ms == pytest.approx(3 * 0.100 + 0.012)
+
+
+def test_link_shared_per_host_and_per_peer_latency():
+    link = Link(gbytes_per_s=8.0, per="host", efficiency=0.5)
+    assert link.rank_bytes_per_s(4) == pytest.approx(1e9)
+    topo = dataclasses.replace(_topo(hosts=4), inter_host=Link(gbytes_per_s=1.0, latency_us=100.0,
+                                                               latency_per_peer_us=10.0))  # fmt: skip
+    fwd = next(c for c in collective_times(TINY, Setup(), topo, 1000) if c.phase == "forward" and c.payload == "float")
+    # 4 ranks: 3 remote peers; 2*4*4 B x 3/4 = 24 B/sample -> 24 us
+    assert fwd.ms == pytest.approx(0.100 + 3 * 0.010 + 0.024)
+
+
+def test_step_sums_its_parts():
+    topo = _topo(step_overhead_ms=1.0, overlap=0.5, codec_ms=0.25)
+    p = predict_step(TINY, Setup(num_towers=2, compression=2, codec=CODECS["fp16"]), topo, 1000)
+    assert p.codec_ms == pytest.approx(2 * 0.25)  # forward and backward tower exchange
+    assert p.hidden_ms == pytest.approx(0.5 * min(p.compute_ms, p.comm_ms))
+    assert p.step_ms == pytest.approx(1.0 + p.compute_ms + p.codec_ms + p.comm_ms - p.hidden_ms)
+    assert p.comm_ms == pytest.approx(sum(c.ms for c in p.collectives))
+
+
+@pytest.mark.parametrize("hosts,gpus", [(2, 1), (2, 2), (4, 2)])
+def test_bytes_match_comm_model(hosts, gpus):
+    model = ModelShape(embedding_dim=16)
+    shape = CommShape(num_features=26, embedding_dim=16, num_hosts=hosts, ranks_per_host=gpus, batch_size=64)
+    flat = predict_step(model, Setup(), _topo(hosts, gpus), 64)
+    expected = analytic_flat(shape, "table_wise", dense_params=dense_sizes(model, Setup()).dense_params).total()
+    assert flat.cross_host_bytes_per_sample == pytest.approx(expected.cross_host)
+    assert flat.intra_host_bytes_per_sample == pytest.approx(expected.intra_host)
+    setup = Setup(num_towers=hosts, compression=4)
+    d = dense_sizes(model, setup)
+    dmt = predict_step(model, setup, _topo(hosts, gpus), 64)
+    expected = analytic_dmt(shape, d.tower_features, d.tower_outputs, dense_params=d.dense_params,
+                            tower_params=d.tower_params).total()  # fmt: skip
+    assert dmt.cross_host_bytes_per_sample == pytest.approx(expected.cross_host)
+    assert dmt.intra_host_bytes_per_sample == pytest.approx(expected.intra_host)
+
+
+def test_measured_gpu_bytes_and_sizes():
+    """The H200 bench JSON: the model's sizes and codec'd cross-host bytes equal what was counted."""
+    report = json.loads(open(GPU_JSON).read())
+    ms = {m.source.split(":")[1]: m for m in measurements_from_bench(GPU_JSON, "x")}
+    assert ms["dmt+comm"].setup.codec.name == "lossy8"
+    for name, m in ms.items():
+        v = report["variants"][name]
+        d = dense_sizes(m.model, m.setup)
+        assert (d.dense_params, d.tower_params) == (v["dense_params"], v["tower_params"])
+        pred = predict_step(m.model, m.setup, load_topology("h200x2-emulated-fast"), m.batch_size)
+        # the unmodelled split-size all-to-all is < 0.01 B/sample here
+        assert pred.cross_host_bytes_per_sample == pytest.approx(v["cross_host_bytes_per_sample"], abs=0.01)
+
+
+def test_num_tower_outputs_matches_towers():
+    # towers/config.py alone: the package's __init__ imports torchrec (seconds)
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "towers", "config.py")
+    spec = importlib.util.spec_from_file_location("_towers_config", path)
+    config = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = config  # dataclasses look their module up there
+    spec.loader.exec_module(config)
+    reference = config.num_tower_outputs
+
+    for f in range(1, 14):
+        for c in (1.0, 1.5, 2.0, 3.0, 4.0, 8.0):
+            assert num_tower_outputs(f, c) == reference(f, c)
+
+
+def test_codec_of_bench_config():
+    assert codec_of(None).name == "fp32"
+    assert codec_of({"forward": "fp16", "backward": "fp16"}).name == "fp16"
+
+
+def _synthetic(truth: dict[str, ClusterTopology]) -> list[Measurement]:
+    out = []
+    model = ModelShape(embedding_dim=64)
+    setups = [Setup(), Setup(num_towers=2, compression=4), Setup(num_towers=2, compression=2, codec=CODECS["fp16"]),
+              Setup(pipeline=True), Setup(num_towers=2, compression=8, pipeline=True)]  # fmt: skip
+    for name, topo in truth.items():
+        for s in setups:
+            for b in (512, 2048, 8192):
+                m = Measurement(f"{name}:{s.label()}:{b}", name, model, s, b, 1.0, 1.0, 1.0)
+                out.append(dataclasses.replace(m, step_ms=predict_ms(m, truth)))
+    return out
+
+
+def test_calibration_recovers_known_constants():
+    base = _topo()
+    machine = dataclasses.replace(base.machine, effective_tflops=20.0, step_overhead_ms=3.0, codec_ms=0.2,
+                                  overlap=0.3, pipeline_ms=1.0)  # fmt: skip
+    fast = dataclasses.replace(base, name="fast", machine=machine,
+                               inter_host=Link(gbytes_per_s=100.0, latency_us=20.0, efficiency=0.6))  # fmt: skip
+    slow = dataclasses.replace(fast, name="slow", inter_host=Link(gbytes_per_s=5.0, latency_us=100.0, efficiency=0.5))
+    truth = {"fast": fast, "slow": slow}
+    names = ("fast", "slow")
+    params = [Param("overhead", "machine.step_overhead_ms", names), Param("tflops", "machine.effective_tflops", names),
+              Param("codec", "machine.codec_ms", names), Param("pipeline", "machine.pipeline_ms", names, log=False,
+                                                                bounds=(-10.0, 10.0)),
+              Param("fast eff", "inter_host.efficiency", ("fast",)), Param("slow eff", "inter_host.efficiency", ("slow",))]  # fmt: skip
+    start = {n: dataclasses.replace(t, machine=dataclasses.replace(t.machine, effective_tflops=5.0, step_overhead_ms=1.0,
+                                                                    codec_ms=0.05, pipeline_ms=0.0),
+                                    inter_host=dataclasses.replace(t.inter_host, efficiency=1.0))
+             for n, t in truth.items()}  # fmt: skip
+    fit = calibrate(_synthetic(truth), start, params)
+    expected = {"overhead": 3.0, "tflops": 20.0, "codec": 0.2, "pipeline": 1.0, "fast eff": 0.6, "slow eff": 0.5}
+    for k, v in expected.items():
+        assert fit.values[k] == pytest.approx(v, rel=1e-3), k
+    assert fit.rms_log_error < 1e-6
+
+
+def test_presets_load_and_round_trip():
+    assert {"h100-nvlink-400g", "h200x2-emulated-fast", "cpu-shaped-1gbit"} <= set(preset_names())
+    for name in preset_names():
+        t = load_topology(name)
+        assert topology_from_dict(topology_to_dict(t)) == t
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("{not json", "not valid JSON"),
+    ('{"name": "x"}', "missing field"),
+    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
+    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
+])  # fmt: skip
+def test_bad_topology_json_is_one_error(tmp_path, text, needle):
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(TopologyFileError, match=needle):
+        load_topology(path)
+
+
+def test_plan_cluster_cli(tmp_path, capsys):
+    png, md = tmp_path / "speedup.png", tmp_path / "plan.md"
+    assert main(["plan-cluster", "--topology", "h100-nvlink-400g", "--hosts", "2", "--num-tables", "32",
+                 "--plot", str(png), "--report", str(md)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| flat fp32 |" in out and "| dmt T=4 c=8 cw lossy8 |" in out and "recommended:" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "## Assumptions" in text and "1.9x" in text and "| 256 |" in text
+
+
+def test_plan_cluster_bad_topology_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "bad", "hosts": 2}')
+    assert main(["plan-cluster", "--topology", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing field" in err[0]
+    assert main(["plan-cluster", "--topology", "no-such-preset"]) == 2
+    assert "no topology preset" in capsys.readouterr().err
+
+
+def test_recommendation_prefers_dmt_on_a_slow_link():
+    from dmt.commands.plan_cluster import recommend, sweep
+
+    rows = sweep(ModelShape(embedding_dim=128), load_topology("h200x2-emulated-slow"), 8192)
+    pick = recommend(rows)
+    assert pick.setup.is_dmt and pick.speedup > 2 and math.isfinite(pick.step_ms)
