@@ -55,13 +55,14 @@ def torchrun_command(
     port: int,
     rdzv_host: str = "127.0.0.1",
     extra_args: Sequence[str] = (),
+    target: Sequence[str] = ("-m", "dmt.cli"),
 ) -> list[str]:
-    """The torchrun command line of one emulated host running ``dmt <argv>``."""
+    """The torchrun command line of one emulated host running ``<target> <argv>`` (default ``dmt <argv>``)."""
     return [
         sys.executable, "-m", "dmt._torchrun",
         f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_host}:{port}", f"--rdzv-id=dmt-{port}",
-        *extra_args, "-m", "dmt.cli", *argv,
+        *extra_args, *target, *argv,
     ]  # fmt: skip
 
 
@@ -73,8 +74,10 @@ def launch_local(
     env: Mapping[str, str] | None = None,
     rdzv_host: str = "127.0.0.1",
     host_launch: Callable[[int], HostLaunch] | None = None,
+    target: Sequence[str] = ("-m", "dmt.cli"),
 ) -> int:
-    """Start ``hosts`` torchrun agents running ``dmt <argv>``; return the worst exit code.
+    """Start ``hosts`` torchrun agents running ``dmt <argv>`` (or ``<target> <argv>``, e.g. a
+    script path); return the worst exit code.
 
     If one agent fails the others are stopped, so a crashed rank never leaves peers hanging in a
     collective until the timeout. ``host_launch(h)`` (with ``rdzv_host``, host 0's address) wraps
@@ -90,7 +93,7 @@ def launch_local(
     procs = [
         subprocess.Popen(
             [*w.prefix, *torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, port=port,
-                                          rdzv_host=rdzv_host, extra_args=w.torchrun_args)],
+                                          rdzv_host=rdzv_host, extra_args=w.torchrun_args, target=target)],
             env={**child_env, **host_gpu_env(h, ranks_per_host, child_env), **w.env},
             start_new_session=True,
         )

@@ -230,7 +230,9 @@ class TowerPlan:
     def from_json(cls, text_or_path: str | os.PathLike[str]) -> TowerPlan:
         """Parse a plan from a JSON string or a file path."""
         s = os.fspath(text_or_path)
+        source = "plan"
         if not s.lstrip().startswith("{"):
+            source = f"plan file {s}"
             try:
                 with open(s) as f:
                     s = f.read()
@@ -239,7 +241,8 @@ class TowerPlan:
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:
-            raise PlanError(f"plan is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+            raise PlanError(f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                            "write it with `dmt partition` or fix the JSON") from None
         return cls.from_dict(d)
 
     @classmethod

@@ -87,7 +87,8 @@ def plot_bytes(runs: dict[str, dict], path: Path) -> None:
         bottom_intra += intra
     ax.set_xticks(x, [f"{n}\ncross | intra" for n in names])
     ax.set(title="bytes per sample by collective (solid: cross-host, hatched: intra-host)", ylabel="bytes / sample")
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if ax.get_legend_handles_labels()[0]:  # runs without counted bytes draw no bars
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
     plt.close(fig)
 

@@ -52,6 +52,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: full epochs)")
     opt.add_argument("--lr", type=float, default=0.05, help="embedding learning rate")
     opt.add_argument("--dense-lr", type=float, default=0.05)
+    opt.add_argument("--tower-lr", type=float, default=0.005, help="learning rate of the tower modules (0.005)")
     opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
     opt.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
@@ -116,7 +117,7 @@ def job_config(args: argparse.Namespace):
     return JobConfig(
         data=args.data, out=args.out, model=ModelConfig.preset(args.preset, **overrides),
         optim=OptimConfig(sparse=args.sparse_optimizer, sparse_lr=args.lr, dense=args.dense_optimizer,
-                          dense_lr=args.dense_lr),
+                          dense_lr=args.dense_lr, tower_lr=args.tower_lr),
         eval_fraction=args.eval_fraction, batch_size=args.batch_size, epochs=args.epochs,
         max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
         skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,

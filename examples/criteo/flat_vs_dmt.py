@@ -1,0 +1,114 @@
+"""Flat DLRM vs DMT on Criteo-format data, every step of the data path spelled out.
+
+    python examples/criteo/flat_vs_dmt.py                      # generated rows, 2 emulated hosts x 2 ranks
+    python examples/criteo/flat_vs_dmt.py --data train.txt     # your Criteo file
+
+Steps 1-2 run once in this process (data, tower partition); the script then relaunches itself on
+H emulated hosts x L ranks (torchrun, gloo on CPU, NCCL on GPUs), where every rank runs steps 3-7:
+build the flat model -> shard and train it -> transform it into towers -> shard and train DMT ->
+evaluate -> (rank 0) report. On real hosts, run steps 1-2 once, then start the same script under
+your own torchrun with ``--plan``. ``dmt train`` / ``dmt demo`` are the same path behind a CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", help="Criteo TSV (default: generate --rows rows)")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--plan", help="TowerPlan JSON (default: partition the data into --towers towers)")
+    p.add_argument("--towers", type=int, default=4)
+    p.add_argument("--compression", type=float, default=4.0)
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--ranks-per-host", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128, help="per rank")
+    p.add_argument("--out", default="runs/example")
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------- steps 1-2: once, in this process
+def prepare(args: argparse.Namespace) -> int:
+    from dmt.cli import main as dmt
+    from dmt.launch import launch_local
+
+    os.makedirs(args.out, exist_ok=True)
+    if args.data is None:  # 1. data: synthetic Criteo rows with planted feature groups
+        args.data = os.path.join(args.out, "rows.tsv")
+        if not os.path.exists(args.data) and dmt(["gen-data", "--rows", str(args.rows), "--out", args.data]):
+            return 2
+    if args.plan is None:  # 2. towers: learn feature interactions, group them, balance the hosts
+        args.plan = os.path.join(args.out, "plan.json")
+        if dmt(["partition", "--data", args.data, "--num-towers", str(args.towers),
+                "--hosts", str(args.hosts), "--out", args.plan]):  # fmt: skip
+            return 2
+    argv = [a for kv in vars(args).items() for a in (f"--{kv[0].replace('_', '-')}", str(kv[1]))]
+    return launch_local(argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, target=[__file__])
+
+
+# ----------------------------------------------------------------- steps 3-7: every rank
+def run_rank(args: argparse.Namespace) -> None:
+    from dmt import shard, transform
+    from dmt.data.batching import iter_batches
+    from dmt.data.criteo import read_criteo
+    from dmt.models import ModelConfig, build_flat_model
+    from dmt.parallel import init_distributed, shard_flat
+    from dmt.plan import TowerPlan
+    from dmt.quiet import quiet_third_party
+    from dmt.report import write_report
+    from dmt.train.job import split_train_eval
+    from dmt.train.loop import LoopConfig, train
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+    from towers import TowerModuleConfig
+
+    quiet_third_party()
+    env = init_distributed()
+    rank, world = env.topology.rank, env.topology.world_size
+    model_cfg, optim_cfg = ModelConfig.preset("small"), OptimConfig()
+    train_rows, eval_rows = split_train_eval(read_criteo(args.data, progress=False)[0], 0.2)
+
+    def batches(rows, shuffle: bool):
+        return iter_batches(rows, batch_size=args.batch_size, num_embeddings=model_cfg.num_embeddings,
+                            rank=rank, world_size=world, shuffle=shuffle, seed=0)  # fmt: skip
+
+    def fit(model) -> dict:  # 6. train one epoch, then 7. evaluate on the held-out rows
+        steps = len(train_rows) // (args.batch_size * world)
+        result = train(model, build_optimizer(model, optim_cfg), batches(train_rows, True),
+                       lambda: batches(eval_rows, False), LoopConfig(steps=steps, progress=env.is_main),
+                       device=env.device, is_main=env.is_main)  # fmt: skip
+        return {**result.evals[-1], "steps": result.steps, "losses": result.losses, "evals": result.evals,
+                "samples_per_s": result.steps * args.batch_size * world / result.train_seconds}
+
+    # 3. the flat model: torchrec's DLRM over one global EmbeddingBagCollection, sharded table-wise
+    torch.manual_seed(0)
+    flat = build_flat_model(model_cfg)
+    apply_sparse_optimizer(flat, optim_cfg)
+    runs = {"flat": fit(shard_flat(flat, model_cfg, env))}
+
+    # 4. transform: one tower per plan tower (its tables + a linear tower module compressing c times)
+    torch.manual_seed(0)
+    plan = TowerPlan.from_json(args.plan)
+    dmt_model = transform(build_flat_model(model_cfg), plan,
+                          tower_module=TowerModuleConfig(kind="linear", compression=args.compression))
+    # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers
+    apply_sparse_optimizer(dmt_model, optim_cfg)
+    runs[f"dmt linear c={args.compression:g}"] = fit(shard(dmt_model, plan, env))
+
+    if env.is_main:  # the report: AUC, log loss, curves (bytes per sample: see `dmt train`)
+        print(f"report: {write_report(runs, os.path.join(args.out, 'report'), title='flat vs DMT')}")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if "RANK" in os.environ:
+        run_rank(arguments)
+    else:
+        sys.exit(prepare(arguments))
