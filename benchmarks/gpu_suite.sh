@@ -3,6 +3,9 @@
 # ../shared/gpu/README.md's install:  PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh <part> <out dir>
 #   part "train": NCCL training runs (flat and DMT, 2 emulated hosts x 1 GPU) + the NCCL parity tests
 #   part "bench": dmt bench on the Criteo-shaped model, fast (NVLink) and slow (sockets) links
+#   part "tp":    the same with the TP plan of the generated data (4 towers; benchmarks/plans/)
+#   part "profile": torch.profiler tables of flat, dmt and stock steps on the fast link
+#   part "tf32":  fast link, 2 towers and the TP plan, with TF32 matmuls
 set -uo pipefail
 part=$1; out=$2; mkdir -p "$out"
 export PYTHONPATH=/tmp/site:$PWD
@@ -30,5 +33,35 @@ if [ "$part" = bench ]; then
         --out "$out/bench_$link.json" 2>&1 | grep -v -i "warn" | tail -9
     $py -m dmt.cli bench $common $flag --variants flat,dmt+comm --comm-compression lossy:fp16,lossy_eb=0.01 \
         --out "$out/bench_${link}_lossy.json" 2>&1 | grep -v -i "warn" | tail -5
+  done
+fi
+
+if [ "$part" = tp ]; then
+  common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
+          --plan benchmarks/plans/tp_4towers_2hosts.json --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+  for link in fast slow; do
+    flag=""; [ $link = slow ] && flag="--slow-link"
+    $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
+        --out "$out/bench_tp_$link.json" 2>&1 | grep -v -i "warn" | tail -9
+  done
+fi
+
+if [ "$part" = profile ]; then
+  $py -m dmt.cli bench --hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192 \
+      --towers 2 --tower-module linear --compression 4 --warmup 10 --steps 20 --variants flat,dmt,stock \
+      --profile "$out/profile" --out "$out/bench_fast_profiled.json" --no-progress 2>&1 | grep -v -i "warn" | tail -7
+  rm -f "$out"/profile/*rank1.trace.json
+fi
+
+if [ "$part" = tf32 ]; then
+  common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
+          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress --tf32"
+  for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
+    name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
+    for link in fast slow; do
+      flag=""; [ $link = slow ] && flag="--slow-link"
+      $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
+          --out "$out/bench_tf32_${name}_$link.json" 2>&1 | grep -v -i "warn" | tail -9
+    done
   done
 fi

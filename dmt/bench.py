@@ -68,6 +68,8 @@ class BenchConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     comm: CommCompression | None = None  # for the "+comm" variants
+    profile: str | None = None  # directory: torch.profiler tables + traces of a few extra steps
+    tf32: bool = False  # CUDA matmuls in TF32 (tensor cores) instead of full fp32
     link: str = "default"  # how the hosts are connected, for the report only
     out: str | None = None  # JSON path
     progress: bool = True
@@ -130,6 +132,7 @@ class Built:
     tower_features: tuple[int, ...] = ()
     tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
     intra_sharding: str | None = None  # the analytic model's name, when every tower uses one type
+    name: str = ""  # the variant
 
 
 def build_variant(name: str, cfg: BenchConfig, env) -> Built:
@@ -335,7 +338,29 @@ def run_variant(built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> d
             one(False)
             bar.update(1)
     comm = reduce_summary(counter.summary()).per_sample(cfg.batch_size * env.topology.world_size * cfg.count_steps)
+    if cfg.profile:
+        _profile(lambda: one(False), built.name, cfg.profile, env)
     return _variant_result(durations, comm, cfg, env)
+
+
+def _profile(step: Callable[[], None], name: str, directory: str, env, steps: int = 5) -> None:
+    """Profile ``steps`` more steps (after the timed ones, so timing is unaffected); every rank writes
+    ``<name>_rank<r>.txt`` (top ops by device time on GPU, CPU time on CPU) and a Chrome trace."""
+    import os  # noqa: PLC0415
+
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.join(directory, f"{name.replace('+', '_')}_rank{env.topology.rank}")
+    sort = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
+    atomic_write_text(base + ".txt", prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+    prof.export_chrome_trace(base + ".trace.json")
 
 
 def _slowest_rank(durations: list[list[float]], env) -> list[list[float]]:
@@ -408,6 +433,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     env = init_distributed()
     topo = env.topology
     check_plan_fits(cfg.plan, topo.num_hosts)
+    # The dense layers (over-arch, tower modules) run as fp32 SIMT GEMMs otherwise; measured on
+    # H200 they were DMT's largest extra cost on a fast link (the tower modules see B*H rows).
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     per_variant = cfg.warmup + cfg.steps + cfg.count_steps
     batches = make_batches(cfg, topo.rank, min(per_variant + 2, 16), env.device)
     bar = tqdm(total=per_variant * len(cfg.variants), unit="step", disable=not (cfg.progress and env.is_main))
@@ -415,6 +443,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.variants:
         bar.set_description(name)
         built = build_variant(name, cfg, env)
+        built.name = name
         results[name] = {**run_variant(built, cfg, env, batches, bar=bar),
                          "analytic": analytic(built, name, cfg, topo),
                          "dense_params": built.dense_params, "tower_params": built.tower_params}  # fmt: skip

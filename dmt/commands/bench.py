@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
                       "link, e.g. 1gbit,0.5ms (see dmt/netns.py)")
     p.add_argument("--out", help="write every figure to this JSON file")
+    p.add_argument("--tf32", action="store_true", help="CUDA matmuls in TF32 (tensor cores)")
+    p.add_argument("--profile", metavar="DIR", help="also profile 5 steps per variant (torch.profiler) into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_command)
 
@@ -88,7 +90,7 @@ def bench_config(args: argparse.Namespace, hosts: int):
         flat_sharding=args.sharding, pipeline=args.pipeline,
         optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer), seed=args.seed,
         link=_link_label(args), out=args.out, progress=not args.no_progress,
-        comm=comm_compression(args.comm_compression),
+        comm=comm_compression(args.comm_compression), profile=args.profile, tf32=args.tf32,
     )  # fmt: skip
     if "stock" in cfg.variants:
         _check_stock(cfg, hosts)
