@@ -38,7 +38,9 @@ CPU = ("cpu-2x2-loopback", "cpu-shaped-1gbit", "cpu-shaped-250mbit")
 def gpu_measurements() -> list[Measurement]:
     out = []
     for path in sorted(glob.glob(os.path.join(RESULTS, "gpu_h200x2", "bench_*.json"))):
-        topo = GPU[0] if "bench_fast" in path else GPU[1]
+        with open(path) as f:
+            slow = "slow-link" in json.load(f)["config"]["link"]
+        topo = GPU[1] if slow else GPU[0]
         why = "per-parameter DDP buckets (overhead since removed)" if "before_bucket_fix" in path else None
         out += measurements_from_bench(path, topo, excluded=why)
     return out

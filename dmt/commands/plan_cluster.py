@@ -69,10 +69,18 @@ def sweep(model, topo, batch_size: int) -> list[Row]:
     return [Row(p.setup, p.step_ms, p.cross_host_bytes_per_sample, base / p.step_ms) for p in preds]
 
 
-def recommend(rows: list[Row]) -> Row:
-    """The fastest; among configurations within 2% of it, the least compressed (fewer model changes)."""
-    best = min(r.step_ms for r in rows)
-    close = [r for r in rows if r.step_ms <= 1.02 * best]
+# The cost model knows time, not quality: on 1M planted-group rows (benchmarks/sweep_tower_modules.py)
+# towers compressed 8x lost 0.11-0.26 AUC against flat (0.839); at c <= 4 TP towers stayed within
+# 0.08 of it, most within the flat model's own seed spread (0.786-0.839).
+MAX_RECOMMENDED_COMPRESSION = 4.0
+
+
+def recommend(rows: list[Row], max_compression: float = MAX_RECOMMENDED_COMPRESSION) -> Row:
+    """The fastest with c <= ``max_compression``; among those within 2% of it, the least
+    compressed (fewer model changes)."""
+    allowed = [r for r in rows if r.setup.compression <= max_compression] or rows
+    best = min(r.step_ms for r in allowed)
+    close = [r for r in allowed if r.step_ms <= 1.02 * best]
     return min(close, key=lambda r: (r.setup.compression, r.setup.codec.forward != 1.0, r.step_ms))
 
 
