@@ -49,7 +49,9 @@ def gpu_measurements() -> list[Measurement]:
 
 def cpu_measurements() -> list[Measurement]:
     files = {"bench_loopback.json": CPU[0], "bench_1gbit.json": CPU[1], "bench_250mbit.json": CPU[2],
-             "bench_1gbit_r2.json": CPU[1], "bench_250mbit_r2.json": CPU[2]}  # r2: repeats, 20 steps
+             "bench_1gbit_r2.json": CPU[1], "bench_250mbit_r2.json": CPU[2],  # r2: repeats, 20 steps
+             # _idle: the same on an otherwise idle machine (the others ran beside 6-9 busy processes)
+             "bench_loopback_idle.json": CPU[0], "bench_1gbit_idle.json": CPU[1], "bench_250mbit_idle.json": CPU[2]}
     return [m for name, topo in files.items()
             for m in measurements_from_bench(os.path.join(RESULTS, "cpu_2x2", name), topo)]  # fmt: skip
 
