@@ -106,11 +106,6 @@ def contiguous_plan(num_towers: int, num_hosts: int) -> TowerPlan:
     return TowerPlan.from_groups(groups, num_hosts=num_hosts, method="contiguous")
 
 
-def check_plan_fits(plan: TowerPlan, hosts: int) -> None:
-    """Raise DmtError when ``plan`` needs more hosts than the job has."""
-    plan.validate_hosts(hosts)
-
-
 # ---------------------------------------------------------------------------------------- model
 def model_config(cfg: BenchConfig):
     """The Criteo-shaped flat model: 26 tables of ``num_embeddings`` x D, dense arch 512-256-D."""
@@ -132,7 +127,6 @@ class Built:
     tower_features: tuple[int, ...] = ()
     tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
     intra_sharding: str | None = None  # the analytic model's name, when every tower uses one type
-    name: str = ""  # the variant
 
 
 def build_variant(name: str, cfg: BenchConfig, env) -> Built:
@@ -298,7 +292,7 @@ def _end_step(clock: _Clock) -> None:
         clock.mark()
 
 
-def run_variant(built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
+def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
     """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
     from dmt.comm import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
 
@@ -339,7 +333,7 @@ def run_variant(built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> d
             bar.update(1)
     comm = reduce_summary(counter.summary()).per_sample(cfg.batch_size * env.topology.world_size * cfg.count_steps)
     if cfg.profile:
-        _profile(lambda: one(False), built.name, cfg.profile, env)
+        _profile(lambda: one(False), name, cfg.profile, env)
     return _variant_result(durations, comm, cfg, env)
 
 
@@ -432,7 +426,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     env = init_distributed()
     topo = env.topology
-    check_plan_fits(cfg.plan, topo.num_hosts)
+    cfg.plan.validate_hosts(topo.num_hosts)
     # The dense layers (over-arch, tower modules) run as fp32 SIMT GEMMs otherwise; measured on
     # H200 they were DMT's largest extra cost on a fast link (the tower modules see B*H rows).
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -443,8 +437,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.variants:
         bar.set_description(name)
         built = build_variant(name, cfg, env)
-        built.name = name
-        results[name] = {**run_variant(built, cfg, env, batches, bar=bar),
+        results[name] = {**run_variant(name, built, cfg, env, batches, bar=bar),
                          "analytic": analytic(built, name, cfg, topo),
                          "dense_params": built.dense_params, "tower_params": built.tower_params}  # fmt: skip
         del built

@@ -711,15 +711,20 @@ def _codecs(target: nn.Module | Mapping[str, QuantizedCommCodecs]) -> Iterator[t
                     yield f"{op}.{side}", codec
 
 
+def lossy_schedules(target: nn.Module | Mapping[str, QuantizedCommCodecs]) -> list[LossySchedule]:
+    """The iteration schedules of every lossy codec reachable from ``target`` (find them once, then
+    set ``.iteration`` every step: walking the model's modules each step is wasted work)."""
+    return [codec.schedule for _, codec in _codecs(target) if isinstance(codec, ErrorBoundedCodec)]
+
+
 def set_iteration(target: nn.Module | Mapping[str, QuantizedCommCodecs], iteration: int) -> None:
     """Set the lossy bound's schedule to ``iteration`` in a registry or every registry of a sharded model.
 
     Call it on every rank with the same value before each step's forward (the width of the lossy
     codes follows the bound, and with it the all-to-all sizes).
     """
-    for _, codec in _codecs(target):
-        if isinstance(codec, ErrorBoundedCodec):
-            codec.schedule.iteration = iteration
+    for schedule in lossy_schedules(target):
+        schedule.iteration = iteration
 
 
 def codec_stats(target: nn.Module | Mapping[str, QuantizedCommCodecs]) -> dict[str, CodecStats]:

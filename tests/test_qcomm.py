@@ -22,6 +22,7 @@ from dmt.qcomm import (
     lossy_decode,
     lossy_encode,
     lossy_encoded_size,
+    lossy_schedules,
     lossy_width,
     set_iteration,
 )
@@ -346,3 +347,13 @@ def test_2x2_lossy_bound_held_in_training(runs_2x2):
     for result in runs_2x2:
         for name in ("lossy", "lossy_schedule"):
             assert 0 < result[name]["max_error_to_bound"] <= 1.0
+
+
+def test_lossy_schedules_are_the_ones_set_iteration_drives():
+    cfg = CommCompression(forward="lossy", backward="lossy", lossy_eb=0.01, lossy_warmup_iters=100)
+    registry = comm_codecs_registry(cfg, device=torch.device("cpu"))
+    schedules = lossy_schedules(registry)
+    assert schedules and all(isinstance(s, LossySchedule) for s in schedules)
+    set_iteration(registry, 37)
+    assert {s.iteration for s in schedules} == {37}
+    assert lossy_schedules(comm_codecs_registry(CommCompression(forward="fp16"), device=torch.device("cpu"))) == []

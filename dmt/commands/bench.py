@@ -76,12 +76,12 @@ def comm_compression(spec: str | None):
 
 def bench_config(args: argparse.Namespace, hosts: int):
     """The validated BenchConfig of these arguments on ``hosts`` hosts."""
-    from dmt.bench import BenchConfig, check_plan_fits, contiguous_plan  # noqa: PLC0415
+    from dmt.bench import BenchConfig, contiguous_plan  # noqa: PLC0415
     from dmt.plan import TowerPlan  # noqa: PLC0415
     from dmt.train.optim import OptimConfig  # noqa: PLC0415
 
     plan = TowerPlan.from_json(args.plan) if args.plan else contiguous_plan(args.towers or hosts, hosts)
-    check_plan_fits(plan, hosts)
+    plan.validate_hosts(hosts)
     cfg = BenchConfig(
         plan=plan, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), model=args.model,
         num_embeddings=args.num_embeddings, embedding_dim=args.embedding_dim, batch_size=args.batch_size,

@@ -37,7 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                     help="module per tower (identity: exactly the flat model)")
     tw.add_argument("--compression", type=float, default=1.0, help="tower output compression ratio c (1)")
     tw.add_argument("--tower-hidden", default="", help="hidden widths of the tower MLP, e.g. 64,32 (mlp: required)")
-    tw.add_argument("--global-interaction", choices=sorted(GLOBAL_CHOICES), default="auto",
+    tw.add_argument("--global-interaction", choices=GLOBAL_CHOICES, default="auto",
                     help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
                          "dots + self-dots + raw tower vectors)")
     tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
@@ -72,21 +72,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-# CLI name -> GlobalInteractionConfig keyword arguments; "auto" (None) leaves it to dmt.transform.
-GLOBAL_CHOICES = {
-    "auto": None,
-    "dot": {"kind": "dot"},
-    "hierarchical": {"kind": "dot", "self_dots": True, "raw_towers": True},
-    "dcn": {"kind": "dcn"},
-    "concat": {"kind": "concat"},
-}
+# "auto" leaves the choice to dmt.transform (the flat model's own); "hierarchical" is
+# GlobalInteractionConfig.hierarchical(); the rest are global interaction kinds.
+GLOBAL_CHOICES = ("auto", "dot", "hierarchical", "dcn", "concat")
 
 
 def global_interaction_config(name: str):
     from towers import GlobalInteractionConfig  # noqa: PLC0415
 
-    kwargs = GLOBAL_CHOICES[name]
-    return None if kwargs is None else GlobalInteractionConfig(**kwargs)
+    if name == "auto":
+        return None
+    return GlobalInteractionConfig.hierarchical() if name == "hierarchical" else GlobalInteractionConfig(kind=name)
 
 
 def job_config(args: argparse.Namespace):

@@ -24,7 +24,7 @@ from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.build import TowerSpec, build_model
 from dmt.train.optim import OptimConfig
-from dmt.qcomm import CommCompression, codec_stats, set_iteration
+from dmt.qcomm import CommCompression, codec_stats, lossy_schedules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +121,7 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     first_step = history.steps if history else 0
     batches = _epoch_batches(train_arrays, cfg, rank, world, first_step)
     if cfg.comm is not None and cfg.comm.uses_lossy:
-        batches = _driving_codec_schedule(batches, model, first_step)
+        batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
     result = train(model, optimizer, batches, eval_batches,
                    LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
                    device=device, is_main=is_main, history=history,
@@ -160,7 +160,7 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     return metrics
 
 
-def _driving_codec_schedule(batches, model, first_step: int):
+def _driving_codec_schedule(batches, schedules, first_step: int):
     """Set the lossy codec's iteration before each batch is handed out.
 
     The pipeline pulls a batch a step or two ahead of the one it computes, so the schedule runs
@@ -168,7 +168,8 @@ def _driving_codec_schedule(batches, model, first_step: int):
     agree across ranks); over a decay of thousands of steps the lead does not matter.
     """
     for step, batch in enumerate(batches, start=first_step):
-        set_iteration(model, step)
+        for schedule in schedules:
+            schedule.iteration = step
         yield batch
 
 
