@@ -6,6 +6,9 @@
 #   part "tp":    the same with the TP plan of the generated data (4 towers; benchmarks/plans/)
 #   part "profile": torch.profiler tables of flat, dmt and stock steps on the fast link
 #   part "tf32":  fast link, 2 towers and the TP plan, with TF32 matmuls
+#   part "2x2":   4 GPUs (nvidia-h100-x4) as 2 emulated hosts x 2 GPUs: 2 towers and the TP plan,
+#                 all-NVLink and all-sockets (NCCL's transport is per process: no selective slow link)
+#   part "2x1":   the "bench" and "tp" runs of 2 hosts x 1 GPU in one call (fewer invocations)
 set -uo pipefail
 part=$1; out=$2; mkdir -p "$out"
 export PYTHONPATH=/tmp/site:$PWD
@@ -62,6 +65,20 @@ if [ "$part" = tf32 ]; then
       flag=""; [ $link = slow ] && flag="--slow-link"
       $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
           --out "$out/bench_tf32_${name}_$link.json" 2>&1 | grep -v -i "warn" | tail -9
+    done
+  done
+fi
+
+if [ "$part" = 2x2 ] || [ "$part" = 2x1 ]; then
+  L=${part:2:1}
+  common="--hosts 2 --ranks-per-host $L --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
+          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+  for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
+    name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
+    for link in fast slow; do
+      flag=""; [ $link = slow ] && flag="--slow-link"
+      timeout 170 $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm,flat+comm \
+          --comm-compression fp16 --out "$out/bench_${part}_${name}_$link.json" 2>&1 | grep -v -i "warn" | tail -8
     done
   done
 fi

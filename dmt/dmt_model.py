@@ -9,12 +9,14 @@ Build one from a flat model with :func:`dmt.sptt.transform`; shard it with
 Data flow (B = local batch, D = embedding dim, T = towers, K = sum of the towers' k_t)::
 
     dense [B, num_dense] --dense_arch--> [B, D] -----------------------------.
-    sparse KJT --tower_arch: tower t = EBC_t -> tower module_t--> [B, K*D] --+--inter_arch--> over_arch --> [B, 1]
-                 (EmbeddingTowerCollection, towers in logical plan order)     (global interaction)
+    sparse KJT --tower_arch: host h = EBC_h -> TowerGroup_h--> [B, K*D] -----+--inter_arch--> over_arch --> [B, 1]
+                 (EmbeddingTowerCollection, one group per host)              (global interaction)
 
-The tower outputs are concatenated in *logical* (plan) order. With identity tower modules the
-model additionally reorders them into the flat model's feature order (``column_blocks``), so the
-global interaction and the over-arch see exactly what the flat DLRM's interaction sees.
+TowerGroup_h runs the tower module of each plan tower on host h on that tower's columns of the
+host's pooled embeddings. The tower outputs are concatenated host by host, plan order inside a
+host. With identity tower modules the model reorders them into the flat model's feature order
+(``column_blocks``), so the global interaction and the over-arch see exactly what the flat DLRM's
+interaction sees.
 """
 
 from __future__ import annotations
@@ -64,13 +66,13 @@ class DMTModel(nn.Module):
 
     Args:
         dense_arch: maps dense features [B, num_dense] to [B, D] (torchrec ``DenseArch``).
-        tower_arch: one ``EmbeddingTower(EBC_t, tower_module_t)`` per plan tower, logical order.
+        tower_arch: one ``EmbeddingTower(EBC_h, TowerGroup_h)`` per host holding towers, host order.
         inter_arch: global interaction ``(dense [B, D], tower_outputs [B, K*D]) -> [B, out]``.
         over_arch: maps the interaction output to one logit per sample.
         plan: the plan the towers were built from (kept for sharding and reports).
         column_blocks: reorder of the tower outputs applied before ``inter_arch`` (identity towers:
-            plan order -> flat feature order), as produced by :func:`index_to_blocks`; ``None`` keeps
-            the logical order.
+            host-grouped order -> flat feature order), as produced by :func:`index_to_blocks`;
+            ``None`` keeps the grouped order.
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class DMTModel(nn.Module):
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Args: dense_features [B, num_dense]; sparse_features: KJT of every plan feature. Returns [B, 1]."""
         dense = self.dense_arch(dense_features)  # [B, D]
-        towers = self.tower_arch(sparse_features)  # [B, K*D], logical tower order
+        towers = self.tower_arch(sparse_features)  # [B, K*D], host by host
         towers = permute_columns(towers, self.column_blocks)
         return self.over_arch(self.inter_arch(dense, towers))
 

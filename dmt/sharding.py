@@ -6,9 +6,10 @@ lookup, the tower module under intra-host DDP, and a cross-host all-to-all of th
 Used as is, it has traps (``shared/research/TORCHREC_FINDINGS.md``); this module fixes each with a
 small subclass rather than a fork:
 
-(a) outputs come back in *host* order, not logical tower order -> :class:`ShardedTowerCollection`
+(a) outputs come back in *host* order, not the collection's tower order -> :class:`ShardedTowerCollection`
     reorders the columns after the output all-to-all (``output_dist``), so the sharded collection
-    returns exactly what the unsharded one returns;
+    returns exactly what the unsharded one returns (``dmt.transform`` builds one tower group per
+    host, in host order, so for its models the reorder is empty; collections built by hand need it);
 (b) the sharding plan is mutated in place (TWRW -> RW, global -> local ranks) -> the sharder and
     :func:`shard` deep-copy the plan; :attr:`DmtModelParallel.sharding_plan` stays the global one;
 (c) ``load_state_dict`` of the sharded collection fails, and with ``strict=False`` (as well as
@@ -69,6 +70,7 @@ from torchrec.distributed.types import (
     ShardingPlan,
     ShardingType,
 )
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -119,9 +121,9 @@ class CpuSafeDDP(DistributedDataParallel):
 
 
 class ParameterFreeTower(nn.Module):
-    """Stands in for intra-host DDP around a tower module with nothing to train (e.g. identity).
+    """Stands in for intra-host DDP where it has nothing to do (see :func:`_tower_ddp`).
 
-    DDP refuses modules without trainable parameters; torchrec's collection only needs ``.module``.
+    torchrec's collection only needs ``.module``.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -133,8 +135,15 @@ class ParameterFreeTower(nn.Module):
 
 
 def _tower_ddp(module: nn.Module, device_ids: list[Any] | None = None, *args: Any, **kwargs: Any) -> nn.Module:
-    """What torchrec's tower sharding gets when it asks for ``DistributedDataParallel(...)``."""
-    if not any(p.requires_grad for p in module.parameters()):
+    """What torchrec's tower sharding gets when it asks for ``DistributedDataParallel(...)``.
+
+    No DDP around a module without parameters (DDP refuses it) or on a host of one rank: there
+    an all-reduce over one rank changes nothing and only costs launches and bucket copies.
+    """
+    group = kwargs.get("process_group")
+    if not any(p.requires_grad for p in module.parameters()) or (
+        group is not None and dist.get_world_size(group) == 1
+    ):
         return ParameterFreeTower(module)
     return CpuSafeDDP(module, device_ids, *args, **{**kwargs, **exact_resume_ddp_kwargs()})
 
@@ -553,36 +562,52 @@ def find_tower_collection(model: nn.Module) -> tuple[str, EmbeddingTowerCollecti
     return found[0]
 
 
-def _check_towers(collection: EmbeddingTowerCollection, plan: TowerPlan) -> None:
-    if len(collection.towers) != plan.num_towers:
+def _plan_tower_tables(collection: EmbeddingTowerCollection, plan: TowerPlan) -> list[list[EmbeddingBagConfig]]:
+    """Each plan tower's table configs, checked against the model's host groups.
+
+    The model (``dmt.transform``) has one ``EmbeddingTower`` per host holding towers, in host
+    order, with the features of that host's plan towers; any other shape was transformed with
+    another plan (or by hand), and sharding it by this plan would place tables on wrong hosts.
+    """
+    hosts = sorted({t.host for t in plan.towers})
+    groups = list(collection.towers)
+    expected = [[f for t in plan.towers_on_host(h) for f in plan.towers[t].features] for h in hosts]
+    found = [_tower_features(g) for g in groups]  # type: ignore[arg-type]
+    if len(found) != len(expected) or any(sorted(a) != sorted(b) for a, b in zip(found, expected)):
         raise PlanError(
-            f"the model has {len(collection.towers)} towers but the plan has {plan.num_towers}; "
+            f"the model's tower groups have features {found} but the plan puts {expected} on hosts {hosts}; "
             "shard with the plan the model was transformed with"
         )
-    for i, (tower, planned) in enumerate(zip(collection.towers, plan.towers)):
-        features = _tower_features(tower)  # type: ignore[arg-type]
-        if sorted(features) != sorted(planned.features):
-            raise PlanError(
-                f"tower {i} of the model has features {features} but the plan's tower {planned.name!r} has "
-                f"{list(planned.features)}; shard with the plan the model was transformed with "
-                "(only the hosts may differ)"
-            )
+    config_of = {f: c for g in groups for c in g.embedding.embedding_bag_configs() for f in c.feature_names}  # type: ignore[union-attr]
+    tables = []
+    for tower in plan.towers:
+        configs: list[EmbeddingBagConfig] = []
+        for f in tower.features:
+            if config_of[f] not in configs:
+                configs.append(config_of[f])
+        tables.append(configs)
+    return tables
 
 
-def _tower_sharding_type(tower: EmbeddingTower, choice: str, local_world_size: int) -> str:
-    """TWRW or TWCW for one tower under ``choice`` ("auto" or a type); see build_sharding_plan."""
+def _tower_sharding_type(
+    configs: list[EmbeddingBagConfig], rowwise_optimizer: bool, choice: str, local_world_size: int
+) -> str:
+    """TWRW or TWCW for one tower's tables under ``choice`` ("auto" or a type); see build_sharding_plan."""
     if choice != "auto":
         return choice
-    if _has_rowwise_optimizer(tower):
+    if local_world_size == 1:
+        # One rank per host: a column "shard" is the whole table, so TWCW is a table-wise lookup
+        # (any optimizer keeps its maths) and skips row-wise bucketizing of every id.
+        return TWCW
+    if rowwise_optimizer:
         return TWRW
-    configs = tower.embedding.embedding_bag_configs()
     small = all(c.num_embeddings <= SMALL_TABLE_ROWS for c in configs)
     splits = all(c.embedding_dim % (_CW_ALIGN * local_world_size) == 0 for c in configs)
     return TWCW if small and splits else TWRW
 
 
-def _has_rowwise_optimizer(tower: EmbeddingTower) -> bool:
-    """Whether the tower's tables carry an in-backward row-wise optimizer (RowWiseAdagrad).
+def _has_rowwise_optimizer(collection: EmbeddingTowerCollection) -> bool:
+    """Whether the tables carry an in-backward row-wise optimizer (RowWiseAdagrad).
 
     Column-wise shards would change such an optimizer's maths: it keeps one accumulator per row,
     the mean of the row's squared gradient, and a column shard averages over its own columns only,
@@ -591,7 +616,8 @@ def _has_rowwise_optimizer(tower: EmbeddingTower) -> bool:
     """
     return any(
         "rowwise" in cls.__name__.lower()
-        for p in tower.embedding.parameters()
+        for tower in collection.towers
+        for p in tower.embedding.parameters()  # type: ignore[union-attr]
         for cls in getattr(p, "_optimizer_classes", ())
     )
 
@@ -624,9 +650,11 @@ def build_sharding_plan(
     * ``"table_column_wise"`` (TWCW): columns split over the host's ranks in shards of a multiple
       of 4 wide (fewer shards than L when D/L is not); every rank does an equal share of every
       lookup, whatever the id skew, at the price of sending each id to every shard.
-    * ``"auto"`` (default): TWCW when all the tower's tables have at most ``SMALL_TABLE_ROWS``
-      rows and widths divisible into L shards of a multiple of 4 -- small tables are where a few
-      hot rows would load one row-wise rank -- and TWRW otherwise.
+    * ``"auto"`` (default): with one rank per host TWCW (a whole-table lookup, no bucketizing);
+      else TWRW under a row-wise optimizer (see :func:`_has_rowwise_optimizer`), TWCW when all the
+      tower's tables have at most ``SMALL_TABLE_ROWS`` rows and widths divisible into L shards of
+      a multiple of 4 -- small tables are where a few hot rows would load one row-wise rank --
+      and TWRW otherwise.
 
     The compute kernel is torchrec's choice: fused when the tables carry an in-backward optimizer
     (``dmt.train.optim.apply_sparse_optimizer``), dense otherwise.
@@ -639,7 +667,8 @@ def build_sharding_plan(
         device_type: "cpu" or "cuda".
     """
     fqn, collection = find_tower_collection(model)
-    _check_towers(collection, plan)
+    tower_tables = _plan_tower_tables(collection, plan)
+    rowwise = _has_rowwise_optimizer(collection)
     choices = dict(sharding) if isinstance(sharding, Mapping) else {t.name: sharding for t in plan.towers}
     unknown = sorted(set(choices) - {t.name for t in plan.towers})
     if unknown:
@@ -648,9 +677,9 @@ def build_sharding_plan(
     if bad:
         raise DmtError(f"sharding {bad} is not one of {list(SHARDINGS)}")
     per_table: dict[str, Any] = {}
-    for tower, planned in zip(collection.towers, plan.towers):
-        kind = _tower_sharding_type(tower, choices.get(planned.name, "auto"), topology.local_world_size)  # type: ignore[arg-type]
-        for c in tower.embedding.embedding_bag_configs():
+    for configs, planned in zip(tower_tables, plan.towers):
+        kind = _tower_sharding_type(configs, rowwise, choices.get(planned.name, "auto"), topology.local_world_size)
+        for c in configs:
             per_table[c.name] = (
                 table_row_wise(host_index=planned.host)
                 if kind == TWRW
@@ -697,7 +726,7 @@ def shard(
     inside its host (see :func:`build_sharding_plan`), its tower module is replicated on the
     host's ranks under intra-host DDP, and the dense, global-interaction and over arches are
     replicated on all ranks under DMP's DDP. The result's forward matches the unsharded model's
-    on the same samples (tower outputs in logical order), its gradients are averaged over all
+    on the same samples (tower outputs in the same order), its gradients are averaged over all
     ranks, and its ``state_dict``/``load_state_dict`` round-trip.
 
     Like DMP, this *consumes* ``model``: its tower collection is replaced by the sharded one, so

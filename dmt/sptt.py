@@ -1,10 +1,11 @@
 """SPTT, the Semantic-preserving Tower Transform: a flat torchrec DLRM -> a DMT model.
 
 The flat model looks up every table in one ``EmbeddingBagCollection`` and interacts all pooled
-embeddings at once. The transform splits the tables into the plan's towers, each an
-``EmbeddingTower(EmbeddingBagCollection of the tower's tables, tower module)`` inside one
-``EmbeddingTowerCollection`` (so torchrec's tower sharder can place each tower on one host), then
-a global interaction over the dense vector and the tower outputs, then the over-arch.
+embeddings at once. The transform splits the tables into the plan's towers and groups the towers
+by host: each host that holds towers gets one ``EmbeddingTower(EmbeddingBagCollection of its
+towers' tables, TowerGroup of their tower modules)`` inside one ``EmbeddingTowerCollection`` (so
+torchrec's tower sharder places it on that host and does one lookup there), then a global
+interaction over the dense vector and the tower outputs, then the over-arch.
 
 With identity tower modules and the flat model's interaction kind, the transformed model computes
 *exactly* the flat model: same tables, same dense/interaction/over weights, and the tower outputs
@@ -17,8 +18,8 @@ Example:
     >>> flat = build_flat_model(cfg)
     >>> plan = TowerPlan.from_groups([["c", "a"], ["b"]], num_hosts=2)
     >>> dmt_model = transform(flat, plan)
-    >>> [t.embedding.embedding_bag_configs()[0].name for t in dmt_model.model.tower_arch.towers]
-    ['t_c', 't_b']
+    >>> [[c.name for c in t.embedding.embedding_bag_configs()] for t in dmt_model.model.tower_arch.towers]
+    [['t_c', 't_a'], ['t_b']]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dmt.errors import DmtError
 from dmt.plan import PlanError, TowerPlan
 from towers import (
     GlobalInteractionConfig,
+    TowerGroup,
     TowerModuleConfig,
     build_global_interaction,
     build_tower_modules,
@@ -185,7 +187,9 @@ def _build_towers(
     table_device: torch.device,
     dense_device: torch.device,
 ) -> tuple[list[EmbeddingTower], list[str]]:
-    """One EmbeddingTower per plan tower; returns the towers and their output feature order."""
+    """One EmbeddingTower per host that holds towers (hosts in order): the EBC of all its towers'
+    tables and a :class:`towers.TowerGroup` of their modules (see towers/group.py for why one per
+    host). Returns the towers and their output feature order (host by host, plan order inside)."""
     configs = ebc.embedding_bag_configs()
     table_of = {f: c for c in configs for f in c.feature_names}
     feature_to_tower = plan.feature_to_tower
@@ -199,21 +203,26 @@ def _build_towers(
     with torch.device(dense_device):
         modules = build_tower_modules(plan, tower_module, dim)
     towers, output_order = [], []
-    for tower, module in zip(plan.towers, modules):
+    for host in sorted({t.host for t in plan.towers}):
         tables: list[EmbeddingBagConfig] = []
-        for f in tower.features:  # tables in the tower's lookup order
-            if table_of[f] not in tables:
-                tables.append(table_of[f])
-        tower_ebc = EmbeddingBagCollection(
+        group_modules, group_features = {}, {}
+        for t in plan.towers_on_host(host):
+            tower_tables: list[EmbeddingBagConfig] = []
+            for f in plan.towers[t].features:  # tables in the tower's lookup order
+                if table_of[f] not in tower_tables:
+                    tower_tables.append(table_of[f])
+            tables += tower_tables
+            # The EBC's output key order; the same features as the tower's, so the module fits.
+            group_features[t] = [f for c in tower_tables for f in c.feature_names]
+            group_modules[t] = modules[t]
+        host_ebc = EmbeddingBagCollection(
             tables=[dataclasses.replace(c) for c in tables], is_weighted=False, device=table_device
         )
         if table_device.type != "meta":
             for c in tables:
-                _copy_params(ebc.embedding_bags[c.name], tower_ebc.embedding_bags[c.name])
-        # The EBC's output key order; the same features as the tower's, so the module fits.
-        features = [f for c in tables for f in c.feature_names]
-        towers.append(EmbeddingTower(tower_ebc, module))
-        output_order += features
+                _copy_params(ebc.embedding_bags[c.name], host_ebc.embedding_bags[c.name])
+        towers.append(EmbeddingTower(host_ebc, TowerGroup(group_modules, group_features)))
+        output_order += [f for fs in group_features.values() for f in fs]
     return towers, output_order
 
 

@@ -64,15 +64,22 @@ def _child(
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
     )
+    local_rank = rank % local_world_size
     if backend == "nccl":  # before CUDA starts: torchrec puts shards on cuda:{rank % local size}
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(rank % num_gpus)
+        if num_gpus >= world_size:  # each emulated host sees its own L GPUs, as dmt.launch does
+            host = rank // local_world_size
+            gpus = range(host * local_world_size, (host + 1) * local_world_size)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        else:
+            assert local_world_size == 1, "with fewer GPUs than ranks, hosts must have one rank"
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(rank % num_gpus)
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(stack_dump_s, exit=False)
     import torch.distributed as dist  # noqa: PLC0415
 
     try:
         if backend == "nccl":
-            torch.cuda.set_device(0)
+            torch.cuda.set_device(local_rank if num_gpus >= world_size else 0)
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=pg_timeout_s))
         result = fn(rank, world_size, **kwargs)

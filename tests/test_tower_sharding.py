@@ -76,7 +76,10 @@ def _sharded(arch, plan, sharding, seed=0, flat=None, tower_module=None, device=
     for m in dmt.modules():
         if isinstance(m, EmbeddingBagCollection):
             apply_optimizer_in_backward(torch.optim.SGD, m.parameters(), {"lr": LR})
-    return shard(dmt, plan, Topology.from_env(), sharding=sharding, device=torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (see _dist)
+    return shard(dmt, plan, Topology.from_env(), sharding=sharding, device=device)
 
 
 def _sharded_optimizer(sharded):
@@ -284,6 +287,26 @@ def check_errors(rank, world, *, arch, plan):
         shard(dmt, plan, topo, sharding="row_wise", device=torch.device("cpu"))
 
 
+def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
+    """Several towers on a host share one sharded lookup and one tower-module wrapper; intra-host
+    DDP only where the host has more than one rank (on one rank it would all-reduce with itself)."""
+    from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+    from dmt.sharding import ParameterFreeTower, ShardedTowerCollection  # noqa: PLC0415
+    from dmt.topology import Topology  # noqa: PLC0415
+
+    topo = Topology.from_env()
+    sharded = _sharded(arch, plan, sharding, tower_module=dict(kind="linear", compression=2))
+    collection = next(m for m in sharded.modules() if isinstance(m, ShardedTowerCollection))
+    local_towers = plan.towers_on_host(topo.host)
+    assert len(collection.embeddings) == (1 if local_towers else 0), list(collection.embeddings)
+    assert len(collection.interactions) == len(collection.embeddings)
+    for wrapper in collection.interactions.values():
+        assert wrapper.module.tower_indices == local_towers
+        expected = DistributedDataParallel if topo.local_world_size > 1 else ParameterFreeTower
+        assert isinstance(wrapper, expected), type(wrapper)
+
+
 def _worker(rank, world, checks):
     """Run ``checks`` [(name, function name, kwargs)] in order; report None or a traceback each."""
     import os  # noqa: PLC0415
@@ -333,6 +356,7 @@ def reports_2x2():
         ("state_dict_idle_host", "check_state_dict_round_trip", dict(arch="dlrm", plan=idle, sharding="table_column_wise")),
         ("batch_size", "check_batch_size_change", dict(arch="dlrm", plan=idle, sharding="table_row_wise")),
         ("sharder_keeps_plan", "check_sharder_keeps_plan", dict(arch="dlrm", **common)),
+        ("one_lookup_per_host", "check_one_lookup_per_host", dict(arch="dlrm", **common)),
     ]
     return run_distributed(_worker, 4, 2, checks=checks)
 
@@ -361,6 +385,10 @@ def test_2x2_sharder_does_not_mutate_the_plan(reports_2x2):
     _assert_ok(reports_2x2, "sharder_keeps_plan")
 
 
+def test_2x2_towers_of_a_host_share_one_lookup(reports_2x2):
+    _assert_ok(reports_2x2, "one_lookup_per_host")
+
+
 def test_4x1_idle_host_matches_flat_unsharded():
     plan = _plan(PLAN_4x1, 4)
     checks = [
@@ -377,10 +405,14 @@ def test_2x1_dcn_matches_flat_unsharded():
     checks = [
         ("errors", "check_errors", dict(arch="dlrm_dcn", plan=plan)),
         ("parity", "check_parity", dict(arch="dlrm_dcn", plan=plan, sharding="table_row_wise")),
+        # One rank per host: tower modules train without DDP, like the unsharded model.
+        ("parity_linear_auto", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto",
+                                                    tower_module=dict(kind="linear", compression=2))),
+        ("one_lookup_per_host", "check_one_lookup_per_host", dict(arch="dlrm", plan=plan, sharding="auto")),
     ]
     reports = run_distributed(_worker, 2, 1, checks=checks)
-    _assert_ok(reports, "errors")
-    _assert_ok(reports, "parity")
+    for name, _, _ in checks:
+        _assert_ok(reports, name)
 
 
 def test_build_sharding_plan_places_towers_on_their_hosts():
@@ -411,6 +443,10 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
                 assert [o[1] for o in offsets] == [0, 0] and offsets[1][0] > 0  # two row blocks
     forced = build_sharding_plan(dmt, plan, topo, sharding={"tower_0": "table_row_wise"}).plan["model.tower_arch"]
     assert forced["t_f3"].sharding_type == "table_row_wise" and forced["t_f4"].sharding_type == "table_column_wise"
+    # One rank per host: "auto" is a whole-table column "shard" (no bucketizing), big table or not.
+    one = build_sharding_plan(dmt, plan, Topology(world_size=2, local_world_size=1, rank=0)).plan["model.tower_arch"]
+    assert {ps.sharding_type for ps in one.values()} == {"table_column_wise"}
+    assert all(len(ps.sharding_spec.shards) == 1 for ps in one.values())
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)")
@@ -424,5 +460,21 @@ def test_2x1_cuda_nccl_matches_unsharded():
                                                  steps=3, device="cuda")),
     ]
     reports = run_distributed(_worker, 2, 1, backend="nccl", checks=checks)
+    for name, _, _ in checks:
+        _assert_ok(reports, name)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs 4 GPUs (the device machine's nvidia-h100-x4)")
+def test_2x2_cuda_nccl_matches_unsharded():
+    """2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host."""
+    plan = _plan(PLAN_2x2, 2)
+    checks = [
+        ("parity_twrw", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_row_wise", device="cuda")),
+        ("parity_dot_twcw", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_column_wise",
+                                                 tower_module=dict(kind="dot", compression=2), device="cuda")),
+        ("parity_pipeline", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True,
+                                                 steps=3, device="cuda")),
+    ]
+    reports = run_distributed(_worker, 4, 2, backend="nccl", checks=checks)
     for name, _, _ in checks:
         _assert_ok(reports, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchrec.models.dlrm import DLRMTrain
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from _dist import make_batch
 from dmt.dmt_model import DMTModel, DMTTrain, index_to_blocks, permute_columns
@@ -84,15 +85,39 @@ def test_transform_does_not_mutate_or_share_with_the_flat_model():
     assert [type(m) for m in flat.modules()] == modules_before
 
 
-def test_state_dict_names_follow_towers():
-    dmt = transform(_flat(), PLAN)
+def test_one_tower_group_per_host_in_host_order():
+    dmt = transform(_flat(), PLAN, tower_module=TowerModuleConfig(kind="linear", compression=2))
     keys = set(dmt.state_dict())
-    assert "model.tower_arch.towers.0.embedding.embedding_bags.t_f3.weight" in keys
-    assert "model.tower_arch.towers.1.embedding.embedding_bags.t_f1.weight" in keys
+    # Group 0 = host 0 (plan towers b, c), group 1 = host 1 (plan tower a).
+    assert "model.tower_arch.towers.0.embedding.embedding_bags.t_f1.weight" in keys
+    assert "model.tower_arch.towers.1.embedding.embedding_bags.t_f3.weight" in keys
+    assert "model.tower_arch.towers.0.interaction.plan_towers.2.projection.linear.weight" in keys
+    assert "model.tower_arch.towers.1.interaction.plan_towers.0.projection.linear.weight" in keys
     assert "model.over_arch.model.1.weight" in keys
-    # Tables in the plan's in-tower order (the EBC's output order).
-    names = [c.name for c in dmt.model.tower_arch.towers[1].embedding.embedding_bag_configs()]
-    assert names == ["t_f5", "t_f1", "t_f2"]
+    # Tables tower after tower, each in the plan's in-tower order (the EBC's output order).
+    names = [c.name for c in dmt.model.tower_arch.towers[0].embedding.embedding_bag_configs()]
+    assert names == ["t_f5", "t_f1", "t_f2", "t_f4"]
+    assert [g.interaction.tower_indices for g in dmt.model.tower_arch.towers] == [[1, 2], [0]]
+
+
+def test_grouped_towers_compute_each_tower_module_on_its_own_features():
+    """A group's output is, tower by tower, the tower module applied to that tower's embeddings."""
+    flat = _flat()
+    dmt = transform(flat, PLAN, tower_module=TowerModuleConfig(kind="dot", compression=2))
+    b = _batch()
+    group = dmt.model.tower_arch.towers[0]
+    kt = group.embedding(b.sparse_features)
+    with torch.no_grad():
+        for p in group.interaction.parameters():
+            p.uniform_(-0.5, 0.5)  # nothing at its (isometric) init, so a wrong split would show
+        expected = torch.cat([
+            group.interaction.plan_towers[str(t)](KeyedTensor.from_tensor_list(list(fs), [kt[f] for f in fs]))
+            for t, fs in group.interaction.tower_features.items()
+        ], dim=1)
+        torch.testing.assert_close(group.interaction(kt), expected, rtol=0, atol=0)
+        # Keys out of order are put back in the group's order first.
+        shuffled = KeyedTensor.from_tensor_list(kt.keys()[::-1], [kt[f] for f in kt.keys()[::-1]])
+        torch.testing.assert_close(group.interaction(shuffled), expected, rtol=0, atol=0)
 
 
 def test_bare_dlrm_gives_bare_dmt_model():
@@ -116,8 +141,8 @@ def test_compressing_towers_build_a_fresh_over_arch(kind):
     cfg = TowerModuleConfig(kind=kind, compression=2)
     dmt = transform(flat, PLAN, tower_module=cfg)
     assert dmt.model.column_blocks is None
-    k = [t.interaction.num_outputs for t in dmt.model.tower_arch.towers]
-    assert k == [1, 2, 1]  # round-half-up of 2/2, 3/2, 1/2
+    k = [m.num_outputs for g in dmt.model.tower_arch.towers for m in g.interaction.plan_towers.values()]
+    assert k == [2, 1, 1]  # plan towers b, c (host 0), a (host 1): round-half-up of 3/2, 1/2, 2/2
     linears = [m for m in dmt.model.over_arch.modules() if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == [16, 1]  # the flat hidden sizes
     assert linears[0].in_features == dmt.model.inter_arch.output_dim == 8 + 4 + 6
@@ -126,7 +151,7 @@ def test_compressing_towers_build_a_fresh_over_arch(kind):
     assert logits.shape == (16,) and torch.isfinite(logits).all()
     # Tables are still the flat model's.
     flat_tables = flat.model.sparse_arch.embedding_bag_collection.embedding_bags
-    assert torch.equal(dmt.model.tower_arch.towers[0].embedding.embedding_bags["t_f3"].weight,
+    assert torch.equal(dmt.model.tower_arch.towers[1].embedding.embedding_bags["t_f3"].weight,
                        flat_tables["t_f3"].weight)
 
 

@@ -21,6 +21,7 @@ from towers.config import (
     TowerModuleConfig,
     num_tower_outputs,
 )
+from towers.group import TowerGroup
 from towers.interaction import (
     GlobalConcatInteraction,
     GlobalDCNInteraction,
@@ -46,6 +47,7 @@ __all__ = [
     "Projection",
     "ProjectionTower",
     "TowerConfigError",
+    "TowerGroup",
     "TowerModule",
     "TowerModuleConfig",
     "TowerReport",
