@@ -147,6 +147,7 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
     try:
         from dmt.sharding import find_tower_collection, shard  # noqa: PLC0415
         from dmt.sptt import transform  # noqa: PLC0415
+        from dmt.dmt_model import tower_output_dims  # noqa: PLC0415
     except ImportError as e:
         raise NotImplementedError(f"dmt.sharding / dmt.transform not available ({e})") from None
     from dmt.models import build_flat_model as build  # noqa: PLC0415
@@ -161,7 +162,7 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
                       tower_module=TowerModuleConfig(kind=tower_kind, compression=compression))  # fmt: skip
     fqn, collection = find_tower_collection(model)
     tower_features = tuple(len(t.features) for t in plan.towers)
-    tower_outputs = tuple(int(t.interaction.output_dim) for t in collection.towers)  # towers.TowerModule
+    tower_outputs = tower_output_dims(collection)
     tower_params = sum(p.numel() for t in collection.towers for p in t.interaction.parameters())
     dense_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}."))
     optim = OptimConfig(sparse="sgd", dense="sgd")

@@ -9,6 +9,8 @@
 #   part "2x2":   4 GPUs (nvidia-h100-x4) as 2 emulated hosts x 2 GPUs: 2 towers and the TP plan,
 #                 all-NVLink and all-sockets (NCCL's transport is per process: no selective slow link)
 #   part "2x1":   the "bench" and "tp" runs of 2 hosts x 1 GPU in one call (fewer invocations)
+#   part "2x2cw": 2x2, 2 towers sharded column-wise inside each host
+#   SUFFIX=_r2 before the command writes repeats into new files
 set -uo pipefail
 part=$1; out=$2; mkdir -p "$out"
 export PYTHONPATH=/tmp/site:$PWD
@@ -70,7 +72,7 @@ if [ "$part" = tf32 ]; then
 fi
 
 if [ "$part" = 2x2 ] || [ "$part" = 2x1 ]; then
-  L=${part:2:1}
+  L=${part:2:1}; sfx=${SUFFIX:-}  # SUFFIX=_r2: a repeat of the same runs in new files
   common="--hosts 2 --ranks-per-host $L --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
           --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
   for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
@@ -78,7 +80,19 @@ if [ "$part" = 2x2 ] || [ "$part" = 2x1 ]; then
     for link in fast slow; do
       flag=""; [ $link = slow ] && flag="--slow-link"
       timeout 170 $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm,flat+comm \
-          --comm-compression fp16 --out "$out/bench_${part}_${name}_$link.json" 2>&1 | grep -v -i "warn" | tail -8
+          --comm-compression fp16 --out "$out/bench_${part}_${name}_$link$sfx.json" 2>&1 | grep -v -i "warn" | tail -8
+      sleep 3  # let the previous job's rendezvous port go (one 2x1 start failed to reach its store)
     done
+  done
+fi
+
+if [ "$part" = 2x2cw ]; then  # towers column-wise inside the host (exact for Adagrad, not row-wise Adagrad)
+  for link in fast slow; do
+    flag=""; [ $link = slow ] && flag="--slow-link"
+    timeout 170 $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --num-embeddings 200000 --embedding-dim 128 \
+        --batch-size 8192 --towers 2 --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress $flag \
+        --tower-sharding table_column_wise --variants flat,dmt,stock --out "$out/bench_2x2_towers2_cw_$link${SUFFIX:-}.json" \
+        2>&1 | grep -v -i "warn" | tail -6
+    sleep 3
   done
 fi

@@ -155,6 +155,7 @@ def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression |
     from dmt.models import build_flat_model  # noqa: PLC0415
     from dmt.sharding import build_sharding_plan, find_tower_collection, shard  # noqa: PLC0415
     from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.dmt_model import tower_output_dims  # noqa: PLC0415
     from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
 
@@ -168,7 +169,7 @@ def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression |
         dense_params=sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}.")),
         tower_params=sum(p.numel() for t in collection.towers for p in t.interaction.parameters()),
         tower_features=tuple(len(t.features) for t in cfg.plan.towers),
-        tower_outputs=tuple(int(t.interaction.output_dim) for t in collection.towers),
+        tower_outputs=tower_output_dims(collection),
     )
     apply_sparse_optimizer(model, cfg.optim)
     # The plan both shardings follow (pure: read before torchrec consumes and rewrites it).

@@ -64,6 +64,8 @@ def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excl
     model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"],
                        pooling=cfg["pooling"])  # fmt: skip
     towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
+    # "auto" inside a host of several GPUs is TWRW for these runs (row-wise Adagrad, 200k-row tables).
+    intra = "column_wise" if cfg.get("tower_sharding") == "table_column_wise" else "row_wise"
     out = []
     for name, v in report["variants"].items():
         codec = codec_of(cfg["comm"]) if name.endswith("+comm") else CODECS["fp32"]
@@ -71,7 +73,8 @@ def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excl
             setup = Setup(codec=codec, pipeline=cfg["pipeline"])
         else:  # dmt and stock: the same towers and bytes (stock differs in torchrec's code path only)
             setup = Setup(num_towers=len(towers), compression=cfg["compression"], tower_module=cfg["tower_module"],
-                          codec=codec, tower_features=towers, pipeline=cfg["pipeline"])  # fmt: skip
+                          codec=codec, tower_features=towers, pipeline=cfg["pipeline"],
+                          intra_sharding=intra)  # fmt: skip
         s = v["step_ms"]
         out.append(Measurement(f"{os.path.basename(path)}:{name}", topology, model, setup, cfg["batch_size"],
                                s["median"], s["p10"], s["p90"], excluded))  # fmt: skip
@@ -82,6 +85,8 @@ def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excl
 class Param:
     """A fitted constant: ``field`` ("machine.overlap", "inter_host.efficiency", ...) of ``topologies``.
 
+    ``field`` may name several fields joined by "+" ("intra_host.efficiency+inter_host.efficiency":
+    one link carrying both, e.g. NCCL sockets for every collective); they get the same value.
     ``log``: fit log(value) (positive constants spanning decades); else the value, within ``bounds``.
     """
 
@@ -93,7 +98,7 @@ class Param:
 
 
 def _get(topo: ClusterTopology, field: str) -> float:
-    part, attr = field.split(".")
+    part, attr = field.split("+")[0].split(".")
     return getattr(getattr(topo, part), attr)
 
 
@@ -108,7 +113,8 @@ def apply_params(topologies: Mapping[str, ClusterTopology], params: Sequence[Par
     out = dict(topologies)
     for p, v in zip(params, values):
         for name in p.topologies:
-            out[name] = _set(out[name], p.field, v)
+            for field in p.field.split("+"):
+                out[name] = _set(out[name], field, v)
     return out
 
 

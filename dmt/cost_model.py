@@ -192,9 +192,16 @@ class Machine:
         pipeline_ms: extra (or saved, if negative) time of torchrec's pipelined step (fitted).
         pipeline_overlap: in a pipelined step, the fraction of min(overhead + compute, comm)
             hidden: its side streams let the host's launch work run under the collectives (fitted).
-        tower_ms: fixed cost of each tower a rank's host holds (DMT only): every tower is its own
-            sharded lookup, tower module and intra-host DDP, with their launches (fitted; on 2x
-            H200 four towers, two per host, took 12.3 ms where two took 7.4).
+        tower_ms: fixed cost of each tower a rank's host holds (DMT only): its tower module's
+            launches; before towers were grouped per host (one lookup per host), also a sharded
+            lookup and a DDP each (on 2x H200 four towers, two per host, then took 12.3 ms where
+            two took 7.4) (fitted).
+        tower_path_ms: fixed cost of DMT's tower path once per step: the host's own sharded
+            lookup behind the cross-host id exchange, with its launches and the host sync of its
+            split sizes (fitted; 0 in the presets fitted before it existed).
+        intra_lookup_ms: extra fixed cost of that lookup when a host has several GPUs: its
+            intra-host id all-to-all (another host sync) and reduce-scatter / all-gather launches
+            (fitted).
     """
 
     name: str
@@ -206,6 +213,8 @@ class Machine:
     pipeline_ms: float = 0.0
     pipeline_overlap: float = 0.0
     tower_ms: float = 0.0
+    tower_path_ms: float = 0.0
+    intra_lookup_ms: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +228,10 @@ class ClusterTopology:
     intra_host: Link
     inter_host: Link
     description: str = ""
+    # Intra- and inter-host collectives on one medium (e.g. NCCL over TCP sockets for both, as
+    # when NCCL_P2P_DISABLE applies to the whole process): a rank's bytes on the two then add up
+    # in time instead of travelling at once.
+    shared_medium: bool = False
 
     @property
     def world_size(self) -> int:
@@ -248,6 +261,8 @@ def _build(cls, data: dict, where: str, nested: dict | None = None):
             continue
         if names[key].type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise TopologyFileError(f"{where}.{key}: expected a number, got {value!r}")
+        if names[key].type == "bool" and not isinstance(value, bool):
+            raise TopologyFileError(f"{where}.{key}: expected true or false, got {value!r}")
         if names[key].type == "str" and not isinstance(value, str):
             raise TopologyFileError(f"{where}.{key}: expected a string, got {value!r}")
     return cls(**kwargs)
@@ -432,7 +447,7 @@ def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, bat
     """alpha-beta time of every collective of a step on one rank.
 
     ``calls * alpha + max(cross / inter bw, intra / intra bw)``: a rank's cross- and intra-host
-    bytes travel on different links at once. alpha is the inter-host link's when the group spans
+    bytes travel on different links at once (their sum, when the topology's ``shared_medium``). alpha is the inter-host link's when the group spans
     hosts, plus ``latency_per_peer_us`` per remote peer for all-to-alls.
     """
     H, L = topo.hosts, topo.gpus_per_host
@@ -447,7 +462,7 @@ def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, bat
         calls = _calls(key.op, key.payload, cross + intra)
         peers = (members - 1) if key.op.startswith("all_to_all") else 0
         alpha_s = calls * (link.latency_us + link.latency_per_peer_us * peers) * 1e-6
-        beta_s = max(cross / inter_bw, intra / intra_bw)
+        beta_s = (cross / inter_bw + intra / intra_bw) if topo.shared_medium else max(cross / inter_bw, intra / intra_bw)
         out.append(CollectiveTime(key.op, kind, key.phase, key.payload, calls, cross, intra, (alpha_s + beta_s) * 1e3))
     return out
 
@@ -510,7 +525,8 @@ def predict_step(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_s
         hidden = m.overlap * min(compute, comm)
     overhead = m.step_overhead_ms + (m.pipeline_ms if setup.pipeline else 0.0)
     if setup.is_dmt:
-        overhead += m.tower_ms * setup.num_towers / topo.hosts
+        overhead += m.tower_path_ms + m.tower_ms * setup.num_towers / topo.hosts
+        overhead += m.intra_lookup_ms if topo.gpus_per_host > 1 else 0.0
     total = overhead + compute + codec_ms + comm - hidden
     # Per rank per step over B is per global sample summed over ranks (comm_model's unit).
     cross = sum(c.cross_bytes for c in colls) / batch_size

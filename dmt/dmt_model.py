@@ -61,6 +61,25 @@ def permute_columns(x: torch.Tensor, blocks: ColumnBlocks | None) -> torch.Tenso
     return torch.cat([x[:, a:b] for a, b in blocks], dim=1)
 
 
+def tower_output_dims(tower_arch: EmbeddingTowerCollection) -> tuple[int, ...]:
+    """Output width k_t*D of every plan tower, in plan order, from the host groups' modules.
+
+    Example:
+        >>> from dmt.models import ModelConfig, build_flat_model
+        >>> from dmt.sptt import transform
+        >>> from towers import TowerModuleConfig
+        >>> cfg = ModelConfig.preset("debug", sparse_features=("a", "b", "c"), num_embeddings=(10,) * 3)
+        >>> plan = TowerPlan.from_groups([["a"], ["b", "c"], []][:2], num_hosts=1)
+        >>> model = transform(build_flat_model(cfg), plan, tower_module=TowerModuleConfig(kind="linear", compression=2))
+        >>> tower_output_dims(model.model.tower_arch), cfg.embedding_dim
+        ((8, 8), 8)
+    """
+    dims: dict[int, int] = {}
+    for group in tower_arch.towers:
+        dims.update(group.interaction.output_dims)  # towers.TowerGroup
+    return tuple(dims[t] for t in sorted(dims))
+
+
 class DMTModel(nn.Module):
     """DLRM with the sparse arch replaced by towers (see the module docstring for the data flow).
 
