@@ -95,9 +95,10 @@ def gpu4_params() -> list[Param]:
         Param("intra-host lookup ms", "machine.intra_lookup_ms", GPU4, log=False, bounds=(0.0, 20.0)),
         Param("NVLink efficiency", "intra_host.efficiency+inter_host.efficiency", GPU4[0::2], bounds=(0.5, 1.0)),
         Param("sockets efficiency, 1 GPU per host", "inter_host.efficiency", GPU4[1:2], bounds=(1e-3, 10.0)),
-        # 4 processes share the box's TCP stack: its own constant, for intra- and inter-host alike
-        Param("sockets efficiency, 2 GPUs per host", "intra_host.efficiency+inter_host.efficiency", GPU4[3:],
-              bounds=(1e-3, 10.0)),
+        # 4 processes share the box's TCP stack: their own constants; the two peers of a host
+        # exchange over the same loopback as the two hosts, but with other NCCL rings and chunking
+        Param("sockets efficiency, 2 GPUs per host", "inter_host.efficiency", GPU4[3:], bounds=(1e-3, 10.0)),
+        Param("intra-host sockets efficiency", "intra_host.efficiency", GPU4[3:], bounds=(1e-3, 10.0)),
     ]
 
 

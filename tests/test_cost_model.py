@@ -176,6 +176,7 @@ def test_presets_load_and_round_trip():
     ('{"name": "x"}', "missing field"),
     (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
     (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
+    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"shared_medium": 1}), "expected true or false"),
 ])  # fmt: skip
 def test_bad_topology_json_is_one_error(tmp_path, text, needle):
     path = tmp_path / "t.json"
@@ -211,3 +212,40 @@ def test_recommendation_prefers_dmt_on_a_slow_link():
     rows = sweep(ModelShape(embedding_dim=128), load_topology("h200x2-emulated-slow"), 8192)
     pick = recommend(rows)
     assert pick.setup.is_dmt and pick.speedup > 2 and math.isfinite(pick.step_ms)
+
+
+def test_shared_medium_adds_intra_and_cross_host_time():
+    """On one medium (NCCL sockets for every collective) a rank's intra- and cross-host bytes queue
+    behind each other: beta is their sum, not the larger one."""
+    apart = _topo(hosts=2, gpus=2)
+    shared = dataclasses.replace(apart, shared_medium=True)
+    setup = Setup(num_towers=2, compression=2, intra_sharding="row_wise")
+    for a, b in zip(collective_times(TINY, setup, apart, 1000), collective_times(TINY, setup, shared, 1000)):
+        alpha = a.calls * 1e-3 * (100.0 if a.group != "intra_host" else 10.0)
+        beta_apart = max(a.cross_bytes / 1e9, a.intra_bytes / 1e10) * 1e3
+        beta_shared = (a.cross_bytes / 1e9 + a.intra_bytes / 1e10) * 1e3
+        if a.group == "intra_host" or a.cross_bytes == 0 or a.intra_bytes == 0:
+            assert b.ms == pytest.approx(a.ms)
+        else:
+            assert a.ms == pytest.approx(alpha + beta_apart, rel=1e-6) and b.ms == pytest.approx(alpha + beta_shared, rel=1e-6)
+    assert predict_step(TINY, setup, shared, 1000).comm_ms > predict_step(TINY, setup, apart, 1000).comm_ms
+
+
+def test_dmt_fixed_costs_and_intra_host_lookup_only_with_several_gpus():
+    fixed = dict(tower_path_ms=-0.5, tower_ms=0.25, intra_lookup_ms=2.0)
+    model = dataclasses.replace(TINY, num_tables=4)
+    setup, flat = Setup(num_towers=4, compression=2), Setup()  # 4 towers on 2 hosts: 2 per host
+    for gpus, extra in ((1, -0.5 + 0.25 * 2), (2, -0.5 + 0.25 * 2 + 2.0)):
+        base, with_costs = _topo(gpus=gpus), _topo(gpus=gpus, **fixed)
+        assert predict_step(model, setup, with_costs, 100).overhead_ms == pytest.approx(
+            predict_step(model, setup, base, 100).overhead_ms + extra)
+        assert predict_step(model, flat, with_costs, 100).overhead_ms == predict_step(model, flat, base, 100).overhead_ms
+
+
+def test_a_param_over_two_fields_sets_both():
+    from dmt.cost_calibration import apply_params  # noqa: PLC0415
+
+    topo = _topo(gpus=2)
+    out = apply_params({"t": topo}, [Param("eff", "intra_host.efficiency+inter_host.efficiency", ("t",))], [0.3])["t"]
+    assert out.intra_host.efficiency == out.inter_host.efficiency == 0.3
+    assert out.machine == topo.machine

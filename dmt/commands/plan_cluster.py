@@ -136,7 +136,9 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
     return [
         f"topology {topo.name}: {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {topo.description}",
         f"machine {m.name}: {m.effective_tflops:g} effective TFLOP/s, HBM {m.memory_gbytes_per_s:g} GB/s, "
-        f"step overhead {m.step_overhead_ms:.2f} ms, overlap {m.overlap:.2f}, codec {m.codec_ms:.2f} ms/collective",
+        f"step overhead {m.step_overhead_ms:.2f} ms, overlap {m.overlap:.2f}, codec {m.codec_ms:.2f} ms/collective, "
+        f"DMT tower path {m.tower_path_ms:+.2f} ms + {m.tower_ms:.2f} ms per tower on a host "
+        f"+ {m.intra_lookup_ms:.2f} ms for an intra-host sharded lookup (hosts of several GPUs)",
         f"intra-host link {a.gbytes_per_s:g} GB/s per {a.per} x efficiency {a.efficiency:.2f}, alpha "
         f"{a.latency_us:g} us + {a.latency_per_peer_us:g} us/peer; inter-host {e.gbytes_per_s:g} GB/s per {e.per} "
         f"x efficiency {e.efficiency:.2f}, alpha {e.latency_us:g} us + {e.latency_per_peer_us:g} us/peer",
@@ -147,8 +149,8 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
         "DMT: contiguous towers round-robin on hosts, row- or column-wise (cw) tables inside a host, linear "
         "tower modules, dot global interaction; codecs compress the cross-host tower exchange only",
         "non-blocking inter-host fabric; all-reduce bytes are dmt.comm's direct-exchange upper bound",
-        "constants: calibrated on 2x H200 (one box, 2 emulated hosts); the 400G RDMA efficiency and the "
-        "per-peer latency are assumed, not measured",
+        "constants: calibrated on a 4x H200 box as 2 emulated hosts x 1 and x 2 GPUs (benchmarks/results/"
+        "gpu_h200x4); the 400G RDMA efficiency and the per-peer latency are assumed, not measured",
     ]
 
 
