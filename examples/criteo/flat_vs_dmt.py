@@ -91,7 +91,7 @@ def run_rank(args: argparse.Namespace) -> None:
     apply_sparse_optimizer(flat, optim_cfg)
     runs = {"flat": fit(shard_flat(flat, model_cfg, env))}
 
-    # 4. transform: one tower per plan tower (its tables + a linear tower module compressing c times)
+    # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host
     torch.manual_seed(0)
     plan = TowerPlan.from_json(args.plan)
     dmt_model = transform(build_flat_model(model_cfg), plan,
