@@ -243,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     blind = by_configuration(out_of_sample_2x2(fits[0], gpu4_measurements()))
     blind_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in blind)
     report = "\n".join(["# dmt.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, "",
-                        "Out of sample: the 2 hosts x 2 GPUs runs predicted before they ran, from the constants "
-                        f"fitted on the 2x H200 box (1 GPU per host): {blind_within} of {len(blind)} within 15%.",
+                        "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
+                        "1 GPU per host runs only, older code); the prediction written before the runs, from the "
+                        "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "
+                        f"{blind_within} of {len(blind)} within 15%.",
                         "", configuration_table(blind), "",
                         f"Per configuration (median of its runs): {config_within} of {len(configs)} within 15%.",
                         "", configuration_table(configs), "",

@@ -41,7 +41,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                     help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
                          "dots + self-dots + raw tower vectors)")
     tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
-                    help="tower tables inside a host (auto)")
+                    help="tower tables inside a host: table_row_wise (rows over the host's GPUs), table_column_wise "
+                         "(columns; exact with plain Adagrad/SGD, not with row-wise Adagrad), auto (whole tables on "
+                         "one-GPU hosts; else row-wise under row-wise Adagrad or for tables > 65,536 rows, else "
+                         "column-wise)")
     comm = p.add_argument_group("communication")
     comm.add_argument("--comm-compression", metavar="SPEC",
                       help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
