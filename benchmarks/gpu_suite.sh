@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs the GPU notes quote, on one machine with 2 GPUs (the device tool's nvidia-h100-x2), after
 # ../shared/gpu/README.md's install:  PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh <part> <out dir>
-#   part "train": NCCL training runs (flat and DMT, 2 emulated hosts x 1 GPU) + the NCCL parity tests
+#   part "train": NCCL training runs (flat and DMT, 2 emulated hosts x RANKS_PER_HOST GPUs, default 1)
+#                 + the NCCL parity tests
 #   part "bench": dmt bench on the Criteo-shaped model, fast (NVLink) and slow (sockets) links
 #   part "tp":    the same with the TP plan of the generated data (4 towers; benchmarks/plans/)
 #   part "profile": torch.profiler tables of flat, dmt and stock steps on the fast link
@@ -23,7 +24,7 @@ if [ "$part" = train ]; then
   $py -m dmt.cli partition --data /tmp/d.tsv --num-towers 4 --hosts 2 --out /tmp/plan.json --truth /tmp/d.tsv.truth.json 2>&1 | tail -3
   for run in "flat" "dmt --plan /tmp/plan.json --tower-module identity" "dmt_c4 --plan /tmp/plan.json --tower-module linear --compression 4"; do
     set -- $run; name=$1; shift
-    $py -m dmt.cli train --data /tmp/d.tsv "$@" --hosts 2 --ranks-per-host 1 --batch-size 1024 --eval-every 100 \
+    $py -m dmt.cli train --data /tmp/d.tsv "$@" --hosts 2 --ranks-per-host ${RANKS_PER_HOST:-1} --batch-size 1024 --eval-every 100 \
         --no-progress --out "$out/train_$name" 2>&1 | grep -v -i "warn" | tail -4
   done
   $py -m pytest -q -p no:cacheprovider tests/test_tower_sharding.py -k "nccl or cuda" 2>&1 | tail -3

@@ -79,9 +79,9 @@ from dmt.qcomm import CommCompression, comm_codecs_registry, largest_table_rows
 from dmt.sharding_plan import (
     SHARDINGS,
     SMALL_TABLE_ROWS,
-    _tower_features,
     build_sharding_plan,
     find_tower_collection,
+    tower_feature_names,
 )
 from dmt.topology import Topology
 
@@ -270,7 +270,7 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
     ) -> None:
         towers: list[EmbeddingTower] = list(module.towers)  # type: ignore[arg-type]  # ModuleList
         widths = [_tower_output_dim(t, i) for i, t in enumerate(towers)]
-        tower_keys = {str(i): _tower_features(t) for i, t in enumerate(towers)}
+        tower_keys = {str(i): tower_feature_names(t) for i, t in enumerate(towers)}
         # Every key any rank's state dict can hold, to tell other hosts' keys from unknown ones.
         all_keys = set()
         for i, t in enumerate(towers):

@@ -22,7 +22,15 @@ from dmt.errors import DmtError
 from dmt.plan import PlanError, TowerPlan
 from dmt.topology import Topology
 
-__all__ = ["SHARDINGS", "SMALL_TABLE_ROWS", "TWCW", "TWRW", "build_sharding_plan", "find_tower_collection"]
+__all__ = [
+    "SHARDINGS",
+    "SMALL_TABLE_ROWS",
+    "TWCW",
+    "TWRW",
+    "build_sharding_plan",
+    "find_tower_collection",
+    "tower_feature_names",
+]
 
 TWRW = ShardingType.TABLE_ROW_WISE.value
 TWCW = ShardingType.TABLE_COLUMN_WISE.value
@@ -34,8 +42,7 @@ SMALL_TABLE_ROWS = 65_536
 _CW_ALIGN = 4
 
 
-
-def _tower_features(tower: EmbeddingTower) -> list[str]:
+def tower_feature_names(tower: EmbeddingTower) -> list[str]:
     """The features of a tower's EBC, in its output (KeyedTensor key) order."""
     return [f for c in tower.embedding.embedding_bag_configs() for f in c.feature_names]
 
@@ -61,7 +68,7 @@ def _plan_tower_tables(collection: EmbeddingTowerCollection, plan: TowerPlan) ->
     hosts = sorted({t.host for t in plan.towers})
     groups = list(collection.towers)
     expected = [[f for t in plan.towers_on_host(h) for f in plan.towers[t].features] for h in hosts]
-    found = [_tower_features(g) for g in groups]  # type: ignore[arg-type]
+    found = [tower_feature_names(g) for g in groups]  # type: ignore[arg-type]
     if len(found) != len(expected) or any(sorted(a) != sorted(b) for a, b in zip(found, expected)):
         raise PlanError(
             f"the model's tower groups have features {found} but the plan puts {expected} on hosts {hosts}; "
