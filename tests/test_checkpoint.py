@@ -136,3 +136,15 @@ def test_resume_with_a_different_sharding_reshards(synthetic_criteo, tmp_path, m
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_checkpoint_at_every_boundary_and_where_the_data_ends(synthetic_criteo, tmp_path):
+    """Steps 3 and 6 at --checkpoint-every 3; the data runs out at step 7, which is saved too."""
+    out = tmp_path / "short"
+    assert main(["train", "--data", str(synthetic_criteo), "--out", str(out), "--preset", "debug",
+                 "--batch-size", "640", "--epochs", "1", "--checkpoint-every", "3", "--no-progress"]) == 0
+    steps = json.loads((out / "metrics.json").read_text())["steps"]
+    assert steps % 3 != 0, steps  # the test needs the data to end between two checkpoints
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == [f"step_{(steps // 3) * 3:08d}", f"step_{steps:08d}"], saved
+    assert latest_checkpoint(out / "checkpoints").name == f"step_{steps:08d}"

@@ -112,9 +112,15 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume or restarted else None
 
-    def on_checkpoint(progress: LoopResult) -> None:
+    saved_at: list[int] = []
+
+    def save(progress: LoopResult) -> None:
         save_checkpoint(ckpt_root, progress.steps, model, optimizer,
                         {"fingerprint": fingerprint, "progress": asdict(progress)})
+        saved_at.append(progress.steps)
+
+    def on_checkpoint(progress: LoopResult) -> None:
+        save(progress)
         _maybe_inject_fault(progress.steps)
 
     start = time.perf_counter()
@@ -126,9 +132,8 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
                    LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
                    device=device, is_main=is_main, history=history,
                    checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint, counter=counter)
-    if cfg.checkpoint_every:
-        save_checkpoint(ckpt_root, result.steps, model, optimizer,
-                        {"fingerprint": fingerprint, "progress": asdict(result)})
+    if cfg.checkpoint_every and result.steps not in saved_at:  # the data ran out between checkpoints
+        save(result)
     wall = time.perf_counter() - start
     final = result.evals[-1]
     metrics = {
