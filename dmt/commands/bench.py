@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from dmt.commands import add_tower_sharding_argument
 from dmt.errors import DmtError
 
 # NCCL without NVLink/PCIe peer copies or shared memory: every byte between ranks goes through
@@ -37,11 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="linear",
                     help="module per tower (linear)")
     tw.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4; 1 for identity)")
-    tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
-                    help="tower tables inside a host: table_row_wise (rows over the host's GPUs), table_column_wise "
-                         "(columns; exact with plain Adagrad/SGD, not with row-wise Adagrad), auto (whole tables on "
-                         "one-GPU hosts; else row-wise under row-wise Adagrad or for tables > 65,536 rows, else "
-                         "column-wise)")
+    add_tower_sharding_argument(tw)
     what = p.add_argument_group("what to run")
     what.add_argument("--variants", default="flat,dmt",
                      help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)")

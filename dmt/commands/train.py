@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from dmt.commands import add_tower_sharding_argument
 from dmt.errors import DmtError
 
 
@@ -40,11 +41,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     tw.add_argument("--global-interaction", choices=GLOBAL_CHOICES, default="auto",
                     help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
                          "dots + self-dots + raw tower vectors)")
-    tw.add_argument("--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
-                    help="tower tables inside a host: table_row_wise (rows over the host's GPUs), table_column_wise "
-                         "(columns; exact with plain Adagrad/SGD, not with row-wise Adagrad), auto (whole tables on "
-                         "one-GPU hosts; else row-wise under row-wise Adagrad or for tables > 65,536 rows, else "
-                         "column-wise)")
+    add_tower_sharding_argument(tw)
     comm = p.add_argument_group("communication")
     comm.add_argument("--comm-compression", metavar="SPEC",
                       help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
