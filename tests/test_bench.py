@@ -56,6 +56,17 @@ def test_bench_flat_vs_dmt_bytes(tmp_path, capfd):
     assert "| flat |" in table and "| dmt |" in table and "**dmt/flat**" in table
 
 
+def test_bench_several_towers_per_host(tmp_path):
+    """4 towers on 2 hosts (2 per host, grouped into one lookup each): bytes as the analytic model
+    says with every tower's own k_t (F_t = 7, 7, 6, 6 -> k_t = 2, 2, 2, 2 at c=4)."""
+    report = _bench(tmp_path, "four", "--variants", "dmt,stock", "--towers", "4", "--tower-module", "linear",
+                    "--compression", "4")
+    for variant in ("dmt", "stock"):
+        counted, model = _cross(report, variant)
+        assert counted == pytest.approx(model, rel=1e-3), variant
+    assert [len(t["features"]) for t in report["config"]["plan"]["towers"]] == [7, 7, 6, 6]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
