@@ -69,7 +69,7 @@ def tower_output_dims(tower_arch: EmbeddingTowerCollection) -> tuple[int, ...]:
         >>> from dmt.sptt import transform
         >>> from towers import TowerModuleConfig
         >>> cfg = ModelConfig.preset("debug", sparse_features=("a", "b", "c"), num_embeddings=(10,) * 3)
-        >>> plan = TowerPlan.from_groups([["a"], ["b", "c"], []][:2], num_hosts=1)
+        >>> plan = TowerPlan.from_groups([["a"], ["b", "c"]], num_hosts=1)
         >>> model = transform(build_flat_model(cfg), plan, tower_module=TowerModuleConfig(kind="linear", compression=2))
         >>> tower_output_dims(model.model.tower_arch), cfg.embedding_dim
         ((8, 8), 8)

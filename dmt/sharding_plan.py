@@ -20,6 +20,7 @@ from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerColle
 
 from dmt.errors import DmtError
 from dmt.plan import PlanError, TowerPlan
+from dmt.sptt import tables_in_lookup_order
 from dmt.topology import Topology
 
 __all__ = [
@@ -75,14 +76,7 @@ def _plan_tower_tables(collection: EmbeddingTowerCollection, plan: TowerPlan) ->
             "shard with the plan the model was transformed with"
         )
     config_of = {f: c for g in groups for c in g.embedding.embedding_bag_configs() for f in c.feature_names}  # type: ignore[union-attr]
-    tables = []
-    for tower in plan.towers:
-        configs: list[EmbeddingBagConfig] = []
-        for f in tower.features:
-            if config_of[f] not in configs:
-                configs.append(config_of[f])
-        tables.append(configs)
-    return tables
+    return [tables_in_lookup_order(tower.features, config_of) for tower in plan.towers]
 
 
 def _tower_sharding_type(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ from towers import (
     feature_order_permutation,
 )
 
-__all__ = ["flat_global_interaction", "transform"]
+__all__ = ["flat_global_interaction", "tables_in_lookup_order", "transform"]
 
 
 def transform(
@@ -207,10 +208,7 @@ def _build_towers(
         tables: list[EmbeddingBagConfig] = []
         group_modules, group_features = {}, {}
         for t in plan.towers_on_host(host):
-            tower_tables: list[EmbeddingBagConfig] = []
-            for f in plan.towers[t].features:  # tables in the tower's lookup order
-                if table_of[f] not in tower_tables:
-                    tower_tables.append(table_of[f])
+            tower_tables = tables_in_lookup_order(plan.towers[t].features, table_of)
             tables += tower_tables
             # The EBC's output key order; the same features as the tower's, so the module fits.
             group_features[t] = [f for c in tower_tables for f in c.feature_names]
@@ -224,6 +222,22 @@ def _build_towers(
         towers.append(EmbeddingTower(host_ebc, TowerGroup(group_modules, group_features)))
         output_order += [f for fs in group_features.values() for f in fs]
     return towers, output_order
+
+
+def tables_in_lookup_order(features: Sequence[str], table_of: Mapping[str, EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
+    """The tables of ``features`` in the order the features first use them, each once.
+
+    Example:
+        >>> c1, c2 = (EmbeddingBagConfig(name=n, embedding_dim=4, num_embeddings=5, feature_names=fs)
+        ...           for n, fs in (("t1", ["x", "y"]), ("t2", ["z"])))
+        >>> [c.name for c in tables_in_lookup_order(["z", "x", "y"], {"x": c1, "y": c1, "z": c2})]
+        ['t2', 't1']
+    """
+    tables: list[EmbeddingBagConfig] = []
+    for f in features:
+        if table_of[f] not in tables:
+            tables.append(table_of[f])
+    return tables
 
 
 @torch.no_grad()

@@ -449,32 +449,22 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
     assert all(len(ps.sharding_spec.shards) == 1 for ps in one.values())
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)")
-def test_2x1_cuda_nccl_matches_unsharded():
-    plan = _plan(PLAN_2x1, 2)
+@pytest.mark.parametrize("plan_spec, hosts, ranks_per_host, dot_arch", [
+    pytest.param(PLAN_2x1, 2, 1, "dlrm_dcn", id="2x1", marks=pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)")),
+    # 2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host.
+    pytest.param(PLAN_2x2, 2, 2, "dlrm", id="2x2", marks=pytest.mark.skipif(
+        torch.cuda.device_count() < 4, reason="needs 4 GPUs (the device machine's nvidia-h100-x4)")),
+])  # fmt: skip
+def test_cuda_nccl_matches_unsharded(plan_spec, hosts, ranks_per_host, dot_arch):
+    plan = _plan(plan_spec, hosts)
     checks = [
         ("parity", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_row_wise", device="cuda")),
-        ("parity_dot_twcw", "check_parity", dict(arch="dlrm_dcn", plan=plan, sharding="table_column_wise",
+        ("parity_dot_twcw", "check_parity", dict(arch=dot_arch, plan=plan, sharding="table_column_wise",
                                                  tower_module=dict(kind="dot", compression=2), device="cuda")),
         ("parity_pipeline", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True,
                                                  steps=3, device="cuda")),
     ]
-    reports = run_distributed(_worker, 2, 1, backend="nccl", checks=checks)
-    for name, _, _ in checks:
-        _assert_ok(reports, name)
-
-
-@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs 4 GPUs (the device machine's nvidia-h100-x4)")
-def test_2x2_cuda_nccl_matches_unsharded():
-    """2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host."""
-    plan = _plan(PLAN_2x2, 2)
-    checks = [
-        ("parity_twrw", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_row_wise", device="cuda")),
-        ("parity_dot_twcw", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_column_wise",
-                                                 tower_module=dict(kind="dot", compression=2), device="cuda")),
-        ("parity_pipeline", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True,
-                                                 steps=3, device="cuda")),
-    ]
-    reports = run_distributed(_worker, 4, 2, backend="nccl", checks=checks)
+    reports = run_distributed(_worker, hosts * ranks_per_host, ranks_per_host, backend="nccl", checks=checks)
     for name, _, _ in checks:
         _assert_ok(reports, name)
