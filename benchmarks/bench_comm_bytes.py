@@ -3,16 +3,16 @@
 Spawns ``hosts x ranks_per_host`` gloo processes on this machine (emulated hosts: ranks are
 contiguous per host), builds a Criteo-shaped torchrec DLRM (13 dense + F sparse features, one
 table each), shards it, runs one warm-up step and then counts one training step (forward,
-backward, optimizer step) with :class:`dmt.comm.CommCounter`. Rank 0 prints a markdown table of
+backward, optimizer step) with :class:`dmt.perf.comm_counter.CommCounter`. Rank 0 prints a markdown table of
 bytes per sample of the global batch, summed over all ranks, by collective, next to
-:func:`dmt.comm.analytic_flat` / :func:`dmt.comm.analytic_dmt`.
+:func:`dmt.perf.comm_counter.analytic_flat` / :func:`dmt.perf.comm_counter.analytic_dmt`.
 
 Usage, from the repository root:
     python -m benchmarks.bench_comm_bytes                      # 26 x dim 64, p=1, B=256, 2 x 2
     python -m benchmarks.bench_comm_bytes --dim 16 --batch-size 64 --json out.json
 
 DMT rows (identity towers and linear towers of c=4, one tower per host, TWRW inside a host) need
-``dmt.sharding`` and ``dmt.transform``; without them they are skipped with the reason.
+``dmt.distributed.tower_sharding`` and ``dmt.transform``; without them they are skipped with the reason.
 :func:`build_dmt_model` is the one place that builds them.
 """
 
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
 
 
 def model_config(cfg: BenchConfig):
-    from dmt.models import ModelConfig  # noqa: PLC0415  (workers import torchrec, the parent need not)
+    from dmt.model.flat import ModelConfig  # noqa: PLC0415  (workers import torchrec, the parent need not)
 
     return ModelConfig.preset(
         "criteo",
@@ -110,9 +110,9 @@ def make_batch(cfg: BenchConfig, rank: int, step: int):
 
 
 def build_flat_model(cfg: BenchConfig, env, sharding: str):
-    """The flat DLRM sharded ``sharding`` by DMP (dmt.parallel.shard_flat), plus its optimizer."""
-    from dmt.models import build_flat_model as build  # noqa: PLC0415
-    from dmt.parallel import shard_flat  # noqa: PLC0415
+    """The flat DLRM sharded ``sharding`` by DMP (dmt.distributed.flat.shard_flat), plus its optimizer."""
+    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
 
     mcfg = model_config(cfg)
@@ -142,15 +142,16 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
 
     Features are dealt round-robin into ``hosts`` towers (tower h on host h); tables are sharded
     table-row-wise inside each host (torchrec's TWRW, the analytic "row_wise"). Raises
-    NotImplementedError (the rows are skipped) while ``dmt.sharding`` / ``dmt.transform`` are absent.
+    NotImplementedError (the rows are skipped) while ``dmt.distributed.tower_sharding`` / ``dmt.transform`` are absent.
     """
     try:
-        from dmt.sharding import find_tower_collection, shard  # noqa: PLC0415
-        from dmt.sptt import transform  # noqa: PLC0415
-        from dmt.dmt_model import tower_output_dims  # noqa: PLC0415
+        from dmt.distributed.sharding_plan import find_tower_collection  # noqa: PLC0415
+        from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+        from dmt.model.transform import transform  # noqa: PLC0415
+        from dmt.model.dmt import tower_output_dims  # noqa: PLC0415
     except ImportError as e:
         raise NotImplementedError(f"dmt.sharding / dmt.transform not available ({e})") from None
-    from dmt.models import build_flat_model as build  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
     from dmt.plan import TowerPlan  # noqa: PLC0415
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
@@ -175,7 +176,7 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
 
 def _count_step(model, optimizer, cfg: BenchConfig, topology, rank: int) -> dict:
     """One warm-up step, then one counted step; returns the all-rank per-sample summary (rank 0)."""
-    from dmt.comm import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
 
     register_ddp_counting_hooks(model)
 
@@ -193,7 +194,7 @@ def _count_step(model, optimizer, cfg: BenchConfig, topology, rank: int) -> dict
 
 
 def _dense_params(cfg: BenchConfig) -> int:
-    from dmt.models import build_flat_model as build  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
 
     model = build(model_config(cfg), device="meta")
     return sum(p.numel() for n, p in model.named_parameters() if "embedding_bag_collection" not in n)
@@ -209,7 +210,7 @@ def _worker(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
     quiet_third_party()
     import torch.distributed as dist  # noqa: PLC0415
 
-    from dmt.parallel import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed  # noqa: PLC0415
 
     env = init_distributed("gloo")
     results: dict = {"flat": {}, "dmt": {}, "skipped": {}}
@@ -249,7 +250,7 @@ def run_spawned(cfg: BenchConfig) -> dict:
     """Run the workers and return rank 0's results."""
     import torch.multiprocessing as mp  # noqa: PLC0415
 
-    from dmt.launch import free_port  # noqa: PLC0415
+    from dmt.distributed.launch import free_port  # noqa: PLC0415
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -270,7 +271,7 @@ def run_spawned(cfg: BenchConfig) -> dict:
 
 
 def _summary(entry: dict):
-    from dmt.comm import CommKey, CommStats, CommSummary  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommKey, CommStats, CommSummary  # noqa: PLC0415
 
     return CommSummary({CommKey(**k): CommStats(**s) for k, s in entry["stats"]})
 
@@ -301,7 +302,7 @@ def comparison_table(name: str, measured, analytic) -> str:
 
 
 def report(cfg: BenchConfig, results: dict) -> tuple[str, dict]:
-    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
 
     shape = CommShape(num_features=cfg.num_features, embedding_dim=cfg.dim, num_hosts=cfg.hosts,
                       ranks_per_host=cfg.ranks_per_host, batch_size=cfg.batch_size, pooling_factor=cfg.pooling)

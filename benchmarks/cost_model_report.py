@@ -1,4 +1,4 @@
-"""Calibrate dmt.cost_model on every measured ``dmt bench`` JSON; report predicted vs measured.
+"""Calibrate dmt.perf.cost_model on every measured ``dmt bench`` JSON; report predicted vs measured.
 
     .venv/bin/python -m benchmarks.cost_model_report --out benchmarks/results/cost_model \
         [--write-presets]
@@ -14,7 +14,7 @@ Machine classes and what is fitted (constants per class or link, never per confi
   one loopback efficiency (intra-host links, and the inter-host link of the loopback run) and the
   efficiency of each shaped link. Overlap is fixed at 0 (gloo collectives block the CPU ranks).
 
-``--write-presets`` writes the fitted constants into dmt/topologies/*.json, and the H200 class's
+``--write-presets`` writes the fitted constants into dmt/perf/topologies/*.json, and the H200 class's
 machine constants plus its NVLink efficiency into the h100-nvlink-400g projection preset.
 """
 
@@ -28,8 +28,8 @@ import statistics
 import os
 
 from dmt.atomic import atomic_open, atomic_write_text
-from dmt.cost_calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
-from dmt.cost_model import TOPOLOGY_DIR, load_topology, predict_step, topology_to_dict
+from dmt.perf.calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
+from dmt.perf.cost_model import TOPOLOGY_DIR, load_topology, predict_step, topology_to_dict
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 GPU = ("h200x2-emulated-fast", "h200x2-emulated-slow")
@@ -134,7 +134,7 @@ def fit_class(ms: list[Measurement], names: tuple[str, ...], params: list[Param]
     if len(tied) == 2:  # one parameter, two fields: fit the first, copy to the second
         params = [p for p in params if p is not tied[1]]
         fit = calibrate(ms, topos, params)
-        from dmt.cost_calibration import apply_params  # noqa: PLC0415
+        from dmt.perf.calibration import apply_params  # noqa: PLC0415
 
         return dataclasses.replace(fit, topologies=apply_params(fit.topologies, [tied[1]], [fit.values[tied[0].name]]))
     return calibrate(ms, topos, params)
@@ -193,7 +193,7 @@ def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
     ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.85", label="+-15%")
     ax.set(xscale="log", yscale="log", xlabel="measured step ms (median)", ylabel="predicted step ms",
-           title="dmt.cost_model: predicted vs measured, every dmt bench run")  # fmt: skip
+           title="dmt.perf.cost_model: predicted vs measured, every dmt bench run")  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     config_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in configs)
     blind = by_configuration(out_of_sample_2x2(fits[0], gpu4_measurements()))
     blind_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in blind)
-    report = "\n".join(["# dmt.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, "",
+    report = "\n".join(["# dmt.perf.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, "",
                         "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
                         "1 GPU per host runs only, older code); the prediction written before the runs, from the "
                         "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "

@@ -260,3 +260,19 @@ class TowerPlan:
         )
         return cls(towers=towers, num_hosts=num_hosts, method=method, params=dict(params or {}))
 
+
+
+def contiguous_sizes(num_items: int, num_parts: int) -> tuple[int, ...]:
+    """Sizes of ``num_parts`` contiguous parts of ``num_items`` items, within one of each other, larger first.
+
+    The split of features into towers that needs no learning (``dmt bench``'s default towers, the
+    cost model's towers when none are given).
+
+    Example:
+        >>> contiguous_sizes(26, 4)
+        (7, 7, 6, 6)
+    """
+    if not 1 <= num_parts <= num_items:
+        raise DmtError(f"{num_parts} parts of {num_items} items: give between 1 and {num_items} parts")
+    size, extra = divmod(num_items, num_parts)
+    return tuple(size + (i < extra) for i in range(num_parts))

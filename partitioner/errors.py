@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from dmt.errors import DmtError
+from dmt import DmtError
 
 
 class PartitionErrorReason(str, enum.Enum):

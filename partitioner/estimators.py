@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
-from dmt.plan import Tower, TowerPlan
+from dmt import Tower, TowerPlan
 from partitioner.cluster import Clusterer, KernighanLinClusterer, SpectralClusterer
 from partitioner.costs import FeatureCosts
 from partitioner.errors import PartitionError, PartitionErrorReason

@@ -35,9 +35,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from dmt.data.batching import iter_batches
-from dmt.data.criteo import SPARSE_NAMES, CriteoArrays
-from dmt.errors import DmtError
+from dmt.data import iter_batches
+from dmt.data import SPARSE_NAMES, CriteoArrays
+from dmt import DmtError
 from partitioner.probe import ProbeConfig, one_thread, prepare, train_probe
 from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmt.data.batching import iter_batches
-from dmt.data.criteo import SPARSE_NAMES, CriteoArrays
-from dmt.errors import DmtError
-from dmt.models import ModelConfig, build_flat_model
-from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+from dmt.data import iter_batches
+from dmt.data import SPARSE_NAMES, CriteoArrays
+from dmt import DmtError
+from dmt import ModelConfig, build_flat_model
+from dmt import OptimConfig, apply_sparse_optimizer, build_optimizer
 
 
 @dataclass(frozen=True, kw_only=True)

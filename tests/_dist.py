@@ -66,7 +66,7 @@ def _child(
     )
     local_rank = rank % local_world_size
     if backend == "nccl":  # before CUDA starts: torchrec puts shards on cuda:{rank % local size}
-        if num_gpus >= world_size:  # each emulated host sees its own L GPUs, as dmt.launch does
+        if num_gpus >= world_size:  # each emulated host sees its own L GPUs, as dmt.distributed.launch does
             host = rank // local_world_size
             gpus = range(host * local_world_size, (host + 1) * local_world_size)
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))

@@ -1,7 +1,7 @@
 """`dmt bench`: one run times flat and DMT side by side and counts the bytes each sends.
 
 The runs are real: 2 emulated hosts x 1 rank through torchrun, on a tiny Criteo-shaped model. The
-byte counts are checked against the analytic model (dmt.comm_model): DMT with identity towers
+byte counts are checked against the analytic model (dmt.perf.comm_model): DMT with identity towers
 sends exactly what the flat table-wise model sends across hosts, compressed towers send less.
 Timings are printed, never asserted, except one physical bound in the shaped-link test: a step
 cannot move its cross-host bytes faster than the link's rate.
@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from dmt.cli import main
-from dmt.netns import LinkShape, NetnsError, check_can_shape
+from dmt.perf.netns import LinkShape, NetnsError, check_can_shape
 
 TINY = ["--hosts", "2", "--ranks-per-host", "1", "--num-embeddings", "500", "--embedding-dim", "8",
         "--batch-size", "32", "--warmup", "1", "--steps", "2", "--count-steps", "1", "--no-progress"]  # fmt: skip

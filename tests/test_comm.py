@@ -2,7 +2,7 @@
 
 One spawn of 4 gloo ranks (2 emulated hosts x 2) runs every distributed scenario once and writes
 what each rank counted; the tests below check those records. The flat table-wise DLRM step is
-compared against :func:`dmt.comm_model.analytic_flat`.
+compared against :func:`dmt.perf.comm_model.analytic_flat`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dmt.comm import (
+from dmt.perf.comm_counter import (
     CommCounter,
     CommKey,
     CommStats,
@@ -20,8 +20,8 @@ from dmt.comm import (
     reduce_summary,
     register_ddp_counting_hooks,
 )
-from dmt.comm_model import CommShape, analytic_dmt, analytic_flat
-from dmt.topology import Topology
+from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
+from dmt.distributed.topology import Topology
 
 from _dist import run_distributed
 
@@ -110,8 +110,8 @@ def _dlrm_batch(rank: int, step: int, features: tuple[str, ...] = DLRM_FEATURES)
 
 def _flat_table_wise(env, rank: int) -> dict:
     """One counted step (after a warm-up step) of the debug DLRM, sharded table-wise by DMP."""
-    from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
-    from dmt.parallel import shard_flat  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
 
     cfg = ModelConfig.preset("debug", sparse_features=DLRM_FEATURES, num_embeddings=(50,) * len(DLRM_FEATURES))
@@ -140,11 +140,11 @@ def _flat_table_wise(env, rank: int) -> dict:
 def _dmt_linear_towers(env, rank: int) -> dict:
     """One counted step of a 2-tower DMT model (linear towers, c=2): tower DDPs are found and counted."""
     try:
-        from dmt.sharding import shard  # noqa: PLC0415
-        from dmt.sptt import transform  # noqa: PLC0415
+        from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+        from dmt.model.transform import transform  # noqa: PLC0415
     except ImportError as e:
-        return {"skipped": f"dmt.sharding / dmt.sptt not importable: {e}"}
-    from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
+        return {"skipped": f"dmt.sharding / dmt.model.transform not importable: {e}"}
+    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
     from dmt.plan import TowerPlan  # noqa: PLC0415
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
@@ -173,7 +173,7 @@ def _scenario(rank: int, world_size: int) -> dict:
     from dmt.quiet import quiet_third_party  # noqa: PLC0415
 
     quiet_third_party()
-    from dmt.parallel import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed  # noqa: PLC0415
 
     env = init_distributed("gloo")  # joins the harness's group; sets torchrec's host size
     return {
@@ -277,7 +277,7 @@ def test_dmt_tower_ddp_is_found_and_cross_host_floats_match_analytic(runs) -> No
     measured = _load(runs[0]["dmt"]["reduced"]).per_sample(DLRM_BATCH * WORLD)
     tower_ddp = measured.total(op="ddp_allreduce", group="intra_host")
     # one all-reduce per tower parameter (weight, bias) per rank: DDP buckets hold one parameter each
-    # so that a resumed run reduces bit-identically (dmt.parallel.exact_resume_ddp_kwargs)
+    # so that a resumed run reduces bit-identically (dmt.distributed.torchrec_fixes.exact_resume_ddp_kwargs)
     assert tower_ddp.calls == 2 * WORLD and tower_ddp.cross_host == 0 and tower_ddp.intra_host > 0
     assert measured.total(op="ddp_allreduce", phase="backward") == measured.total(op="ddp_allreduce")
     shape = CommShape(num_features=4, embedding_dim=8, num_hosts=HOSTS, ranks_per_host=LOCAL,

@@ -1,4 +1,4 @@
-"""dmt.cost_model: alpha-beta arithmetic on hand-computed cases, bytes equal to dmt.comm_model's,
+"""dmt.perf.cost_model: alpha-beta arithmetic on hand-computed cases, bytes equal to dmt.perf.comm_model's,
 calibration recovering known constants, and the `dmt plan-cluster` command."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from dmt.cli import main
-from dmt.comm_model import CommShape, analytic_dmt, analytic_flat
-from dmt.cost_calibration import Measurement, Param, calibrate, codec_of, measurements_from_bench, predict_ms
-from dmt.cost_model import (
+from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
+from dmt.perf.calibration import Measurement, Param, calibrate, codec_of, measurements_from_bench, predict_ms
+from dmt.perf.cost_model import (
     CODECS,
     ClusterTopology,
     Link,
@@ -207,7 +207,7 @@ def test_plan_cluster_bad_topology_exits_2(tmp_path, capsys):
 
 
 def test_recommendation_prefers_dmt_on_a_slow_link():
-    from dmt.commands.plan_cluster import recommend, sweep
+    from dmt.cli.plan_cluster import recommend, sweep
 
     rows = sweep(ModelShape(embedding_dim=128), load_topology("h200x2-emulated-slow"), 8192)
     pick = recommend(rows)
@@ -243,7 +243,7 @@ def test_dmt_fixed_costs_and_intra_host_lookup_only_with_several_gpus():
 
 
 def test_a_param_over_two_fields_sets_both():
-    from dmt.cost_calibration import apply_params  # noqa: PLC0415
+    from dmt.perf.calibration import apply_params  # noqa: PLC0415
 
     topo = _topo(gpus=2)
     out = apply_params({"t": topo}, [Param("eff", "intra_host.efficiency+inter_host.efficiency", ("t",))], [0.3])["t"]

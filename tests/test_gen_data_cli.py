@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dmt.cli import main
-from dmt.commands import gen_data
+from dmt.cli import gen_data
 from dmt.data.criteo import read_criteo
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dmt.errors import DmtError
-from dmt.models import ModelConfig, build_flat_model
+from dmt.model.flat import ModelConfig, build_flat_model
 from dmt.plan import TowerPlan
-from dmt.sptt import transform
+from dmt.model.transform import transform
 from dmt.train.optim import OptimConfig, build_optimizer, is_tower_module_parameter
 from towers import TowerModuleConfig
 

@@ -78,7 +78,7 @@ def test_missing_data_exits_2(tmp_path, capsys):
 
 
 def test_dmt_never_imports_sklearn_or_networkx():
-    code = ("import sys, dmt, dmt.cli, dmt.commands.partition; dmt.cli.build_parser(); "
+    code = ("import sys, dmt, dmt.cli, dmt.cli.partition; dmt.cli.build_parser(); "
             "bad = [m for m in ('sklearn', 'networkx', 'partitioner') if m in sys.modules]; "
             "assert not bad, bad")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)

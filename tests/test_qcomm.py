@@ -1,4 +1,4 @@
-"""Compressed embedding all-to-alls (dmt.qcomm): the lossy codec's error bound, torchrec's codec
+"""Compressed embedding all-to-alls (dmt.distributed.qcomm): the lossy codec's error bound, torchrec's codec
 protocol as its all-to-all uses it, the config and registry, and sharded DMT training over 2x2
 emulated hosts with each codec (loss close to fp32, fewer cross-host bytes)."""
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from _dist import make_batch, run_distributed
-from dmt.qcomm import (
+from dmt.distributed.qcomm import (
     CommCodecError,
     CommCompression,
     ErrorBoundedCodec,
@@ -261,12 +261,12 @@ def _train(rank, world, compression):
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper  # noqa: PLC0415
     from torchrec.optim.optimizers import in_backward_optimizer_filter  # noqa: PLC0415
 
-    from dmt.comm import CommCounter  # noqa: PLC0415
-    from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
     from dmt.plan import Tower, TowerPlan  # noqa: PLC0415
-    from dmt.sharding import shard  # noqa: PLC0415
-    from dmt.sptt import transform  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
 
     plan = TowerPlan(towers=(Tower("a", FEATURES[:3], host=1), Tower("b", FEATURES[3:], host=0)), num_hosts=2)

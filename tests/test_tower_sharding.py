@@ -24,7 +24,7 @@ LOCAL_BATCH = 4
 
 # ----------------------------------------------------------------------------------- helpers
 def _cfg(arch):
-    from dmt.models import ModelConfig  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig  # noqa: PLC0415
 
     return ModelConfig.preset("debug", arch=arch, sparse_features=FEATURES, num_embeddings=ROWS)
 
@@ -46,7 +46,7 @@ def _batch(rank, world, seed, local=LOCAL_BATCH):
 
 
 def _flat(arch, seed=0):
-    from dmt.models import build_flat_model  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model  # noqa: PLC0415
 
     torch.manual_seed(seed)
     return build_flat_model(_cfg(arch))
@@ -57,7 +57,7 @@ LR = 0.5  # plain SGD everywhere: fused EXACT_SGD for the shards, torch SGD for 
 
 def _transformed(flat, plan, tower_module=None):
     """``transform`` under a fixed seed, so fresh dense parts are the same on every call."""
-    from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
 
     torch.manual_seed(1)
@@ -69,8 +69,8 @@ def _sharded(arch, plan, sharding, seed=0, flat=None, tower_module=None, device=
     from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: PLC0415
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward  # noqa: PLC0415
 
-    from dmt.sharding import shard  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
 
     dmt = _transformed(flat if flat is not None else _flat(arch, seed), plan, tower_module)
     for m in dmt.modules():
@@ -166,7 +166,7 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
         )
         _assert_matches(sharded, reference, atol=tol)
     sharding_plan = sharded.sharding_plan.plan["model.tower_arch"]
-    from dmt.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
 
     topo = Topology.from_env()
     for tower in plan.towers:  # (b): still the global plan, tables on their tower's host
@@ -177,8 +177,8 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
 
 
 def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
-    from dmt.sharding import DmtModelParallel, StateDictError  # noqa: PLC0415
-    from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.distributed.state_dict import DmtModelParallel, StateDictError  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
     from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
     from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
 
@@ -252,9 +252,11 @@ def check_sharder_keeps_plan(rank, world, *, arch, plan, sharding):
     from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
     from torchrec.distributed.types import ShardingEnv  # noqa: PLC0415
 
-    from dmt.sharding import TowerCollectionSharder, build_sharding_plan  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
-    from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.distributed.tower_sharding import TowerCollectionSharder  # noqa: PLC0415
+
+    from dmt.distributed.sharding_plan import build_sharding_plan  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
 
     dmt = transform(_flat(arch), plan)
     sharding_plan = build_sharding_plan(dmt, plan, Topology.from_env(), sharding=sharding)
@@ -269,8 +271,8 @@ def check_errors(rank, world, *, arch, plan):
     """Bad arguments fail on every rank alike, before any collective."""
     from dmt.errors import DmtError, TopologyError  # noqa: PLC0415
     from dmt.plan import PlanError  # noqa: PLC0415
-    from dmt.sharding import shard  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
 
     topo = Topology.from_env()
     dmt = _transformed(_flat(arch), plan)
@@ -292,8 +294,10 @@ def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
     DDP only where the host has more than one rank (on one rank it would all-reduce with itself)."""
     from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
-    from dmt.sharding import ParameterFreeTower, ShardedTowerCollection  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.torchrec_fixes import ParameterFreeTower  # noqa: PLC0415
+
+    from dmt.distributed.tower_sharding import ShardedTowerCollection  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
 
     topo = Topology.from_env()
     sharded = _sharded(arch, plan, sharding, tower_module=dict(kind="linear", compression=2))
@@ -417,10 +421,10 @@ def test_2x1_dcn_matches_flat_unsharded():
 
 def test_build_sharding_plan_places_towers_on_their_hosts():
     """One process: the plan is data, built without process groups."""
-    from dmt.models import ModelConfig, build_flat_model  # noqa: PLC0415
-    from dmt.sharding import SMALL_TABLE_ROWS, build_sharding_plan  # noqa: PLC0415
-    from dmt.topology import Topology  # noqa: PLC0415
-    from dmt.sptt import transform  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
+    from dmt.distributed.sharding_plan import SMALL_TABLE_ROWS, build_sharding_plan  # noqa: PLC0415
+    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
 
     rows = (40, 30, SMALL_TABLE_ROWS + 1, 20, 40, 30)
     cfg = ModelConfig.preset("debug", sparse_features=FEATURES, num_embeddings=rows)

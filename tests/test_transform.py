@@ -8,11 +8,11 @@ from torchrec.models.dlrm import DLRMTrain
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from _dist import make_batch
-from dmt.dmt_model import DMTModel, DMTTrain, index_to_blocks, permute_columns
+from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks, permute_columns
 from dmt.errors import DmtError
-from dmt.models import ModelConfig, build_flat_model
+from dmt.model.flat import ModelConfig, build_flat_model
 from dmt.plan import PlanError, Tower, TowerPlan
-from dmt.sptt import flat_global_interaction, transform
+from dmt.model.transform import flat_global_interaction, transform
 from towers import GlobalInteractionConfig, TowerModuleConfig
 
 FEATURES = tuple(f"f{i}" for i in range(6))

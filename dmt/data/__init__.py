@@ -1,5 +1,6 @@
 """Criteo-format data: a vectorised TSV reader and a synthetic generator with planted groups."""
 
+from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import (
     DENSE_NAMES,
     NUM_DENSE,
@@ -21,6 +22,8 @@ __all__ = [
     "ReadReport",
     "SyntheticSpec",
     "generate_criteo",
+    "iter_batches",
+    "num_global_batches",
     "iter_criteo_chunks",
     "read_criteo",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dmt.models import ModelConfig, build_flat_model
+from dmt.model.flat import ModelConfig, build_flat_model
 from dmt.plan import TowerPlan
 from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
 from towers import GlobalInteractionConfig, TowerModuleConfig
@@ -31,24 +31,24 @@ def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, to
                 env=None, flat_sharding: str = "table_wise", comm=None):
     """The model and its optimizer. ``env`` (a DistEnv) shards the model over the job.
 
-    ``comm`` (a :class:`dmt.qcomm.CommCompression`) compresses the sharded model's embedding
+    ``comm`` (a :class:`dmt.distributed.qcomm.CommCompression`) compresses the sharded model's embedding
     comms: DMT's cross-host exchange, or all of a flat model's embedding all-to-alls.
     """
     torch.manual_seed(seed)  # same initial weights on every rank and in the 1-process run
     if towers is not None:
-        from dmt.sptt import transform  # noqa: PLC0415 (torchrec towers only when used)
+        from dmt.model.transform import transform  # noqa: PLC0415 (torchrec towers only when used)
 
         model = transform(
             build_flat_model(model_cfg), towers.plan, tower_module=towers.module,
             global_interaction=towers.global_interaction,
         )
         if env is not None:
-            from dmt.sharding import shard  # noqa: PLC0415
+            from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
 
             apply_sparse_optimizer(model, optim_cfg)
             model = shard(model, towers.plan, env, sharding=towers.sharding, comm_compression=comm)
     elif env is not None:
-        from dmt.parallel import shard_flat  # noqa: PLC0415
+        from dmt.distributed.flat import shard_flat  # noqa: PLC0415
 
         # Shard a meta model (no table memory), then copy in the tables a 1-process run starts from.
         model = build_flat_model(model_cfg, device="meta")

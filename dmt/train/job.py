@@ -19,12 +19,12 @@ from dmt.atomic import atomic_write_text
 from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import CriteoArrays, read_criteo
 from dmt.errors import DmtError
-from dmt.models import ModelConfig
+from dmt.model.flat import ModelConfig
 from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.build import TowerSpec, build_model
 from dmt.train.optim import OptimConfig
-from dmt.qcomm import CommCompression, codec_stats, lossy_schedules
+from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +75,7 @@ def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
     if distributed:
-        from dmt.parallel import init_distributed  # noqa: PLC0415 (keeps 1-process start light)
+        from dmt.distributed.env import init_distributed  # noqa: PLC0415 (keeps 1-process start light)
 
         env = init_distributed()
         rank, world, device, is_main = env.topology.rank, env.topology.world_size, env.device, env.is_main
@@ -195,7 +195,7 @@ def _towers_dict(towers: TowerSpec | None) -> dict | None:
 
 def _comm_counter(model, env):
     """Count every collective of the training steps (DDP all-reduces included) for metrics.json."""
-    from dmt.comm import CommCounter, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, register_ddp_counting_hooks  # noqa: PLC0415
 
     counter = CommCounter(env.topology)
     register_ddp_counting_hooks(model, counter)
@@ -206,7 +206,7 @@ def _comm_metrics(counter, steps: int, global_batch: int) -> dict:
     """Bytes per training sample, summed over ranks: cross-host and intra-host, by collective."""
     if counter is None or steps == 0:
         return {"cross_host_bytes_per_sample": 0.0, "intra_host_bytes_per_sample": 0.0}
-    from dmt.comm import reduce_summary  # noqa: PLC0415
+    from dmt.perf.comm_counter import reduce_summary  # noqa: PLC0415
 
     per_sample = reduce_summary(counter.summary()).per_sample(global_batch * steps)
     train = ("forward", "backward")

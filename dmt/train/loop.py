@@ -22,9 +22,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from dmt.comm import CommCounter
+from dmt.perf.comm_counter import CommCounter
 from dmt.errors import DmtError
-from dmt.metrics import binary_metrics
+from dmt.train.metrics import binary_metrics
 
 
 @dataclass(frozen=True, kw_only=True)

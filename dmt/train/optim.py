@@ -73,7 +73,7 @@ def _embedding_parameter_names(model: torch.nn.Module) -> set[str]:
 
 
 # Tower-module parameters: ``tower_arch.towers.<t>.interaction.*`` unsharded,
-# ``tower_arch.interactions.<t>.*`` in dmt.sharding's ShardedTowerCollection.
+# ``tower_arch.interactions.<t>.*`` in dmt.distributed.tower_sharding's ShardedTowerCollection.
 _TOWER_MODULE = re.compile(r"(^|\.)tower_arch\.(towers\.\d+\.interaction|interactions)\.")
 
 

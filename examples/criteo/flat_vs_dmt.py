@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------- steps 1-2: once, in this process
 def prepare(args: argparse.Namespace) -> int:
     from dmt.cli import main as dmt
-    from dmt.launch import launch_local
+    from dmt.distributed.launch import launch_local
 
     os.makedirs(args.out, exist_ok=True)
     if args.data is None:  # 1. data: synthetic Criteo rows with planted feature groups
@@ -57,11 +57,12 @@ def run_rank(args: argparse.Namespace) -> None:
     from dmt import shard, transform
     from dmt.data.batching import iter_batches
     from dmt.data.criteo import read_criteo
-    from dmt.models import ModelConfig, build_flat_model
-    from dmt.parallel import init_distributed, shard_flat
+    from dmt.model.flat import ModelConfig, build_flat_model
+    from dmt.distributed.env import init_distributed
+    from dmt.distributed.flat import shard_flat
     from dmt.plan import TowerPlan
     from dmt.quiet import quiet_third_party
-    from dmt.report import write_report
+    from dmt.train.report import write_report
     from dmt.train.job import split_train_eval
     from dmt.train.loop import LoopConfig, train
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer

@@ -1,4 +1,4 @@
-"""torchrun for ``dmt.launch``: the same agent, without its traceback when a worker fails.
+"""torchrun for ``dmt.distributed.launch``: the same agent, without its traceback when a worker fails.
 
 A worker that fails on bad input (a missing file, a malformed row, a plan that does not fit)
 already printed one line naming the problem and exited 2. torchrun's own ``main`` then raises

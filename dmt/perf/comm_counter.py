@@ -8,7 +8,7 @@ rank issues through ``torch.distributed``'s Python API (which is what torchrec's
 (:func:`register_ddp_counting_hooks`; DDP's reducer is C++ and bypasses the Python API).
 
 What is counted, from this rank's point of view: the bytes it *sends to other ranks* (never to
-itself), split by destination into same-host and other-host with :class:`~dmt.topology.Topology`.
+itself), split by destination into same-host and other-host with :class:`~dmt.distributed.topology.Topology`.
 
 - all-to-alls: exact, from the split sizes.
 - reduce-scatter: chunk ``j`` of the input goes to member ``j``; all-gather: the input goes to every
@@ -36,14 +36,14 @@ or whatever :meth:`CommCounter.phase` forces), and the payload ("float": embeddi
 tower outputs; "int": ids, lengths, split sizes).
 
 Example:
-    >>> from dmt.topology import Topology
+    >>> from dmt.distributed.topology import Topology
     >>> with CommCounter(Topology(world_size=1, local_world_size=1)) as comm:
     ...     pass  # forward, backward, step; a world of 1 sends nothing
     >>> comm.summary().total().bytes
     0.0
 
 Analytic counterparts, in bytes per sample of the global batch summed over all ranks, come from
-:mod:`dmt.comm_model` and use the same :class:`CommSummary` type, so a benchmark can print
+:mod:`dmt.perf.comm_model` and use the same :class:`CommSummary` type, so a benchmark can print
 measured next to expected.
 """
 
@@ -64,7 +64,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as _c10d
 
-from dmt.topology import Topology
+from dmt.distributed.topology import Topology
 
 OPS = ("all_to_all_single", "all_to_all", "reduce_scatter", "all_gather", "all_reduce", "broadcast", "ddp_allreduce")
 # A process group is named by its shape, which is the same on every rank (its members are not:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for name, (out, extra) in runs.items():
         print(f"[demo] training {name} on {args.hosts} hosts x {args.ranks_per_host} ranks -> {out}")
         _run_dmt(["train", *common, "--out", str(out), *extra])
-    from dmt.report import results_table, write_report  # noqa: PLC0415
+    from dmt.train.report import results_table, write_report  # noqa: PLC0415
 
     metrics = {name: json.loads((out / "metrics.json").read_text()) for name, (out, _) in runs.items()}
     report = write_report(metrics, work / "report", title="DMT demo: flat DLRM vs DMT on generated data")

@@ -1,4 +1,4 @@
-"""Fit :mod:`dmt.cost_model`'s free constants to measured ``dmt bench`` JSONs.
+"""Fit :mod:`dmt.perf.cost_model`'s free constants to measured ``dmt bench`` JSONs.
 
 Every variant of a bench JSON is one :class:`Measurement` (its median step time and the setup the
 cost model needs, read from the JSON's own config). :func:`calibrate` fits a few named
@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from dmt.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
+from dmt.perf.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
 from dmt.errors import DmtError
 
 
@@ -36,10 +36,10 @@ class Measurement:
 
 
 def _codec_factor(name: str, cfg: dict) -> float:
-    """Bytes factor of one direction of ``dmt.qcomm.CommCompression``."""
+    """Bytes factor of one direction of ``dmt.distributed.qcomm.CommCompression``."""
     if name in ("fp16", "bf16"):
         return 0.5
-    if name == "lossy":  # smallest width in (4, 8, 16) whose levels hold the bound (dmt.qcomm)
+    if name == "lossy":  # smallest width in (4, 8, 16) whose levels hold the bound (dmt.distributed.qcomm)
         eb = cfg["lossy_eb"]
         width = next(w for w in (4, 8, 16) if 2**w - 1 >= 2 * 1.001 / eb)
         return lossy_bytes_factor(width, cfg["lossy_block"])

@@ -5,7 +5,7 @@
 
 Sweeps towers (H and 2H), intra-host sharding (row-wise, column-wise "cw"), tower compression c
 in {1, 2, 4, 8} and codec {fp32, fp16, lossy8}
-through :mod:`dmt.cost_model`, prints one row per configuration (predicted step ms, cross-host
+through :mod:`dmt.perf.cost_model`, prints one row per configuration (predicted step ms, cross-host
 bytes per sample, speed-up vs flat fp32), recommends the fastest, and optionally plots the
 projected DMT speed-up against GPU count (8..512) with a markdown report of the assumptions.
 """
@@ -28,11 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plan-cluster",
         help="predict flat vs DMT step time on a cluster topology and recommend towers/c/codec",
         description="Sweep towers, tower compression and codec through the calibrated cost model "
-        "(dmt.cost_model) for a topology preset or JSON, print predicted step time, cross-host bytes "
+        "(dmt.perf.cost_model) for a topology preset or JSON, print predicted step time, cross-host bytes "
         "per sample and speed-up vs flat, and recommend one configuration.",
     )
     p.add_argument("--topology", default="h100-nvlink-400g",
-                   help="preset name (dmt/topologies/*.json) or a JSON path (h100-nvlink-400g)")
+                   help="preset name (dmt/perf/topologies/*.json) or a JSON path (h100-nvlink-400g)")
     p.add_argument("--hosts", type=int, help="override the topology's host count")
     p.add_argument("--num-tables", type=int, default=26, help="sparse features, one table each (26)")
     p.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    setup: object  # dmt.cost_model.Setup
+    setup: object  # dmt.perf.cost_model.Setup
     step_ms: float
     cross_bytes: float
     speedup: float  # flat fp32 step / this step
@@ -54,7 +54,7 @@ class Row:
 
 def sweep(model, topo, batch_size: int) -> list[Row]:
     """Flat with every codec, then DMT with T in (H, 2H) x c x codec; speed-up vs flat fp32."""
-    from dmt.cost_model import CODECS, Setup, predict_step  # noqa: PLC0415
+    from dmt.perf.cost_model import CODECS, Setup, predict_step  # noqa: PLC0415
 
     setups = [Setup(codec=c) for c in CODECS.values()]
     towers = sorted({t for t in (topo.hosts, 2 * topo.hosts) if t <= model.num_tables})
@@ -117,7 +117,7 @@ def plot_projection(points, topo, path: str) -> None:
     xs = [g for g, s, _ in points if s is not None]
     ys = [s for _, s, _ in points if s is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(xs, ys, "o-", label=f"dmt.cost_model, best DMT config ({topo.name})")
+    ax.plot(xs, ys, "o-", label=f"dmt.perf.cost_model, best DMT config ({topo.name})")
     ax.axhspan(1.0, 1.9, color="0.9", label="DMT paper: up to 1.9x (16-512 GPUs)")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set(xscale="log", xticks=list(GPU_COUNTS), xlabel="GPUs", ylabel="speed-up vs flat (fp32)",
@@ -143,11 +143,11 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
         f"x efficiency {e.efficiency:.2f}, alpha {e.latency_us:g} us + {e.latency_per_peer_us:g} us/peer",
         f"model: {model.num_tables} tables x D={model.embedding_dim}, pooling {model.pooling:g}, dense arch "
         f"{list(model.dense_arch)}, over arch {list(model.over_arch)}, batch {batch_size} per GPU (weak scaling)",
-        "flat baseline: table-wise over the world (bytes of dmt.comm_model), lookups assumed balanced "
+        "flat baseline: table-wise over the world (bytes of dmt.perf.comm_model), lookups assumed balanced "
         "(idle ranks when tables < GPUs are not penalised: favours flat)",
         "DMT: contiguous towers round-robin on hosts, row- or column-wise (cw) tables inside a host, linear "
         "tower modules, dot global interaction; codecs compress the cross-host tower exchange only",
-        "non-blocking inter-host fabric; all-reduce bytes are dmt.comm's direct-exchange upper bound",
+        "non-blocking inter-host fabric; all-reduce bytes are dmt.perf.comm_counter's direct-exchange upper bound",
         "constants: calibrated on a 4x H200 box as 2 emulated hosts x 1 and x 2 GPUs (benchmarks/results/"
         "gpu_h200x4); the 400G RDMA efficiency and the per-peer latency are assumed, not measured",
     ]
@@ -155,7 +155,7 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
 
 def run_command(args: argparse.Namespace) -> int:
     from dmt.atomic import atomic_write_text  # noqa: PLC0415
-    from dmt.cost_model import ModelShape, load_topology  # noqa: PLC0415
+    from dmt.perf.cost_model import ModelShape, load_topology  # noqa: PLC0415
 
     topo = load_topology(args.topology)
     if args.hosts is not None:

@@ -1,6 +1,6 @@
 """Analytic communication model: the bytes a training step *should* send, flat and DMT.
 
-The counterpart of :mod:`dmt.comm`'s measurements, in the same :class:`~dmt.comm.CommSummary`
+The counterpart of :mod:`dmt.perf.comm_counter`'s measurements, in the same :class:`~dmt.perf.comm_counter.CommSummary`
 type, so benchmarks and tests print measured next to expected.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dmt.comm import PHASES, CommKey, CommStats, CommSummary, group_label
-from dmt.topology import Topology
+from dmt.perf.comm_counter import PHASES, CommKey, CommStats, CommSummary, group_label
+from dmt.distributed.topology import Topology
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dmt.commands import add_tower_sharding_argument
+from dmt.cli.args import add_tower_sharding_argument
 from dmt.errors import DmtError
 
 
@@ -45,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     comm = p.add_argument_group("communication")
     comm.add_argument("--comm-compression", metavar="SPEC",
                       help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
-                           "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/qcomm.py)")
+                           "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm.py)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
     opt.add_argument("--epochs", type=int, default=1)
@@ -86,7 +86,7 @@ def global_interaction_config(name: str):
 
 
 def job_config(args: argparse.Namespace):
-    from dmt.models import ModelConfig  # noqa: PLC0415 (torchrec import only when running)
+    from dmt.model.flat import ModelConfig  # noqa: PLC0415 (torchrec import only when running)
     from dmt.train.job import JobConfig  # noqa: PLC0415
     from dmt.train.optim import OptimConfig  # noqa: PLC0415
 
@@ -125,7 +125,7 @@ def job_config(args: argparse.Namespace):
 def comm_compression(spec: str | None):
     if not spec:
         return None
-    from dmt.qcomm import CommCompression  # noqa: PLC0415
+    from dmt.distributed.qcomm import CommCompression  # noqa: PLC0415
 
     try:
         return CommCompression.parse(spec)
@@ -134,7 +134,7 @@ def comm_compression(spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dmt.launch import launch_local, under_torchrun  # noqa: PLC0415
+    from dmt.distributed.launch import launch_local, under_torchrun  # noqa: PLC0415
 
     if args.max_restarts < 0:
         raise DmtError(f"--max-restarts={args.max_restarts} must be >= 0")

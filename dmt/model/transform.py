@@ -13,7 +13,7 @@ reordered into the flat feature order. Anything else changes the model on purpos
 tower modules are for) and starts the new dense parts from their own init.
 
 Example:
-    >>> from dmt.models import ModelConfig, build_flat_model
+    >>> from dmt.model.flat import ModelConfig, build_flat_model
     >>> cfg = ModelConfig.preset("debug", sparse_features=("a", "b", "c"), num_embeddings=(10,) * 3)
     >>> flat = build_flat_model(cfg)
     >>> plan = TowerPlan.from_groups([["c", "a"], ["b"]], num_hosts=2)
@@ -36,7 +36,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
-from dmt.dmt_model import DMTModel, DMTTrain, index_to_blocks
+from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks
 from dmt.errors import DmtError
 from dmt.plan import PlanError, TowerPlan
 from towers import (

@@ -6,7 +6,7 @@ A step on one rank is modelled as::
     compute = embedding bytes / memory bandwidth + dense FLOPs / effective FLOP rate
     comm    = sum over collectives of  calls * alpha + max(cross bytes / inter bw, intra bytes / intra bw)
 
-Bytes per collective come from :mod:`dmt.comm_model` (the same numbers ``dmt bench`` counts and
+Bytes per collective come from :mod:`dmt.perf.comm_model` (the same numbers ``dmt bench`` counts and
 checks), so the model never disagrees with the byte counters; only the conversion of bytes and
 FLOPs into time has free constants. Those are grouped by what they describe:
 
@@ -18,14 +18,14 @@ FLOPs into time has free constants. Those are grouped by what they describe:
   collective reaches on it, and the latency alpha of one collective call.
 
 :class:`ClusterTopology` bundles hosts x GPUs with one machine and two links; presets live in
-``dmt/topologies/*.json`` (see :func:`load_topology`). ``dmt.cost_calibration`` fits the free
+``dmt/perf/topologies/*.json`` (see :func:`load_topology`). ``dmt.perf.calibration`` fits the free
 constants from measured ``dmt bench`` JSONs.
 
 Assumptions (also in ``dmt plan-cluster``'s report): lookups and tower modules are balanced over
 ranks (towers spread evenly; a flat table-wise model with fewer tables than ranks is *not*
 penalised for its idle ranks, which favours flat); each rank's cross-host bytes leave through its
 own share of the host's inter-host bandwidth, full duplex, over a non-blocking fabric; all-reduce
-cross-host bytes are the direct-exchange count of :mod:`dmt.comm` (an upper bound for NCCL's
+cross-host bytes are the direct-exchange count of :mod:`dmt.perf.comm_counter` (an upper bound for NCCL's
 hierarchical rings); dense FLOPs are 3x the forward (forward + 2x backward).
 
 Notation: B batch per rank, F tables (one feature each), D embedding dim, p ids per (sample,
@@ -102,7 +102,7 @@ class Codec:
 
 
 def lossy_bytes_factor(width: int, block: int = 32) -> float:
-    """``dmt.qcomm``'s lossy block: 9 header bytes + ``block*width/8`` codes, per ``block`` fp32 values.
+    """``dmt.distributed.qcomm``'s lossy block: 9 header bytes + ``block*width/8`` codes, per ``block`` fp32 values.
 
     Example:
         >>> lossy_bytes_factor(8)  # 41 bytes per 128
@@ -308,7 +308,7 @@ def preset_names() -> list[str]:
 
 
 def load_topology(name_or_path: str | os.PathLike[str]) -> ClusterTopology:
-    """A preset name (``dmt/topologies/<name>.json``) or the path of a user JSON of the same form.
+    """A preset name (``dmt/perf/topologies/<name>.json``) or the path of a user JSON of the same form.
 
     Example:
         >>> t = load_topology("h100-nvlink-400g")
@@ -329,7 +329,7 @@ def load_topology(name_or_path: str | os.PathLike[str]) -> ClusterTopology:
 
 # ------------------------------------------------------------------------------------ the model
 def contiguous_towers(num_tables: int, num_towers: int) -> tuple[int, ...]:
-    """F_t of T towers of contiguous features, sizes within one (as ``dmt.bench.contiguous_plan``)."""
+    """F_t of T towers of contiguous features, sizes within one (as ``dmt.perf.bench.contiguous_plan``)."""
     if not 1 <= num_towers <= num_tables:
         raise DmtError(f"num_towers={num_towers} must be between 1 and num_tables={num_tables}")
     size, extra = divmod(num_tables, num_towers)
@@ -396,13 +396,13 @@ def dense_sizes(model: ModelShape, setup: Setup) -> Dense:
 
 
 def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: int, batch_size: int):
-    """Bytes per global sample of every collective (``dmt.comm_model``), the codec applied.
+    """Bytes per global sample of every collective (``dmt.perf.comm_model``), the codec applied.
 
     The codec compresses the float all-to-alls it would in ``dmt bench``: DMT's cross-host tower
     exchange, or flat's world embedding all-to-all (never DDP's all-reduce).
     """
-    from dmt.comm import CommSummary  # noqa: PLC0415 (torch only when bytes are needed)
-    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommSummary  # noqa: PLC0415 (torch only when bytes are needed)
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
 
     shape = CommShape(num_features=model.num_tables, embedding_dim=model.embedding_dim, num_hosts=hosts,
                       ranks_per_host=ranks_per_host, batch_size=batch_size, pooling_factor=model.pooling)  # fmt: skip
@@ -425,7 +425,7 @@ def _is_coded(op: str, payload: str, group_kind: str) -> bool:
 
 
 def _group_kind(label: str) -> str:
-    """``dmt.comm.group_label`` names start with world / intra_host / cross_host."""
+    """``dmt.perf.comm_counter.group_label`` names start with world / intra_host / cross_host."""
     return next(g for g in ("world", "intra_host", "cross_host", "mixed") if label.startswith(g))
 
 

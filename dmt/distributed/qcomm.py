@@ -10,7 +10,7 @@ sharded modules. DMT uses exactly that mechanism, nothing beside it:
   put into the same registry for the pooled all-to-all.
 
 :class:`CommCompression` is the JSON/CLI-friendly config, :func:`comm_codecs_registry` the factory
-(``dmt.sharding.shard(..., comm_compression=...)`` and ``dmt.parallel.shard_flat`` call it), and
+(``dmt.distributed.tower_sharding.shard(..., comm_compression=...)`` and ``dmt.distributed.flat.shard_flat`` call it), and
 :func:`codec_stats` / :func:`set_iteration` read the byte/error counters and drive the bound's
 iteration schedule on a sharded model.
 
@@ -251,7 +251,7 @@ def lossy_decode(message: torch.Tensor, width: int, block: int) -> torch.Tensor:
         seen = sorted(int(w) for w in widths.unique())
         raise CommCodecError(
             f"lossy comm codec: expected {width}-bit blocks, received {seen}-bit ones; ranks disagree on the "
-            "bound -- call dmt.qcomm.set_iteration with the same step on every rank"
+            "bound -- call dmt.distributed.qcomm.set_iteration with the same step on every rank"
         )
     lo = _bytes_to_f32(rows[:, 0:4]).double()[:, None]
     hi = _bytes_to_f32(rows[:, 4:8]).double()[:, None]

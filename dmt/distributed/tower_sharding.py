@@ -6,10 +6,9 @@ lookup, the tower module under intra-host DDP, and a cross-host all-to-all of th
 Used as is, it has traps (``shared/research/TORCHREC_FINDINGS.md``); this module fixes each with a
 small subclass rather than a fork:
 
-(a) outputs come back in *host* order, not the collection's tower order -> :class:`ShardedTowerCollection`
-    reorders the columns after the output all-to-all (``output_dist``), so the sharded collection
-    returns exactly what the unsharded one returns (``dmt.transform`` builds one tower group per
-    host, in host order, so for its models the reorder is empty; collections built by hand need it);
+(a) outputs come back in *host* order, not the collection's tower order -> the collections
+    ``dmt.transform`` builds hold one tower per host, in host order, where the two agree;
+    :class:`ShardedTowerCollection` refuses a collection whose towers are not in host order;
 (b) the sharding plan is mutated in place (TWRW -> RW, global -> local ranks) -> the sharder and
     :func:`shard` deep-copy the plan; :attr:`DmtModelParallel.sharding_plan` stays the global one;
 (c) ``load_state_dict`` of the sharded collection fails, and with ``strict=False`` (as well as
@@ -17,14 +16,13 @@ small subclass rather than a fork:
     :meth:`ShardedTowerCollection.load_state_dict` maps ``towers.{i}.*`` keys onto the local shards
     and :class:`DmtModelParallel` raises on missing/unexpected keys and bad shapes;
 (d) intra-host DDP with CPU ``device_ids`` crashes, and so does DDP around a tower module without
-    parameters (identity towers) -> :class:`CpuSafeDDP` / :class:`ParameterFreeTower`, swapped in
-    only while torchrec constructs the collection (see :func:`_safe_tower_sharding` for why;
-    the same swap keeps process-group creation in step on hosts without towers);
+    parameters (identity towers) -> fixed in :mod:`dmt.distributed.torchrec_fixes`, swapped in
+    only while torchrec constructs the collection (:func:`~dmt.distributed.torchrec_fixes.safe_tower_sharding`);
 (e) the batch size is cached at the first call; a smaller batch aborts the process on a host
     without towers -> a changed batch size raises :class:`dmt.errors.DmtError` before any
     collective;
 (f) the CPU planner refuses row-wise types -> not used: plans are built by hand, from the
-    :class:`dmt.plan.TowerPlan`, in plan order (:func:`dmt.sharding_plan.build_sharding_plan`).
+    :class:`dmt.plan.TowerPlan`, in plan order (:func:`dmt.distributed.sharding_plan.build_sharding_plan`).
 
 Two more things needed fixing on the way. A sharded EBC orders its output keys by sharding
 group, not by its tables, so :meth:`ShardedTowerCollection.compute` (a 25-line fork of
@@ -32,216 +30,44 @@ torchrec's) hands each tower module its features in the unsharded order. And tor
 intra-host groups from environment variables (``LOCAL_WORLD_SIZE`` times
 ``TORCHREC_RESOLVED_POD_SIZE`` in 1.8, ``TOPOLOGY_DOMAIN_MULTIPLE`` in 1.6, both counted in hosts
 per pod) and caches the groups for the life of the process: :func:`shard` pins them to the
-topology while it shards and checks the groups it got.
+topology while it shards and checks the groups it got (both in :mod:`dmt.distributed.torchrec_fixes`).
 
 Shapes: B = local batch, H = hosts, L = ranks per host, D_t = tower t's output width.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torchrec.distributed.embedding_tower_sharding as _ets
 from torch import nn
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.nn.modules.module import _IncompatibleKeys
-from torch.nn.parallel import DistributedDataParallel
-from torchrec.distributed.comm import intra_and_cross_node_pg
 from torchrec.distributed.embedding_tower_sharding import (
     EmbeddingTowerCollectionSharder,
     EmbeddingTowerSharder,
     ShardedEmbeddingTowerCollection,
 )
-from torchrec.distributed.model_parallel import DistributedModelParallel, get_unwrapped_module
-from torchrec.distributed.types import (
-    Awaitable,
-    LazyAwaitable,
-    ParameterSharding,
-    ShardedModule,
-    ShardingEnv,
-    ShardingPlan,
-)
+from torchrec.distributed.model_parallel import get_unwrapped_module
+from torchrec.distributed.types import Awaitable, ParameterSharding, ShardingEnv
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from dmt.dmt_model import ColumnBlocks, index_to_blocks, permute_columns
-from dmt.errors import DmtError, TopologyError
-from dmt.parallel import DistEnv, exact_resume_ddp_kwargs, exact_resume_ddp_wrapper
-from dmt.plan import PlanError, TowerPlan
-from dmt.qcomm import CommCompression, comm_codecs_registry, largest_table_rows
-from dmt.sharding_plan import (
-    SHARDINGS,
-    SMALL_TABLE_ROWS,
-    build_sharding_plan,
-    find_tower_collection,
-    tower_feature_names,
+from dmt.distributed.env import DistEnv
+from dmt.distributed.qcomm import CommCompression, comm_codecs_registry, largest_table_rows
+from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection, tower_feature_names
+from dmt.distributed.state_dict import DmtModelParallel, StateDictError, copy_into, key_report
+from dmt.distributed.topology import Topology
+from dmt.distributed.torchrec_fixes import (
+    exact_resume_ddp_wrapper,
+    safe_tower_sharding,
+    torchrec_host_size,
+    tower_process_groups,
 )
-from dmt.topology import Topology
-
-__all__ = [
-    "SHARDINGS",
-    "SMALL_TABLE_ROWS",
-    "CpuSafeDDP",
-    "DmtModelParallel",
-    "ParameterFreeTower",
-    "ShardedTowerCollection",
-    "StateDictError",
-    "TowerCollectionSharder",
-    "build_sharding_plan",
-    "find_tower_collection",
-    "shard",
-    "tower_process_groups",
-]
-
-class StateDictError(DmtError):
-    """A state dict that does not fit the (sharded) model: missing, unknown or mis-shaped entries."""
-
-
-# ------------------------------------------------------------------------------------------ (d)
-class CpuSafeDDP(DistributedDataParallel):
-    """DDP that ignores ``device_ids`` made only of CPU devices (torch rejects them for CPU modules)."""
-
-    def __init__(self, module: nn.Module, device_ids: list[Any] | None = None, *args: Any, **kwargs: Any) -> None:
-        if device_ids is not None and all(torch.device(d).type == "cpu" for d in device_ids):
-            device_ids = None
-        super().__init__(module, device_ids, *args, **kwargs)
-
-
-class ParameterFreeTower(nn.Module):
-    """Stands in for intra-host DDP where it has nothing to do (see :func:`_tower_ddp`).
-
-    torchrec's collection only needs ``.module``.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
-
-
-def _tower_ddp(module: nn.Module, device_ids: list[Any] | None = None, *args: Any, **kwargs: Any) -> nn.Module:
-    """What torchrec's tower sharding gets when it asks for ``DistributedDataParallel(...)``.
-
-    No DDP around a module without parameters (DDP refuses it) or on a host of one rank: there
-    an all-reduce over one rank changes nothing and only costs launches and bucket copies.
-    """
-    group = kwargs.get("process_group")
-    if not any(p.requires_grad for p in module.parameters()) or (
-        group is not None and dist.get_world_size(group) == 1
-    ):
-        return ParameterFreeTower(module)
-    return CpuSafeDDP(module, device_ids, *args, **{**kwargs, **exact_resume_ddp_kwargs()})
-
-
-class _MeshlessShardingEnv(ShardingEnv):
-    """A ShardingEnv that builds no DeviceMesh, for the intra-host sharding of tower tables.
-
-    ``ShardingEnv.__init__`` calls ``init_device_mesh`` (a world-wide ``new_group``), but torchrec
-    builds the intra-host env only on ranks whose host holds towers. With an idle host the
-    ranks' group creations then fall out of step and the next ``new_group`` hangs (seen with
-    torchrec 1.6.1: a second ``shard`` never returns). The mesh is only read for DTensor outputs,
-    which the tower path does not use (and it would span the wrong ranks on any host but 0).
-    """
-
-    def __init__(
-        self, world_size: int, rank: int, pg: dist.ProcessGroup | None = None, output_dtensor: bool = False
-    ) -> None:
-        super().__init__(world_size, rank, None, output_dtensor)
-        self.process_group = pg
-
-
-@contextlib.contextmanager
-def _safe_tower_sharding() -> Iterator[None]:
-    """While active, torchrec's tower sharding uses :func:`_tower_ddp` and :class:`_MeshlessShardingEnv`.
-
-    ``ShardedEmbeddingTowerCollection.__init__`` calls the module-level names
-    ``DistributedDataParallel(module, device_ids=[device], ...)`` for every local tower module
-    (which fails for CPU devices and for modules without parameters) and ``ShardingEnv(...)``
-    for its intra-host env (see :class:`_MeshlessShardingEnv`), with no hook to change either;
-    the alternative to this swap is forking its 150-line constructor. The swap is limited to
-    that constructor call (sharding is single-threaded) and undone even when it raises.
-    """
-    originals = (_ets.DistributedDataParallel, _ets.ShardingEnv)
-    _ets.DistributedDataParallel, _ets.ShardingEnv = _tower_ddp, _MeshlessShardingEnv
-    try:
-        yield
-    finally:
-        _ets.DistributedDataParallel, _ets.ShardingEnv = originals
-
-
-@contextlib.contextmanager
-def _torchrec_host_size(local_world_size: int) -> Iterator[None]:
-    """Make torchrec's ``intra_and_cross_node_pg`` see hosts of ``local_world_size`` ranks.
-
-    torchrec multiplies LOCAL_WORLD_SIZE by TORCHREC_RESOLVED_POD_SIZE (1.8) or
-    TOPOLOGY_DOMAIN_MULTIPLE (1.6), both counted in *hosts* per pod; a DMT host is its own pod, so
-    both are 1 here. The variables are restored afterwards: nothing reads them once the groups exist.
-    """
-    pinned = {"LOCAL_WORLD_SIZE": str(local_world_size), "TORCHREC_RESOLVED_POD_SIZE": "1",
-              "TOPOLOGY_DOMAIN_MULTIPLE": "1"}
-    saved = {k: os.environ.get(k) for k in pinned}
-    os.environ.update(pinned)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def tower_process_groups(
-    topology: Topology, device: torch.device
-) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
-    """torchrec's (cached) intra-host and cross-host process groups, checked against ``topology``.
-
-    Collective: every rank must call it. Raises TopologyError when torchrec already created its
-    groups for another host size in this process (it never re-creates them).
-    """
-    with _torchrec_host_size(topology.local_world_size):
-        intra, cross = intra_and_cross_node_pg(device)
-    assert intra is not None and cross is not None  # only None on the meta device
-    if dist.get_world_size(intra) != topology.local_world_size or dist.get_world_size(cross) != topology.num_hosts:
-        raise TopologyError(
-            f"torchrec's cached process groups have {dist.get_world_size(intra)} ranks per host and "
-            f"{dist.get_world_size(cross)} hosts, but the topology has {topology.local_world_size} and "
-            f"{topology.num_hosts}; something in this process sharded with another host size before "
-            "(torchrec keeps its first groups): shard towers in a fresh process"
-        )
-    return intra, cross
-
-
-# ------------------------------------------------------------------------------------------ (a)
-class _LogicalOrder(LazyAwaitable[torch.Tensor]):
-    """The output all-to-all's result with its columns put back in logical tower order."""
-
-    def __init__(self, awaitable: Awaitable[torch.Tensor], blocks: ColumnBlocks) -> None:
-        super().__init__()
-        self._awaitable = awaitable
-        self._blocks = blocks
-
-    def _wait_impl(self) -> torch.Tensor:
-        return permute_columns(self._awaitable.wait(), self._blocks)
-
-
-def _tower_output_dim(tower: EmbeddingTower, index: int) -> int:
-    dim = getattr(tower.interaction, "output_dim", None)
-    if not isinstance(dim, int):
-        raise DmtError(
-            f"tower {index}'s module {type(tower.interaction).__name__} has no integer `output_dim`; "
-            "DMT needs every tower module's output width up front (see towers.TowerModule)"
-        )
-    return dim
+from dmt.errors import DmtError, TopologyError
+from dmt.plan import PlanError, TowerPlan
 
 
 class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
@@ -269,7 +95,6 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
         qcomm_codecs_registry: dict[str, Any] | None = None,
     ) -> None:
         towers: list[EmbeddingTower] = list(module.towers)  # type: ignore[arg-type]  # ModuleList
-        widths = [_tower_output_dim(t, i) for i, t in enumerate(towers)]
         tower_keys = {str(i): tower_feature_names(t) for i, t in enumerate(towers)}
         # Every key any rank's state dict can hold, to tell other hosts' keys from unknown ones.
         all_keys = set()
@@ -277,7 +102,7 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
             all_keys |= {f"towers.{i}.embedding.{k}" for k in t.embedding.state_dict()}
             all_keys |= {f"towers.{i}.interaction.{k}" for k in t.interaction.state_dict()}
         params = copy.deepcopy(dict(table_name_to_parameter_sharding))  # (b): torchrec rewrites it
-        with _safe_tower_sharding():  # (d), and group creation in step on every rank
+        with safe_tower_sharding():  # (d), and group creation in step on every rank
             super().__init__(module, params, tower_sharder, env, fused_params, device, qcomm_codecs_registry)
         local_size = self._intra_pg_world_size
         hosts = []
@@ -286,24 +111,16 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
             tower_hosts = {table_name_to_parameter_sharding[n].ranks[0] // local_size for n in tables}
             assert len(tower_hosts) == 1, (i, tower_hosts)  # torchrec asserted it already
             hosts.append(tower_hosts.pop())
-        # (a) torchrec concatenates host by host (towers of a host in logical order).
-        physical = sorted(range(len(towers)), key=lambda i: (hosts[i], i))
-        offset, start = 0, [0] * len(towers)
-        for i in physical:
-            start[i], offset = offset, offset + widths[i]
-        index = [c for i in range(len(towers)) for c in range(start[i], start[i] + widths[i])]
-        self._logical_blocks: ColumnBlocks | None = (
-            None if physical == list(range(len(towers))) else index_to_blocks(index)
-        )
-        self._tower_hosts: list[int] = hosts
+        # (a) torchrec concatenates tower outputs host by host: only collections whose towers are
+        # in host order (what dmt.transform builds: one tower per host) return them in tower order.
+        if hosts != sorted(hosts):
+            raise DmtError(
+                f"the collection's towers are on hosts {hosts}: order them by host (dmt.transform does), "
+                "else torchrec returns their outputs in host order, not the collection's"
+            )
         self._tower_keys: dict[str, list[str]] = tower_keys
         self._all_state_keys: frozenset[str] = frozenset(all_keys)
         self._local_batch_size: int | None = None
-
-    @property
-    def tower_hosts(self) -> list[int]:
-        """Host of each logical tower."""
-        return list(self._tower_hosts)
 
     # -------------------------------------------------------------------------------- (e)
     def input_dist(
@@ -353,13 +170,6 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
         by_key = kt.to_dict()
         return KeyedTensor.from_tensor_list(keys, [by_key[k] for k in keys])
 
-    # -------------------------------------------------------------------------------- (a)
-    def output_dist(self, ctx: Any, output: torch.Tensor) -> LazyAwaitable[torch.Tensor]:
-        awaitable = super().output_dist(ctx, output)
-        if self._logical_blocks is None:
-            return awaitable
-        return _LogicalOrder(awaitable, self._logical_blocks)
-
     # -------------------------------------------------------------------------------- (c)
     def load_state_dict(  # type: ignore[override]  # torchrec's signature, strict kept
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
@@ -382,61 +192,12 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
         with torch.no_grad():
             for key, target in own.items():
                 if key in state_dict:
-                    _copy_into(key, target, state_dict[key], errors)
+                    copy_into(key, target, state_dict[key], errors)
         if errors:
             raise StateDictError("cannot load the state dict into the sharded towers:\n  " + "\n  ".join(errors))
         if strict and (missing or unexpected):
-            raise StateDictError(_key_report(missing, unexpected))
+            raise StateDictError(key_report(missing, unexpected))
         return _IncompatibleKeys(missing, unexpected)
-
-
-def _copy_into(key: str, target: Any, source: Any, errors: list[str]) -> None:
-    """Copy ``source`` into ``target`` (a ShardedTensor's local shards or a tensor), or log why not."""
-    if isinstance(target, ShardedTensor):
-        if tuple(source.size()) != tuple(target.size()):
-            errors.append(f"{key}: global shape {tuple(source.size())}, expected {tuple(target.size())}")
-            return
-        if isinstance(source, ShardedTensor):
-            by_offset = {tuple(s.metadata.shard_offsets): s.tensor for s in source.local_shards()}
-            for shard in target.local_shards():
-                src = by_offset.get(tuple(shard.metadata.shard_offsets))
-                if src is None or src.shape != shard.tensor.shape:
-                    errors.append(
-                        f"{key}: the source holds no shard at offsets {shard.metadata.shard_offsets} of size "
-                        f"{shard.metadata.shard_sizes} on this rank (saved with another plan?); load "
-                        "differently sharded checkpoints with torch.distributed.checkpoint"
-                    )
-                    return
-                shard.tensor.detach().copy_(src)
-        elif _is_plain_tensor(source):
-            for shard in target.local_shards():
-                index = tuple(
-                    slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
-                )
-                shard.tensor.detach().copy_(source[index])
-        else:
-            errors.append(f"{key}: cannot load a {type(source).__name__} into a ShardedTensor")
-    elif _is_plain_tensor(source):
-        if source.shape != target.shape:
-            errors.append(f"{key}: shape {tuple(source.shape)}, expected {tuple(target.shape)}")
-        else:
-            target.detach().copy_(source)
-    else:
-        errors.append(f"{key}: cannot load a {type(source).__name__} into a {type(target).__name__}")
-
-
-def _is_plain_tensor(x: Any) -> bool:
-    """A tensor holding all its values locally (not a ShardedTensor or DTensor)."""
-    return isinstance(x, torch.Tensor) and not isinstance(x, ShardedTensor) and type(x).__name__ != "DTensor"
-
-
-def _key_report(missing: list[str], unexpected: list[str]) -> str:
-    parts = []
-    if missing:
-        parts.append(f"missing keys {sorted(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys {sorted(unexpected)}")
-    return "state dict does not match the model: " + "; ".join(parts)
 
 
 class TowerCollectionSharder(EmbeddingTowerCollectionSharder):
@@ -478,68 +239,6 @@ class TowerCollectionSharder(EmbeddingTowerCollectionSharder):
         )
 
 
-# ------------------------------------------------------------------------------------------ (c)
-class DmtModelParallel(DistributedModelParallel):
-    """torchrec's DMP whose ``load_state_dict`` really loads, or raises.
-
-    Stock DMP walks the module tree with errors discarded and never raises, even with
-    ``strict=True``, and it rewrites the caller's dict in place. Here: the caller's dict is
-    untouched, shape errors always raise, and missing/unexpected keys raise when ``strict``.
-    """
-
-    @property
-    def sharding_plan(self) -> ShardingPlan:
-        """The global sharding plan (TWRW/TWCW, global ranks): :class:`TowerCollectionSharder`
-        shards from a copy, so this is the plan as built, not torchrec's per-host rewrite."""
-        return self._plan
-
-    def load_state_dict(  # type: ignore[override]  # DMP's signature
-        self, state_dict: Mapping[str, Any], prefix: str = "", strict: bool = True
-    ) -> _IncompatibleKeys:
-        """Load a state dict as produced by :meth:`state_dict` (this rank's shards) or an unsharded one.
-
-        Raises:
-            StateDictError: a value that does not fit, or (``strict``) missing/unexpected keys.
-        """
-        state = OrderedDict(state_dict)
-        missing: list[str] = []
-        unexpected: list[str] = []
-        errors: list[str] = []
-        self._load_tree(self.module, state, prefix, missing, unexpected, errors)
-        if errors:
-            raise StateDictError("cannot load the state dict:\n  " + "\n  ".join(errors))
-        if strict and (missing or unexpected):
-            raise StateDictError(_key_report(missing, unexpected))
-        return _IncompatibleKeys(missing, unexpected)
-
-    def _load_tree(
-        self,
-        module: nn.Module,
-        state: OrderedDict[str, Any],
-        prefix: str,
-        missing: list[str],
-        unexpected: list[str],
-        errors: list[str],
-    ) -> None:
-        module = get_unwrapped_module(module)
-        if isinstance(module, ShardedModule):
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            try:
-                result = module.load_state_dict(sub, strict=False)
-            except StateDictError as e:
-                errors.append(str(e))
-                return
-            missing += [prefix + k for k in result.missing_keys]
-            unexpected += [prefix + k for k in result.unexpected_keys]
-            return
-        # strict=True here only means "record" missing/unexpected keys; the caller decides.
-        module._load_from_state_dict(state, prefix, {}, True, missing, unexpected, errors)
-        for name, child in module._modules.items():
-            if child is not None:
-                self._load_tree(child, state, f"{prefix}{name}.", missing, unexpected, errors)
-
-
-# ---------------------------------------------------------------------------------- shard()
 def _resolve(env: DistEnv | Topology | None, device: torch.device | None) -> tuple[Topology, torch.device]:
     if isinstance(env, DistEnv):
         return env.topology, device or env.device
@@ -581,7 +280,7 @@ def shard(
     Args:
         model: a DMT model (``dmt.transform``'s result) with its dense parts materialised.
         plan: the plan the model was transformed with; its hosts decide the placement.
-        env: ``DistEnv`` (from ``dmt.parallel.init_distributed``), a ``Topology``, or None to read
+        env: ``DistEnv`` (from ``dmt.distributed.env.init_distributed``), a ``Topology``, or None to read
             torchrun's environment.
         sharding: tower sharding inside a host: "auto", "table_row_wise" or "table_column_wise",
             for all towers or by tower name.
@@ -589,7 +288,7 @@ def shard(
         fused_params: extra fbgemm fused-kernel parameters for every table.
         qcomm_codecs_registry: torchrec quantized-comms codecs for the all-to-alls.
         comm_compression: compress the cross-host exchange (and, with ``intra_host``, the towers'
-            intra-host comms) with :func:`dmt.qcomm.comm_codecs_registry`; not with
+            intra-host comms) with :func:`dmt.distributed.qcomm.comm_codecs_registry`; not with
             ``qcomm_codecs_registry``.
 
     Raises:
@@ -598,7 +297,7 @@ def shard(
         DmtError: no process group, or meta dense parameters.
     """
     if not dist.is_initialized():
-        raise DmtError("shard needs torch.distributed: call dmt.parallel.init_distributed() first")
+        raise DmtError("shard needs torch.distributed: call dmt.distributed.env.init_distributed() first")
     topology, device = _resolve(env, device)
     if (topology.world_size, topology.rank) != (dist.get_world_size(), dist.get_rank()):
         raise TopologyError(
@@ -635,7 +334,7 @@ def shard(
     sharder = TowerCollectionSharder(
         fused_params=fused_params, qcomm_codecs_registry=qcomm_codecs_registry, intra_host_qcomm=intra_host_qcomm
     )
-    with _torchrec_host_size(topology.local_world_size):
+    with torchrec_host_size(topology.local_world_size):
         dmp = DmtModelParallel(
             module=model,
             env=ShardingEnv.from_process_group(dist.group.WORLD),

@@ -128,7 +128,7 @@ def write_report(runs: dict[str, dict], out_dir: str | os.PathLike, title: str =
             module = towers["module"]
             lines += [f"## {name}: {len(towers['plan']['towers'])} towers, module {module['kind']} "
                       f"(c={module['compression']:g})", "", f"![tower loads]({png})", ""]
-    lines += ["Bytes are logical bytes per training sample summed over ranks (dmt.comm); cross-host ratios "
+    lines += ["Bytes are logical bytes per training sample summed over ranks (dmt.perf.comm_counter); cross-host ratios "
               "are against the first run.", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -3,8 +3,8 @@
 ``DMTModel`` is the tower counterpart of torchrec's ``DLRM`` (same ``forward(dense, sparse) ->
 logits``) and ``DMTTrain`` the counterpart of ``DLRMTrain`` (same ``forward(batch) -> (loss,
 (loss, logits, labels))``), so the training loop and torchrec's pipelines run either unchanged.
-Build one from a flat model with :func:`dmt.sptt.transform`; shard it with
-:func:`dmt.sharding.shard`.
+Build one from a flat model with :func:`dmt.model.transform.transform`; shard it with
+:func:`dmt.distributed.tower_sharding.shard`.
 
 Data flow (B = local batch, D = embedding dim, T = towers, K = sum of the towers' k_t)::
 
@@ -65,8 +65,8 @@ def tower_output_dims(tower_arch: EmbeddingTowerCollection) -> tuple[int, ...]:
     """Output width k_t*D of every plan tower, in plan order, from the host groups' modules.
 
     Example:
-        >>> from dmt.models import ModelConfig, build_flat_model
-        >>> from dmt.sptt import transform
+        >>> from dmt.model.flat import ModelConfig, build_flat_model
+        >>> from dmt.model.transform import transform
         >>> from towers import TowerModuleConfig
         >>> cfg = ModelConfig.preset("debug", sparse_features=("a", "b", "c"), num_embeddings=(10,) * 3)
         >>> plan = TowerPlan.from_groups([["a"], ["b", "c"]], num_hosts=1)

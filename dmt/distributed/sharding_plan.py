@@ -1,9 +1,9 @@
 """The torchrec ``ShardingPlan`` of a DMT model: every tower's tables on its plan host.
 
 Plain data, built in one process without process groups: :func:`build_sharding_plan` turns a
-:class:`dmt.plan.TowerPlan` and a :class:`dmt.topology.Topology` into torchrec's plan, by hand and
+:class:`dmt.plan.TowerPlan` and a :class:`dmt.distributed.topology.Topology` into torchrec's plan, by hand and
 in plan order (torchrec's planner picks hosts without regard to the plan, and on CPU refuses
-row-wise types); :func:`dmt.sharding.shard` hands it to torchrec.
+row-wise types); :func:`dmt.distributed.tower_sharding.shard` hands it to torchrec.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerColle
 
 from dmt.errors import DmtError
 from dmt.plan import PlanError, TowerPlan
-from dmt.sptt import tables_in_lookup_order
-from dmt.topology import Topology
+from dmt.model.transform import tables_in_lookup_order
+from dmt.distributed.topology import Topology
 
 __all__ = [
     "SHARDINGS",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dmt.topology import Topology
+from dmt.distributed.topology import Topology
 
 
 def under_torchrun(env: Mapping[str, str] | None = None) -> bool:
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class HostLaunch:
-    """How one emulated host's torchrun agent starts, beyond the default (see ``dmt.netns``).
+    """How one emulated host's torchrun agent starts, beyond the default (see ``dmt.perf.netns``).
 
     Args:
         prefix: command run in front of torchrun, e.g. ``("ip", "netns", "exec", "ns0")``.
@@ -59,7 +59,7 @@ def torchrun_command(
 ) -> list[str]:
     """The torchrun command line of one emulated host running ``<target> <argv>`` (default ``dmt <argv>``)."""
     return [
-        sys.executable, "-m", "dmt._torchrun",
+        sys.executable, "-m", "dmt.distributed._torchrun",
         f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_host}:{port}", f"--rdzv-id=dmt-{port}",
         *extra_args, *target, *argv,
@@ -81,7 +81,7 @@ def launch_local(
 
     If one agent fails the others are stopped, so a crashed rank never leaves peers hanging in a
     collective until the timeout. ``host_launch(h)`` (with ``rdzv_host``, host 0's address) wraps
-    host ``h``'s agent, e.g. into its own network namespace (``dmt.netns.ShapedNetwork``).
+    host ``h``'s agent, e.g. into its own network namespace (``dmt.perf.netns.ShapedNetwork``).
     """
     Topology(world_size=hosts * ranks_per_host, local_world_size=ranks_per_host)  # validates
     port = free_port()

@@ -1,11 +1,13 @@
 """The ``dmt`` command line: one console script, one subcommand per step of the data path.
 
-    dmt gen-data   synthetic Criteo-format rows with planted feature groups
-    dmt partition  group sparse features into towers -> plan.json
-    dmt train      train flat or DMT models (one process, or emulated hosts via torchrun)
-    dmt demo       the main job end to end on generated data
+    dmt gen-data      synthetic Criteo-format rows with planted feature groups
+    dmt partition     group sparse features into towers -> plan.json
+    dmt train         train flat or DMT models (one process, or emulated hosts via torchrun)
+    dmt demo          the main job end to end on generated data
+    dmt bench         time flat and DMT training steps side by side
+    dmt plan-cluster  predicted step time and speed-up on a cluster you describe
 
-Each subcommand lives in ``dmt/commands/<name>.py`` with ``register(subparsers)``; its handler
+Each subcommand lives in ``dmt/cli/<name>.py`` with ``register(subparsers)``; its handler
 returns an exit code. Any DmtError (bad data, plan, topology, arguments) becomes one line on stderr
 and exit code 2.
 """
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dmt.errors import DmtError
 from dmt.quiet import quiet_third_party
 
-# Modules under dmt.commands, in the order `dmt --help` lists them.
+# Modules under dmt.cli, in the order `dmt --help` lists them.
 COMMANDS = ("gen_data", "partition", "train", "demo", "bench", "plan_cluster")
 
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"dmt.commands.{name}").register(sub)
+        importlib.import_module(f"dmt.cli.{name}").register(sub)
     return parser
 
 
@@ -64,7 +66,7 @@ def _report(line: str) -> None:
         print(line, file=sys.stderr)
 
 
-def _exit(code: int) -> None:
+def exit_job(code: int) -> None:
     """Exit with ``code``; a torchrun worker that succeeded skips the interpreter's teardown.
 
     Why: gloo's C++ worker threads can still hold work objects whose destruction during
@@ -80,6 +82,3 @@ def _exit(code: int) -> None:
         os._exit(0)
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    _exit(main())

@@ -2,14 +2,14 @@
 
 Launches itself on ``--hosts H --ranks-per-host L`` emulated hosts (torchrun agents on this
 machine, as `dmt train` does), or runs as is under an outer torchrun on real hosts. See
-:mod:`dmt.bench` for what is measured and :mod:`dmt.netns` for ``--shaped-link``.
+:mod:`dmt.perf.bench` for what is measured and :mod:`dmt.perf.netns` for ``--shaped-link``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dmt.commands import add_tower_sharding_argument
+from dmt.cli.args import add_tower_sharding_argument
 from dmt.errors import DmtError
 
 # NCCL without NVLink/PCIe peer copies or shared memory: every byte between ranks goes through
@@ -70,14 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def comm_compression(spec: str | None):
-    from dmt.commands.train import comm_compression as parse  # noqa: PLC0415 (one parser for both)
+    from dmt.cli.train import comm_compression as parse  # noqa: PLC0415 (one parser for both)
 
     return parse(spec)
 
 
 def bench_config(args: argparse.Namespace, hosts: int):
     """The validated BenchConfig of these arguments on ``hosts`` hosts."""
-    from dmt.bench import BenchConfig, contiguous_plan  # noqa: PLC0415
+    from dmt.perf.bench import BenchConfig, contiguous_plan  # noqa: PLC0415
     from dmt.plan import TowerPlan  # noqa: PLC0415
     from dmt.train.optim import OptimConfig  # noqa: PLC0415
 
@@ -112,20 +112,20 @@ def _check_stock(cfg, hosts: int) -> None:
 
 def _link_label(args: argparse.Namespace) -> str:
     if args.shaped_link:
-        from dmt.netns import LinkShape  # noqa: PLC0415
+        from dmt.perf.netns import LinkShape  # noqa: PLC0415
 
         return f"shaped {LinkShape.parse(args.shaped_link)} per host (netns + tc)"
     return "NCCL sockets (--slow-link)" if args.slow_link else "default"
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dmt.launch import under_torchrun  # noqa: PLC0415
+    from dmt.distributed.launch import under_torchrun  # noqa: PLC0415
 
     if args.hosts < 1 or args.ranks_per_host < 1:
         raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
     if under_torchrun():
-        from dmt.bench import run_bench  # noqa: PLC0415
-        from dmt.topology import Topology  # noqa: PLC0415
+        from dmt.perf.bench import run_bench  # noqa: PLC0415
+        from dmt.distributed.topology import Topology  # noqa: PLC0415
 
         run_bench(bench_config(args, Topology.from_env().num_hosts))
         return 0
@@ -135,14 +135,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """Start the emulated hosts: plain torchrun agents, or each in its namespace behind a shaped link."""
-    from dmt.launch import launch_local  # noqa: PLC0415
+    from dmt.distributed.launch import launch_local  # noqa: PLC0415
 
     env = dict(SLOW_LINK_ENV) if args.slow_link else {}
     if not args.shaped_link:
         return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env)
     import torch  # noqa: PLC0415
 
-    from dmt.netns import LinkShape, ShapedNetwork, sigterm_as_exit  # noqa: PLC0415
+    from dmt.perf.netns import LinkShape, ShapedNetwork, sigterm_as_exit  # noqa: PLC0415
 
     if torch.cuda.is_available():
         raise DmtError("--shaped-link shapes gloo's TCP traffic on CPU; NCCL on GPUs may bypass the namespaces "

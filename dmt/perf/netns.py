@@ -1,7 +1,7 @@
 """Emulated hosts behind a shaped network link: one Linux network namespace per host.
 
 ``dmt bench --hosts H --shaped-link 1gbit,0.5ms`` (and anything else launched through
-:func:`dmt.launch.launch_local` with :meth:`ShapedNetwork.host_launch`) runs each emulated host's
+:func:`dmt.distributed.launch.launch_local` with :meth:`ShapedNetwork.host_launch`) runs each emulated host's
 torchrun agent and its ranks in a namespace of its own, so the bytes that cross hosts are real TCP
 traffic through a rate-limited (and optionally delayed) link, while a host's own ranks still talk
 over loopback at memory speed::
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from dmt.errors import DmtError
-from dmt.launch import HostLaunch
+from dmt.distributed.launch import HostLaunch
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps)\s*$", re.I)
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s)?\s*$", re.I)
@@ -129,7 +129,7 @@ class ShapedNetwork:
     """H network namespaces joined by a bridge over shaped veth links (see the module docstring).
 
     A context manager: entering builds the network, exiting (also on an exception or Ctrl-C)
-    removes it. While active, :meth:`host_launch` tells :func:`dmt.launch.launch_local` how to
+    removes it. While active, :meth:`host_launch` tells :func:`dmt.distributed.launch.launch_local` how to
     start host ``h``'s torchrun agent inside namespace ``h``.
 
     Args:

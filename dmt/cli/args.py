@@ -6,7 +6,7 @@ import argparse
 
 
 def add_tower_sharding_argument(group: argparse._ArgumentGroup) -> None:
-    """``--tower-sharding``: how a host's tower tables are sharded over its GPUs (dmt.sharding_plan)."""
+    """``--tower-sharding``: how a host's tower tables are sharded over its GPUs (dmt.distributed.sharding_plan)."""
     group.add_argument(
         "--tower-sharding", choices=["auto", "table_row_wise", "table_column_wise"], default="auto",
         help="tower tables inside a host: table_row_wise (rows over the host's GPUs), table_column_wise "

@@ -3,18 +3,18 @@
 Every rank of one job builds each variant in turn on the same Criteo-shaped model (26 tables) and
 trains it on the same pre-generated random batches:
 
-* ``flat``: torchrec's DLRM, its tables sharded over the whole job by DMP (``dmt.parallel.shard_flat``);
+* ``flat``: torchrec's DLRM, its tables sharded over the whole job by DMP (``dmt.distributed.flat.shard_flat``);
 * ``dmt``: the same DLRM transformed into towers (``dmt.transform``) and sharded tower per host
   (``dmt.shard``);
 * ``stock``: the same DMT model sharded by torchrec's own ``EmbeddingTowerCollectionSharder``
-  (none of ``dmt.sharding``'s fixes; outputs come back in host order, which timing ignores);
-* ``flat+comm`` / ``dmt+comm``: ``flat`` / ``dmt`` with ``comm`` (a :class:`dmt.qcomm.CommCompression`)
+  (none of ``dmt.distributed.tower_sharding``'s fixes; outputs come back in host order, which timing ignores);
+* ``flat+comm`` / ``dmt+comm``: ``flat`` / ``dmt`` with ``comm`` (a :class:`dmt.distributed.qcomm.CommCompression`)
   compressing the embedding exchange.
 
 A step is what training does: forward, backward (the fused sparse optimizer updates the tables
 inside it), dense optimizer step; optionally through torchrec's ``TrainPipelineSparseDist``.
 Step time is the median over the timed steps of the slowest rank's time (CUDA events on GPU,
-``perf_counter`` between barriers on CPU). Bytes come from :class:`dmt.comm.CommCounter` over a
+``perf_counter`` between barriers on CPU). Bytes come from :class:`dmt.perf.comm_counter.CommCounter` over a
 few extra steps after the timed ones, so counting never slows the timed steps.
 
 Shapes: B = batch per rank, W = ranks, F = 26 features, D = embedding dim.
@@ -36,10 +36,10 @@ import torch.distributed as dist
 from dmt.atomic import atomic_write_text
 from dmt.errors import DmtError
 from dmt.plan import TowerPlan
-from dmt.qcomm import CommCompression
+from dmt.distributed.qcomm import CommCompression
 from dmt.train.optim import OptimConfig
 
-# "+comm": the same variant with --comm-compression on its embedding exchange (dmt.qcomm).
+# "+comm": the same variant with --comm-compression on its embedding exchange (dmt.distributed.qcomm).
 VARIANTS = ("flat", "dmt", "stock", "flat+comm", "dmt+comm")
 NUM_TABLES = 26  # Criteo's categorical features
 FEATURES = tuple(f"cat_{i}" for i in range(NUM_TABLES))  # torchrec's DEFAULT_CAT_NAMES
@@ -109,7 +109,7 @@ def contiguous_plan(num_towers: int, num_hosts: int) -> TowerPlan:
 # ---------------------------------------------------------------------------------------- model
 def model_config(cfg: BenchConfig):
     """The Criteo-shaped flat model: 26 tables of ``num_embeddings`` x D, dense arch 512-256-D."""
-    from dmt.models import ModelConfig  # noqa: PLC0415 (torchrec only in the ranks)
+    from dmt.model.flat import ModelConfig  # noqa: PLC0415 (torchrec only in the ranks)
 
     return ModelConfig.preset("criteo", arch=cfg.model, embedding_dim=cfg.embedding_dim,
                               num_embeddings=(cfg.num_embeddings,) * NUM_TABLES,
@@ -139,8 +139,8 @@ def build_variant(name: str, cfg: BenchConfig, env) -> Built:
 
 
 def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> Built:
-    from dmt.models import build_flat_model  # noqa: PLC0415
-    from dmt.parallel import shard_flat  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
     from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
 
     mcfg = model_config(cfg)
@@ -152,10 +152,11 @@ def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> B
 
 
 def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression | None = None) -> Built:
-    from dmt.models import build_flat_model  # noqa: PLC0415
-    from dmt.sharding import build_sharding_plan, find_tower_collection, shard  # noqa: PLC0415
-    from dmt.sptt import transform  # noqa: PLC0415
-    from dmt.dmt_model import tower_output_dims  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model  # noqa: PLC0415
+    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection  # noqa: PLC0415
+    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+    from dmt.model.transform import transform  # noqa: PLC0415
+    from dmt.model.dmt import tower_output_dims  # noqa: PLC0415
     from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
     from towers import TowerModuleConfig  # noqa: PLC0415
 
@@ -186,7 +187,7 @@ def _shard_stock(model: torch.nn.Module, plan, env):
     """torchrec's DMP + EmbeddingTowerCollectionSharder on the sharding plan dmt.shard would use.
 
     Only what it cannot run without is added: on CPU its intra-host DDP rejects CPU
-    ``device_ids`` (the swap of ``dmt.sharding``), and its process groups need torchrec's
+    ``device_ids`` (the swap of ``dmt.distributed.tower_sharding``), and its process groups need torchrec's
     host-size variables pinned. torchrec mutates the plan, so it gets a copy.
     """
     import contextlib  # noqa: PLC0415
@@ -196,11 +197,11 @@ def _shard_stock(model: torch.nn.Module, plan, env):
     from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
     from torchrec.distributed.types import ShardingEnv  # noqa: PLC0415
 
-    from dmt import sharding as ds  # noqa: PLC0415
+    from dmt.distributed import torchrec_fixes as ds  # noqa: PLC0415
 
     ds.tower_process_groups(env.topology, env.device)
-    cpu_fix = ds._safe_tower_sharding() if env.device.type == "cpu" else contextlib.nullcontext()
-    with cpu_fix, ds._torchrec_host_size(env.topology.local_world_size):
+    cpu_fix = ds.safe_tower_sharding() if env.device.type == "cpu" else contextlib.nullcontext()
+    with cpu_fix, ds.torchrec_host_size(env.topology.local_world_size):
         return DistributedModelParallel(module=model, env=ShardingEnv.from_process_group(dist.group.WORLD),
                                         device=env.device, plan=copy.deepcopy(plan),
                                         sharders=[EmbeddingTowerCollectionSharder()])  # fmt: skip
@@ -295,7 +296,7 @@ def _end_step(clock: _Clock) -> None:
 
 def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
     """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
-    from dmt.comm import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
 
     register_ddp_counting_hooks(built.model)  # as training does: the hook runs in timed steps too
     source = itertools.cycle(batches)
@@ -400,8 +401,8 @@ def _quantile(xs: list[float], q: float) -> float:
 
 # ------------------------------------------------------------------------------------- analytic
 def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None:
-    """Cross-/intra-host bytes per sample ``dmt.comm_model`` predicts, or None where it has no model."""
-    from dmt.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model."""
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
 
     shape = CommShape(num_features=NUM_TABLES, embedding_dim=cfg.embedding_dim, num_hosts=topology.num_hosts,
                       ranks_per_host=topology.local_world_size, batch_size=cfg.batch_size,
@@ -423,7 +424,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Every rank: build and time each variant in turn; rank 0 prints the table and writes the JSON."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    from dmt.parallel import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed  # noqa: PLC0415
 
     env = init_distributed()
     topo = env.topology

@@ -1,0 +1,1 @@
+"""Training: build the model a job trains, the loop, checkpoints, metrics and the run report."""
