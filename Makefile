@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dmt-installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: setup demo test test-slow test-all clean
+.PHONY: setup demo lint test test-slow test-all clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): requirements/cpu.txt requirements/torchrec.txt pyproject.toml
 demo: setup
 	$(BIN)/dmt demo --workdir runs/demo
 
-# Default test run: everything but @pytest.mark.slow. Exit code 5 means "no tests collected".
-test: setup
+# ruff (configured in pyproject.toml): lint, then check that every file is formatted.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Default test run: lint, then everything but @pytest.mark.slow. Exit code 5 means "no tests collected".
+test: setup lint
 	$(PYTEST) -m "not slow" ; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-slow: setup

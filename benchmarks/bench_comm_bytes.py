@@ -70,8 +70,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", default=None, help="also write the per-sample numbers here")
     a = p.parse_args(argv)
-    cfg = BenchConfig(hosts=a.hosts, ranks_per_host=a.ranks_per_host, num_features=a.features, dim=a.dim,
-                      pooling=a.pooling, batch_size=a.batch_size, num_embeddings=a.num_embeddings, seed=a.seed)
+    cfg = BenchConfig(
+        hosts=a.hosts,
+        ranks_per_host=a.ranks_per_host,
+        num_features=a.features,
+        dim=a.dim,
+        pooling=a.pooling,
+        batch_size=a.batch_size,
+        num_embeddings=a.num_embeddings,
+        seed=a.seed,
+    )
     return cfg, a.json
 
 
@@ -80,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
 
 
 def model_config(cfg: BenchConfig):
-    from dmt.model.flat import ModelConfig  # noqa: PLC0415  (workers import torchrec, the parent need not)
+    from dmt.model.flat import ModelConfig  # workers import torchrec, the parent need not
 
     return ModelConfig.preset(
         "criteo",
@@ -93,8 +101,8 @@ def model_config(cfg: BenchConfig):
 
 def make_batch(cfg: BenchConfig, rank: int, step: int):
     """This rank's batch: exactly ``pooling`` uniform ids per (sample, feature)."""
-    from torchrec.datasets.utils import Batch  # noqa: PLC0415
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 1009 + step)
     B, F, p = cfg.batch_size, cfg.num_features, cfg.pooling
@@ -111,9 +119,9 @@ def make_batch(cfg: BenchConfig, rank: int, step: int):
 
 def build_flat_model(cfg: BenchConfig, env, sharding: str):
     """The flat DLRM sharded ``sharding`` by DMP (dmt.distributed.flat.shard_flat), plus its optimizer."""
-    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
-    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat
+    from dmt.model.flat import build_flat_model as build
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
 
     mcfg = model_config(cfg)
     model = build(mcfg, device="meta")
@@ -145,22 +153,23 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
     NotImplementedError (the rows are skipped) while ``dmt.distributed.tower_sharding`` / ``dmt.transform`` are absent.
     """
     try:
-        from dmt.distributed.sharding_plan import find_tower_collection  # noqa: PLC0415
-        from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
-        from dmt.model.transform import transform  # noqa: PLC0415
-        from dmt.model.dmt import tower_output_dims  # noqa: PLC0415
+        from dmt.distributed.sharding_plan import find_tower_collection
+        from dmt.distributed.tower_sharding import shard
+        from dmt.model.dmt import tower_output_dims
+        from dmt.model.transform import transform
     except ImportError as e:
         raise NotImplementedError(f"dmt.sharding / dmt.transform not available ({e})") from None
-    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
-    from dmt.plan import TowerPlan  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
-    from towers import TowerModuleConfig  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model as build
+    from dmt.plan import TowerPlan
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+    from towers import TowerModuleConfig
 
     mcfg = model_config(cfg)
     features = mcfg.sparse_features
     plan = TowerPlan.from_groups([features[h :: cfg.hosts] for h in range(cfg.hosts)], num_hosts=cfg.hosts)
-    model = transform(build(mcfg, device="meta"), plan,
-                      tower_module=TowerModuleConfig(kind=tower_kind, compression=compression))  # fmt: skip
+    model = transform(
+        build(mcfg, device="meta"), plan, tower_module=TowerModuleConfig(kind=tower_kind, compression=compression)
+    )
     fqn, collection = find_tower_collection(model)
     tower_features = tuple(len(t.features) for t in plan.towers)
     tower_outputs = tower_output_dims(collection)
@@ -169,14 +178,20 @@ def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) 
     optim = OptimConfig(sparse="sgd", dense="sgd")
     apply_sparse_optimizer(model, optim)
     sharded = shard(model, plan, env, sharding="table_row_wise")
-    return DmtBuild(model=sharded, optimizer=build_optimizer(sharded, optim), tower_features=tower_features,
-                    tower_output_dims=tower_outputs, tower_params=tower_params,
-                    dense_params=dense_params, intra_sharding="row_wise")  # fmt: skip
+    return DmtBuild(
+        model=sharded,
+        optimizer=build_optimizer(sharded, optim),
+        tower_features=tower_features,
+        tower_output_dims=tower_outputs,
+        tower_params=tower_params,
+        dense_params=dense_params,
+        intra_sharding="row_wise",
+    )
 
 
 def _count_step(model, optimizer, cfg: BenchConfig, topology, rank: int) -> dict:
     """One warm-up step, then one counted step; returns the all-rank per-sample summary (rank 0)."""
-    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks
 
     register_ddp_counting_hooks(model)
 
@@ -194,7 +209,7 @@ def _count_step(model, optimizer, cfg: BenchConfig, topology, rank: int) -> dict
 
 
 def _dense_params(cfg: BenchConfig) -> int:
-    from dmt.model.flat import build_flat_model as build  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model as build
 
     model = build(model_config(cfg), device="meta")
     return sum(p.numel() for n, p in model.named_parameters() if "embedding_bag_collection" not in n)
@@ -202,15 +217,19 @@ def _dense_params(cfg: BenchConfig) -> int:
 
 def _worker(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank % cfg.ranks_per_host), WORLD_SIZE=str(cfg.world_size),
-        LOCAL_WORLD_SIZE=str(cfg.ranks_per_host), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    from dmt.quiet import quiet_third_party  # noqa: PLC0415
+        RANK=str(rank),
+        LOCAL_RANK=str(rank % cfg.ranks_per_host),
+        WORLD_SIZE=str(cfg.world_size),
+        LOCAL_WORLD_SIZE=str(cfg.ranks_per_host),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    from dmt.quiet import quiet_third_party
 
     quiet_third_party()
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
-    from dmt.distributed.env import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed
 
     env = init_distributed("gloo")
     results: dict = {"flat": {}, "dmt": {}, "skipped": {}}
@@ -227,10 +246,12 @@ def _worker(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
             continue
         results["dmt"][name] = {
             **_count_step(built.model, built.optimizer, cfg, env.topology, rank),
-            "tower_features": list(built.tower_features), "tower_outputs": list(built.tower_output_dims),
-            "tower_params": int(built.tower_params), "dense_params": int(built.dense_params),
+            "tower_features": list(built.tower_features),
+            "tower_outputs": list(built.tower_output_dims),
+            "tower_params": int(built.tower_params),
+            "dense_params": int(built.dense_params),
             "intra_sharding": built.intra_sharding,
-        }  # fmt: skip
+        }
     if rank == 0:
         results["dense_params"] = _dense_params(cfg)
         Path(out_dir, "results.json").write_text(json.dumps(results))
@@ -248,16 +269,17 @@ def _worker_main(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
 
 def run_spawned(cfg: BenchConfig) -> dict:
     """Run the workers and return rank 0's results."""
-    import torch.multiprocessing as mp  # noqa: PLC0415
+    import torch.multiprocessing as mp
 
-    from dmt.distributed.launch import free_port  # noqa: PLC0415
+    from dmt.distributed.launch import free_port
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            mp.start_processes(_worker_main, args=(cfg, free_port(), tmp), nprocs=cfg.world_size,
-                               start_method="spawn", join=True)
+            mp.start_processes(
+                _worker_main, args=(cfg, free_port(), tmp), nprocs=cfg.world_size, start_method="spawn", join=True
+            )
         except Exception:
             errors = sorted(Path(tmp).glob("error_*.txt"))
             if errors:
@@ -271,7 +293,7 @@ def run_spawned(cfg: BenchConfig) -> dict:
 
 
 def _summary(entry: dict):
-    from dmt.perf.comm_counter import CommKey, CommStats, CommSummary  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommKey, CommStats, CommSummary
 
     return CommSummary({CommKey(**k): CommStats(**s) for k, s in entry["stats"]})
 
@@ -279,8 +301,10 @@ def _summary(entry: dict):
 def comparison_table(name: str, measured, analytic) -> str:
     """Markdown rows per (collective, group, payload): fwd/bwd cross and intra, measured | analytic."""
     keys = sorted({(k.op, k.group, k.payload) for k in (*measured.stats, *analytic.stats)})
-    head = ("| case | collective | group | payload | fwd cross | fwd cross (analytic) | fwd intra | "
-            "fwd intra (analytic) | bwd cross | bwd cross (analytic) | bwd intra | bwd intra (analytic) |")
+    head = (
+        "| case | collective | group | payload | fwd cross | fwd cross (analytic) | fwd intra | "
+        "fwd intra (analytic) | bwd cross | bwd cross (analytic) | bwd intra | bwd intra (analytic) |"
+    )
     lines = [head, "|---|---|---|---|" + "---:|" * 8]
 
     def cells(op: str, group: str, payload: str) -> list[str]:
@@ -302,18 +326,29 @@ def comparison_table(name: str, measured, analytic) -> str:
 
 
 def report(cfg: BenchConfig, results: dict) -> tuple[str, dict]:
-    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 
-    shape = CommShape(num_features=cfg.num_features, embedding_dim=cfg.dim, num_hosts=cfg.hosts,
-                      ranks_per_host=cfg.ranks_per_host, batch_size=cfg.batch_size, pooling_factor=cfg.pooling)
+    shape = CommShape(
+        num_features=cfg.num_features,
+        embedding_dim=cfg.dim,
+        num_hosts=cfg.hosts,
+        ranks_per_host=cfg.ranks_per_host,
+        batch_size=cfg.batch_size,
+        pooling_factor=cfg.pooling,
+    )
     dense = results["dense_params"]
     cases = []  # (name, measured CommSummary, analytic CommSummary)
     for sharding, entry in results["flat"].items():
         cases.append((f"flat {sharding}", _summary(entry), analytic_flat(shape, sharding, dense_params=dense)))
     for name, entry in results["dmt"].items():
-        analytic = analytic_dmt(shape, entry["tower_features"], entry["tower_outputs"],
-                                intra_sharding=entry["intra_sharding"], dense_params=entry["dense_params"],
-                                tower_params=entry["tower_params"])
+        analytic = analytic_dmt(
+            shape,
+            entry["tower_features"],
+            entry["tower_outputs"],
+            intra_sharding=entry["intra_sharding"],
+            dense_params=entry["dense_params"],
+            tower_params=entry["tower_params"],
+        )
         cases.append((name, _summary(entry), analytic))
     text = [
         f"Bytes per sample of the global batch ({cfg.batch_size} x {cfg.world_size} ranks), summed over ranks; "
@@ -326,14 +361,21 @@ def report(cfg: BenchConfig, results: dict) -> tuple[str, dict]:
     for name, m, _ in cases:
         f, b = m.total(phase="forward"), m.total(phase="backward")
         cross = f.cross_host + b.cross_host
-        text.append(f"| {name} | {f.cross_host:,.1f} | {b.cross_host:,.1f} | **{cross:,.1f}** "
-                    f"| {f.intra_host:,.1f} | {b.intra_host:,.1f} | {f.intra_host + b.intra_host:,.1f} |")
+        text.append(
+            f"| {name} | {f.cross_host:,.1f} | {b.cross_host:,.1f} | **{cross:,.1f}** "
+            f"| {f.intra_host:,.1f} | {b.intra_host:,.1f} | {f.intra_host + b.intra_host:,.1f} |"
+        )
     for name, m, a in cases:
         text += ["", comparison_table(name, m, a)]
     for name, why in results["skipped"].items():
         text += ["", f"{name}: skipped: {why}"]
-    data = {name: {"measured": [(asdict(k), asdict(s)) for k, s in m.stats.items()],
-                   "analytic": [(asdict(k), asdict(s)) for k, s in a.stats.items()]} for name, m, a in cases}
+    data = {
+        name: {
+            "measured": [(asdict(k), asdict(s)) for k, s in m.stats.items()],
+            "analytic": [(asdict(k), asdict(s)) for k, s in a.stats.items()],
+        }
+        for name, m, a in cases
+    }
     return "\n".join(text), data
 
 

@@ -46,12 +46,15 @@ def run_case(num_features: int, num_towers: int, repeats: int, seed: int) -> lis
     graph = rep.affinity_graph()  # the same kNN graph TP builds: used to score every method
     rows = []
     methods = {"planted groups": lambda: truth}  # the reference: what perfect recovery costs in balance
-    methods |= {name: (lambda cls=cls: cls(num_towers, random_state=seed).fit(rep, costs=costs).labels_)
-                for name, cls in METHODS.items()}  # fmt: skip
+    methods |= {
+        name: (lambda cls=cls: cls(num_towers, random_state=seed).fit(rep, costs=costs).labels_)
+        for name, cls in METHODS.items()
+    }
     # TP again with the tolerance loosened to the planted groups' own imbalance: recovery alone.
     loose = imbalance(np.bincount(truth, weights=costs, minlength=num_towers), num_towers) - 1 + 0.01
-    methods[f"tp tol={loose:.2f}"] = lambda: TowerPartitioner(
-        num_towers, balance_tolerance=loose, random_state=seed).fit(rep, costs=costs).labels_
+    methods[f"tp tol={loose:.2f}"] = lambda: (
+        TowerPartitioner(num_towers, balance_tolerance=loose, random_state=seed).fit(rep, costs=costs).labels_
+    )
     methods["sklearn KMeans"] = lambda: KMeans(num_towers, n_init=1, random_state=seed).fit(rep.vectors).labels_
     for name, fit in methods.items():
         times = []
@@ -61,11 +64,17 @@ def run_case(num_features: int, num_towers: int, repeats: int, seed: int) -> lis
             labels = fit()
             times.append(time.perf_counter() - start)
         loads = np.bincount(labels, weights=costs, minlength=num_towers)
-        rows.append({
-            "method": name, "features": num_features, "towers": num_towers, "seconds": min(times),
-            "ari": adjusted_rand_score(truth, labels), "max/mean": imbalance(loads, num_towers),
-            "intra": intra_affinity(graph, labels),
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "features": num_features,
+                "towers": num_towers,
+                "seconds": min(times),
+                "ari": adjusted_rand_score(truth, labels),
+                "max/mean": imbalance(loads, num_towers),
+                "intra": intra_affinity(graph, labels),
+            }
+        )
     return rows
 
 
@@ -73,8 +82,10 @@ def format_rows(rows: list[dict]) -> str:
     header = f"{'method':<16} {'features':>8} {'towers':>6} {'seconds':>8} {'ARI':>6} {'max/mean':>8} {'intra-aff':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['method']:<16} {r['features']:>8} {r['towers']:>6} {r['seconds']:>8.2f} "
-                     f"{r['ari']:>6.3f} {r['max/mean']:>8.3f} {100 * r['intra']:>8.1f}%")  # fmt: skip
+        lines.append(
+            f"{r['method']:<16} {r['features']:>8} {r['towers']:>6} {r['seconds']:>8.2f} "
+            f"{r['ari']:>6.3f} {r['max/mean']:>8.3f} {100 * r['intra']:>8.1f}%"
+        )
     return "\n".join(lines)
 
 

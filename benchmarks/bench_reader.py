@@ -40,8 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         generate_criteo(path, rows=args.rows, seed=args.seed)
         gen_s = time.perf_counter() - t0
         size = os.path.getsize(path)
-        print(f"generated {args.rows:,} rows ({size / 1e6:.0f} MB) in {gen_s:.2f}s "
-              f"({args.rows / gen_s:,.0f} rows/s)", file=sys.stderr)  # fmt: skip
+        print(
+            f"generated {args.rows:,} rows ({size / 1e6:.0f} MB) in {gen_s:.2f}s ({args.rows / gen_s:,.0f} rows/s)",
+            file=sys.stderr,
+        )
 
         t0, c0 = time.perf_counter(), time.process_time()
         ours, report = read_criteo(path)
@@ -53,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             outs = [os.path.join(tmp, f"{k}.npy") for k in ("dense", "sparse", "labels")]
             t0, c0 = time.perf_counter(), time.process_time()
             BinaryCriteoUtils.tsv_to_npys(path, *outs, dataset_name="criteo_kaggle")
-            results.append(("torchrec BinaryCriteoUtils.tsv_to_npys", time.perf_counter() - t0,
-                            time.process_time() - c0))  # fmt: skip
+            results.append(
+                ("torchrec BinaryCriteoUtils.tsv_to_npys", time.perf_counter() - t0, time.process_time() - c0)
+            )
             # Same file, same answer: torchrec maps a missing categorical to 0, we map it to -1.
             sparse, labels = np.load(outs[1]), np.load(outs[2])
             assert np.array_equal(np.where(ours.sparse < 0, 0, ours.sparse), sparse), "categoricals differ"

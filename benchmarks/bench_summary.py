@@ -29,16 +29,24 @@ def row(path: str) -> str:
     ratio = [f"{ms[k] / flat:.3f}x" if k in ms else "-" for k in ("dmt", "stock", "dmt+comm")]
     cross = v["dmt"]["cross_host_bytes_per_sample"] / v["flat"]["cross_host_bytes_per_sample"]
     name = os.path.basename(path)
-    return (f"| {name} | {report['hosts']}x{report['ranks_per_host']} | {link} | {towers}{inside} | "
-            + " | ".join(cells) + " | " + " | ".join(ratio) + f" | {cross:.3f}x |")
+    return (
+        f"| {name} | {report['hosts']}x{report['ranks_per_host']} | {link} | {towers}{inside} | "
+        + " | ".join(cells)
+        + " | "
+        + " | ".join(ratio)
+        + f" | {cross:.3f}x |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", help="dmt bench JSONs")
     args = ap.parse_args(argv)
-    print("| run | hosts x GPUs | link | towers | " + " | ".join(f"{k} ms" for k in VARIANTS)
-          + " | dmt/flat | stock/flat | (dmt+comm)/flat | cross-host bytes dmt/flat |")
+    print(
+        "| run | hosts x GPUs | link | towers | "
+        + " | ".join(f"{k} ms" for k in VARIANTS)
+        + " | dmt/flat | stock/flat | (dmt+comm)/flat | cross-host bytes dmt/flat |"
+    )
     print("|---|---|---|---|" + "---:|" * (len(VARIANTS) + 4))
     for path in args.paths:
         print(row(path))

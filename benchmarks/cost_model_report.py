@@ -24,8 +24,8 @@ import argparse
 import dataclasses
 import glob
 import json
-import statistics
 import os
+import statistics
 
 from dmt.atomic import atomic_open, atomic_write_text
 from dmt.perf.calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
@@ -60,12 +60,20 @@ def gpu4_measurements() -> list[Measurement]:
 
 
 def cpu_measurements() -> list[Measurement]:
-    files = {"bench_loopback.json": CPU[0], "bench_1gbit.json": CPU[1], "bench_250mbit.json": CPU[2],
-             "bench_1gbit_r2.json": CPU[1], "bench_250mbit_r2.json": CPU[2],  # r2: repeats, 20 steps
-             # _idle: the same on an otherwise idle machine (the others ran beside 6-9 busy processes)
-             "bench_loopback_idle.json": CPU[0], "bench_1gbit_idle.json": CPU[1], "bench_250mbit_idle.json": CPU[2]}
-    return [m for name, topo in files.items()
-            for m in measurements_from_bench(os.path.join(RESULTS, "cpu_2x2", name), topo)]  # fmt: skip
+    files = {
+        "bench_loopback.json": CPU[0],
+        "bench_1gbit.json": CPU[1],
+        "bench_250mbit.json": CPU[2],
+        "bench_1gbit_r2.json": CPU[1],
+        "bench_250mbit_r2.json": CPU[2],  # r2: repeats, 20 steps
+        # _idle: the same on an otherwise idle machine (the others ran beside 6-9 busy processes)
+        "bench_loopback_idle.json": CPU[0],
+        "bench_1gbit_idle.json": CPU[1],
+        "bench_250mbit_idle.json": CPU[2],
+    }
+    return [
+        m for name, topo in files.items() for m in measurements_from_bench(os.path.join(RESULTS, "cpu_2x2", name), topo)
+    ]
 
 
 def gpu_params() -> list[Param]:
@@ -79,7 +87,9 @@ def gpu_params() -> list[Param]:
         Param("ms per tower on a host", "machine.tower_ms", GPU, log=False, bounds=(0.0, 20.0)),
         # net of what DMT saves on its smaller global interaction (7 vectors instead of 27), so may be < 0
         Param("tower path ms", "machine.tower_path_ms", GPU, log=False, bounds=(-20.0, 20.0)),
-        Param("NVLink efficiency", "inter_host.efficiency", GPU[:1], bounds=(0.5, 1.0)),  # physical range for 100 MB all-to-alls; left free, the fit traded it against the step overhead (0.09)
+        Param(
+            "NVLink efficiency", "inter_host.efficiency", GPU[:1], bounds=(0.5, 1.0)
+        ),  # physical range for 100 MB all-to-alls; left free, the fit traded it against the step overhead (0.09)
         Param("NCCL sockets efficiency", "inter_host.efficiency", GPU[1:], bounds=(1e-3, 10.0)),
     ]
 
@@ -107,8 +117,10 @@ def out_of_sample_2x2(fit_h200x2: Fit, ms: list[Measurement]) -> list[tuple[Meas
     they ran: same machine and link constants, 2 GPUs per host (benchmarks/results/gpu_h200x4/
     predicted_before_run.md); sockets carry the intra-host collectives too."""
     fast, slow = fit_h200x2.topologies[GPU[0]], fit_h200x2.topologies[GPU[1]]
-    topos = {GPU4[2]: dataclasses.replace(fast, gpus_per_host=2, intra_host=fast.inter_host),
-             GPU4[3]: dataclasses.replace(slow, gpus_per_host=2, intra_host=slow.inter_host)}  # fmt: skip
+    topos = {
+        GPU4[2]: dataclasses.replace(fast, gpus_per_host=2, intra_host=fast.inter_host),
+        GPU4[3]: dataclasses.replace(slow, gpus_per_host=2, intra_host=slow.inter_host),
+    }
     # (as predicted then: intra- and inter-host bytes assumed to travel at once, not shared_medium)
     return [(m, predict_ms(m, topos)) for m in ms if m.topology in topos]
 
@@ -134,20 +146,24 @@ def fit_class(ms: list[Measurement], names: tuple[str, ...], params: list[Param]
     if len(tied) == 2:  # one parameter, two fields: fit the first, copy to the second
         params = [p for p in params if p is not tied[1]]
         fit = calibrate(ms, topos, params)
-        from dmt.perf.calibration import apply_params  # noqa: PLC0415
+        from dmt.perf.calibration import apply_params
 
         return dataclasses.replace(fit, topologies=apply_params(fit.topologies, [tied[1]], [fit.values[tied[0].name]]))
     return calibrate(ms, topos, params)
 
 
 def table(rows: list[tuple[Measurement, float]]) -> str:
-    lines = ["| machine / link | run : variant | setup | measured ms (p10-p90) | predicted ms | error |",
-             "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| machine / link | run : variant | setup | measured ms (p10-p90) | predicted ms | error |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for m, pred in rows:
         err = pred / m.step_ms - 1
         note = f" (not fitted: {m.excluded})" if m.excluded else ""
-        lines.append(f"| {m.topology} | {m.source}{note} | {m.setup.label()} | {m.step_ms:.2f} "
-                     f"({m.p10_ms:.2f}-{m.p90_ms:.2f}) | {pred:.2f} | {err:+.1%} |")  # fmt: skip
+        lines.append(
+            f"| {m.topology} | {m.source}{note} | {m.setup.label()} | {m.step_ms:.2f} "
+            f"({m.p10_ms:.2f}-{m.p90_ms:.2f}) | {pred:.2f} | {err:+.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,18 +183,20 @@ def by_configuration(rows: list[tuple[Measurement, float]]) -> list[tuple[str, s
 
 
 def configuration_table(configs: list[tuple[str, str, int, float, float, float]]) -> str:
-    lines = ["| machine / link | setup | runs | measured ms (min, median) | predicted ms | error vs median |",
-             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| machine / link | setup | runs | measured ms (min, median) | predicted ms | error vs median |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for topo, label, n, lo, med, pred in configs:
         lines.append(f"| {topo} | {label} | {n} | {lo:.2f}, {med:.2f} | {pred:.2f} | {pred / med - 1:+.1%} |")
     return "\n".join(lines)
 
 
 def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 6))
     colors = {n: f"C{i}" for i, n in enumerate(GPU + GPU4 + CPU)}
@@ -187,13 +205,23 @@ def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
         for excluded in (False, True):
             sel = [(m, p) for m, p in pts if bool(m.excluded) == excluded]
             if sel:
-                ax.scatter([m.step_ms for m, _ in sel], [p for _, p in sel], color=colors[topo],
-                           marker="x" if excluded else "o", label=topo + (" (not fitted)" if excluded else ""))  # fmt: skip
+                ax.scatter(
+                    [m.step_ms for m, _ in sel],
+                    [p for _, p in sel],
+                    color=colors[topo],
+                    marker="x" if excluded else "o",
+                    label=topo + (" (not fitted)" if excluded else ""),
+                )
     lo, hi = 3, 2000
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
     ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.85", label="+-15%")
-    ax.set(xscale="log", yscale="log", xlabel="measured step ms (median)", ylabel="predicted step ms",
-           title="dmt.perf.cost_model: predicted vs measured, every dmt bench run")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="measured step ms (median)",
+        ylabel="predicted step ms",
+        title="dmt.perf.cost_model: predicted vs measured, every dmt bench run",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
@@ -209,8 +237,9 @@ def write_presets(fits: list[Fit]) -> None:
             atomic_write_text(TOPOLOGY_DIR / f"{name}.json", json.dumps(topology_to_dict(topo), indent=2) + "\n")
     gpu = fits[1].topologies[GPU4[2]]
     h100 = load_topology("h100-nvlink-400g")
-    machine = dataclasses.replace(gpu.machine, name=h100.machine.name,
-                                  memory_gbytes_per_s=h100.machine.memory_gbytes_per_s)  # fmt: skip
+    machine = dataclasses.replace(
+        gpu.machine, name=h100.machine.name, memory_gbytes_per_s=h100.machine.memory_gbytes_per_s
+    )
     intra = dataclasses.replace(h100.intra_host, efficiency=gpu.inter_host.efficiency)  # NVLink, measured
     h100 = dataclasses.replace(h100, machine=machine, intra_host=intra)
     atomic_write_text(TOPOLOGY_DIR / "h100-nvlink-400g.json", json.dumps(topology_to_dict(h100), indent=2) + "\n")
@@ -221,20 +250,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="directory for report.md + PNG")
     ap.add_argument("--write-presets", action="store_true")
     args = ap.parse_args(argv)
-    classes = [("h200x2", gpu_measurements(), GPU, gpu_params()), ("h200x4", gpu4_measurements(), GPU4, gpu4_params()),
-               ("cpu-2x2", cpu_measurements(), CPU, cpu_params())]
+    classes = [
+        ("h200x2", gpu_measurements(), GPU, gpu_params()),
+        ("h200x4", gpu4_measurements(), GPU4, gpu4_params()),
+        ("cpu-2x2", cpu_measurements(), CPU, cpu_params()),
+    ]
     fits, rows, text = [], [], []
     for label, ms, names, params in classes:
         fit = fit_class(ms, names, params)
         fits.append(fit)
         rows += [(m, predict_ms(m, fit.topologies)) for m in ms]
         consts = ", ".join(f"{k} = {v:.4g}" for k, v in fit.values.items())
-        text.append(f"- **{label}** ({len(params)} constants, {sum(not m.excluded for m in ms)} fitted runs, "
-                    f"RMS log error {fit.rms_log_error:.3f}): {consts}")  # fmt: skip
+        text.append(
+            f"- **{label}** ({len(params)} constants, {sum(not m.excluded for m in ms)} fitted runs, "
+            f"RMS log error {fit.rms_log_error:.3f}): {consts}"
+        )
         for n in names:
             t = fit.topologies[n]
-            text.append(f"  - {n}: inter-host {t.inter_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g} GB/s "
-                        f"per rank effective, intra-host {t.intra_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g}")
+            text.append(
+                f"  - {n}: inter-host {t.inter_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g} GB/s "
+                f"per rank effective, intra-host {t.intra_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g}"
+            )
     os.makedirs(args.out, exist_ok=True)
     plot(rows, os.path.join(args.out, "predicted_vs_measured.png"))
     within = sum(abs(p / m.step_ms - 1) <= 0.15 for m, p in rows)
@@ -242,15 +278,31 @@ def main(argv: list[str] | None = None) -> int:
     config_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in configs)
     blind = by_configuration(out_of_sample_2x2(fits[0], gpu4_measurements()))
     blind_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in blind)
-    report = "\n".join(["# dmt.perf.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, "",
-                        "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
-                        "1 GPU per host runs only, older code); the prediction written before the runs, from the "
-                        "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "
-                        f"{blind_within} of {len(blind)} within 15%.",
-                        "", configuration_table(blind), "",
-                        f"Per configuration (median of its runs): {config_within} of {len(configs)} within 15%.",
-                        "", configuration_table(configs), "",
-                        f"Every run: {within} of {len(rows)} within 15%.", "", table(rows), ""])  # fmt: skip
+    report = "\n".join(
+        [
+            "# dmt.perf.cost_model: predicted vs measured step time",
+            "",
+            "Fitted constants:",
+            "",
+            *text,
+            "",
+            "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
+            "1 GPU per host runs only, older code); the prediction written before the runs, from the "
+            "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "
+            f"{blind_within} of {len(blind)} within 15%.",
+            "",
+            configuration_table(blind),
+            "",
+            f"Per configuration (median of its runs): {config_within} of {len(configs)} within 15%.",
+            "",
+            configuration_table(configs),
+            "",
+            f"Every run: {within} of {len(rows)} within 15%.",
+            "",
+            table(rows),
+            "",
+        ]
+    )
     atomic_write_text(os.path.join(args.out, "report.md"), report)
     print(report)
     if args.write_presets:

@@ -31,22 +31,42 @@ def run_one(args: argparse.Namespace, name: str, extra: list[str]) -> dict:
     out = Path(args.out) / name
     metrics = out / "metrics.json"
     if not metrics.exists():  # resumable: a finished configuration is not run again
-        cmd = [sys.executable, "-m", "dmt.cli", "train", "--data", args.data, "--out", str(out),
-               "--hosts", str(args.hosts), "--ranks-per-host", str(args.ranks_per_host),
-               "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--no-progress", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dmt.cli",
+            "train",
+            "--data",
+            args.data,
+            "--out",
+            str(out),
+            "--hosts",
+            str(args.hosts),
+            "--ranks-per-host",
+            str(args.ranks_per_host),
+            "--batch-size",
+            str(args.batch_size),
+            "--seed",
+            str(args.seed),
+            "--no-progress",
+            *extra,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
     m = json.loads(metrics.read_text())
-    return {"name": name, "auc": m["auc"], "logloss": m["logloss"],
-            "cross_host_bytes_per_sample": m["cross_host_bytes_per_sample"]}
+    return {
+        "name": name,
+        "auc": m["auc"],
+        "logloss": m["logloss"],
+        "cross_host_bytes_per_sample": m["cross_host_bytes_per_sample"],
+    }
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]]:
     configs = [("flat", {"towers": "-", "module": "flat", "c": 1.0}, [])]
     for towers, plan in (("planted", args.planted), ("random", args.random)):
-        configs.append((f"{towers}_identity", {"towers": towers, "module": "identity", "c": 1.0},
-                        ["--plan", plan]))
+        configs.append((f"{towers}_identity", {"towers": towers, "module": "identity", "c": 1.0}, ["--plan", plan]))
         for module in args.modules:
             hidden = MODULES[module]
             for c in args.compressions:
@@ -57,10 +77,10 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     flat = next(r["auc"] for r in rows if r["module"] == "flat")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -100,8 +120,11 @@ def main() -> None:
         rows.append({**info, **run_one(args, name, extra)})
     out = Path(args.out)
     table = ["| towers | module | c | AUC | log loss | cross-host B/sample |", "|---|---|---|---|---|---|"]
-    table += [f"| {r['towers']} | {r['module']} | {r['c']:g} | {r['auc']:.4f} | {r['logloss']:.4f} | "
-              f"{r['cross_host_bytes_per_sample']:,.0f} |" for r in rows]
+    table += [
+        f"| {r['towers']} | {r['module']} | {r['c']:g} | {r['auc']:.4f} | {r['logloss']:.4f} | "
+        f"{r['cross_host_bytes_per_sample']:,.0f} |"
+        for r in rows
+    ]
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
     atomic_write_text(out / "sweep.md", "\n".join(table) + "\n")
     plot(rows, out / "sweep.png")

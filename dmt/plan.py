@@ -122,9 +122,7 @@ class TowerPlan:
             if not t.features:
                 raise PlanError(f"tower {t.name!r} has no features; drop it or give it features")
             if not 0 <= t.host < self.num_hosts:
-                raise PlanError(
-                    f"tower {t.name!r} is on host {t.host}, but the plan has num_hosts={self.num_hosts}"
-                )
+                raise PlanError(f"tower {t.name!r} is on host {t.host}, but the plan has num_hosts={self.num_hosts}")
             for f in t.features:
                 if f in seen:
                     raise PlanError(
@@ -146,7 +144,8 @@ class TowerPlan:
             problems.append(f"missing features {missing} (in the model, in no tower)")
         if problems:
             raise PlanError(
-                "plan does not match the model: " + "; ".join(problems)
+                "plan does not match the model: "
+                + "; ".join(problems)
                 + ". Re-create the plan for this model's features with `dmt partition`"
             )
 
@@ -241,8 +240,10 @@ class TowerPlan:
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:
-            raise PlanError(f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-                            "write it with `dmt partition` or fix the JSON") from None
+            raise PlanError(
+                f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                "write it with `dmt partition` or fix the JSON"
+            ) from None
         return cls.from_dict(d)
 
     @classmethod
@@ -255,11 +256,8 @@ class TowerPlan:
         params: Mapping[str, Any] | None = None,
     ) -> TowerPlan:
         """Build a plan from feature groups, placing tower i on host i % num_hosts."""
-        towers = tuple(
-            Tower(f"tower_{i}", tuple(g), host=i % num_hosts) for i, g in enumerate(groups)
-        )
+        towers = tuple(Tower(f"tower_{i}", tuple(g), host=i % num_hosts) for i, g in enumerate(groups))
         return cls(towers=towers, num_hosts=num_hosts, method=method, params=dict(params or {}))
-
 
 
 def contiguous_sizes(num_items: int, num_parts: int) -> tuple[int, ...]:

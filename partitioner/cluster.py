@@ -50,7 +50,7 @@ class SpectralClusterer(Clusterer):
         self.num_init = num_init
 
     def cluster(self, graph: sp.csr_array, num_towers: int, rng: np.random.RandomState) -> np.ndarray:
-        from sklearn.cluster import KMeans  # noqa: PLC0415
+        from sklearn.cluster import KMeans
 
         num = graph.shape[0]
         if num_towers >= num:
@@ -77,7 +77,7 @@ def spectral_rows(graph: sp.csr_array, num_components: int, rng: np.random.Rando
         _, vecs = np.linalg.eigh(norm)
         emb = vecs[:, -num_components:]
     else:
-        from sklearn.manifold import spectral_embedding  # noqa: PLC0415
+        from sklearn.manifold import spectral_embedding
 
         # scikit-learn accepts only 32-bit sparse indices; scipy may have chosen 64-bit ones.
         graph = sp.csr_matrix(graph)
@@ -86,8 +86,9 @@ def spectral_rows(graph: sp.csr_array, num_components: int, rng: np.random.Rando
             # Planted or natural clusters often make the kNN graph disconnected; that is the
             # point of clustering it, not a problem.
             warnings.filterwarnings("ignore", message="Graph is not fully connected")
-            emb = spectral_embedding(graph, n_components=num_components, eigen_solver="arpack",
-                                     random_state=rng, drop_first=False)  # fmt: skip
+            emb = spectral_embedding(
+                graph, n_components=num_components, eigen_solver="arpack", random_state=rng, drop_first=False
+            )
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.where(norms > 0, norms, 1.0)
 
@@ -106,7 +107,7 @@ class KernighanLinClusterer(Clusterer):
         self.max_iter = max_iter
 
     def cluster(self, graph: sp.csr_array, num_towers: int, rng: np.random.RandomState) -> np.ndarray:
-        import networkx as nx  # noqa: PLC0415
+        import networkx as nx
 
         num = graph.shape[0]
         labels = np.zeros(num, dtype=np.int64)
@@ -126,7 +127,7 @@ class KernighanLinClusterer(Clusterer):
         return labels
 
     def _bisect(self, sub, nodes: np.ndarray, left_size: int, rng: np.random.RandomState):
-        import networkx as nx  # noqa: PLC0415
+        import networkx as nx
 
         sub_graph = sp.csr_array(nx.to_scipy_sparse_array(sub, nodelist=nodes.tolist()))
         order = np.argsort(spectral_rows(sub_graph, 2, rng)[:, -2]) if len(nodes) > 2 else np.arange(len(nodes))

@@ -82,8 +82,14 @@ class FeatureCosts:
     def from_lookup_cost(names: Sequence[str], lookup_cost: np.ndarray) -> FeatureCosts:
         """Costs given only as a load per feature (no memory): synthetic benchmarks and tests."""
         c = FeatureCosts.uniform(names)
-        return FeatureCosts(c.names, np.asarray(lookup_cost, dtype=np.float64), c.memory_bytes,
-                            c.output_width, c.pooling_factor, c.table_rows)  # fmt: skip
+        return FeatureCosts(
+            c.names,
+            np.asarray(lookup_cost, dtype=np.float64),
+            c.memory_bytes,
+            c.output_width,
+            c.pooling_factor,
+            c.table_rows,
+        )
 
     def subset(self, index: np.ndarray) -> FeatureCosts:
         """The costs of features ``index`` (positions), in that order."""
@@ -126,11 +132,15 @@ def measure_costs(
     if ids.ndim != 2 or ids.shape[1] != len(names):
         raise PartitionError(f"ids have shape {ids.shape}, expected (N, {len(names)})", PartitionErrorReason.INPUT)
     if optimizer not in _STATE_PER_ROW:
-        raise PartitionError(f"optimizer {optimizer!r} is not one of {sorted(_STATE_PER_ROW)}",
-                             PartitionErrorReason.INPUT)  # fmt: skip
+        raise PartitionError(
+            f"optimizer {optimizer!r} is not one of {sorted(_STATE_PER_ROW)}", PartitionErrorReason.INPUT
+        )
     if embedding_dim < 1 or batch_size < 1 or bytes_per_param < 1:
-        raise PartitionError(f"embedding_dim={embedding_dim}, batch_size={batch_size} and "
-                             f"bytes_per_param={bytes_per_param} must be >= 1", PartitionErrorReason.INPUT)  # fmt: skip
+        raise PartitionError(
+            f"embedding_dim={embedding_dim}, batch_size={batch_size} and "
+            f"bytes_per_param={bytes_per_param} must be >= 1",
+            PartitionErrorReason.INPUT,
+        )
     num = len(names)
     present = ids >= 0
     pooling = present.mean(axis=0) if len(ids) else np.zeros(num)

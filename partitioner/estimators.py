@@ -85,8 +85,9 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         labels = self._partition(rep, graph, cons, rng)
         reason = cons.violation(labels)
         if reason is PartitionErrorReason.MEMORY:
-            raise PartitionError(f"{self.method}: a tower exceeds its memory share of "
-                                 f"{cons.max_memory:,.0f} bytes", reason)  # fmt: skip
+            raise PartitionError(
+                f"{self.method}: a tower exceeds its memory share of {cons.max_memory:,.0f} bytes", reason
+            )
         if reason is not None and (self.enforces_balance or reason is not PartitionErrorReason.BALANCE):
             raise PartitionError(f"{self.method}: result breaks the {reason.value} constraint", reason)
         self._set_fitted(rep, cost, graph, cons, labels, num_hosts, host_memory_bytes)
@@ -111,14 +112,17 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         if isinstance(num_hosts, bool) or not isinstance(num_hosts, (int, np.integer)) or num_hosts < 1:
             raise PartitionError(f"num_hosts={num_hosts!r} must be an integer >= 1", PartitionErrorReason.INPUT)
 
-    def _constraints(self, rep: FeatureRepresentation, cost: FeatureCosts, num_hosts: int,
-                     host_memory_bytes: float | None) -> Constraints:  # fmt: skip
+    def _constraints(
+        self, rep: FeatureRepresentation, cost: FeatureCosts, num_hosts: int, host_memory_bytes: float | None
+    ) -> Constraints:
         """Build the constraints and reject requests that are infeasible on their face."""
         num, k = rep.num_features, int(self.num_towers)
         if num < k and not self.allow_empty:
             raise PartitionError(
                 f"n_samples={num} features cannot fill num_towers={k} towers; use at most {num} "
-                "towers or allow empty towers", PartitionErrorReason.TOO_FEW_FEATURES)  # fmt: skip
+                "towers or allow empty towers",
+                PartitionErrorReason.TOO_FEW_FEATURES,
+            )
         mean = float(cost.lookup_cost.sum()) / k
         max_load = (1.0 + self.balance_tolerance) * mean
         top = int(np.argmax(cost.lookup_cost))
@@ -126,7 +130,9 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
             raise PartitionError(
                 f"feature {rep.names[top]!r} alone costs {cost.lookup_cost[top]:,.6g}, above the "
                 f"max tower load (1 + {self.balance_tolerance}) x mean {mean:,.6g} = {max_load:,.6g}; "
-                "raise balance_tolerance or use fewer towers", PartitionErrorReason.BALANCE)  # fmt: skip
+                "raise balance_tolerance or use fewer towers",
+                PartitionErrorReason.BALANCE,
+            )
         max_memory = math.inf
         if host_memory_bytes is not None:
             max_memory = float(host_memory_bytes) / towers_per_host(k, num_hosts)
@@ -137,13 +143,29 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
                     f"tables need {total:,.0f} bytes ({rep.names[big]!r} alone "
                     f"{cost.memory_bytes[big]:,.0f}), but {k} towers on {num_hosts} hosts of "
                     f"{host_memory_bytes:,.0f} bytes leave {max_memory:,.0f} bytes per tower; "
-                    "add hosts or host memory", PartitionErrorReason.MEMORY)  # fmt: skip
-        return Constraints(num_towers=k, cost=cost.lookup_cost, memory=cost.memory_bytes.astype(np.float64),
-                           max_load=max_load, max_memory=max_memory, allow_empty=self.allow_empty)  # fmt: skip
+                    "add hosts or host memory",
+                    PartitionErrorReason.MEMORY,
+                )
+        return Constraints(
+            num_towers=k,
+            cost=cost.lookup_cost,
+            memory=cost.memory_bytes.astype(np.float64),
+            max_load=max_load,
+            max_memory=max_memory,
+            allow_empty=self.allow_empty,
+        )
 
     # ------------------------------------------------------------------------------- results
-    def _set_fitted(self, rep, cost: FeatureCosts, graph, cons: Constraints, labels: np.ndarray,
-                    num_hosts: int, host_memory_bytes: float | None) -> None:  # fmt: skip
+    def _set_fitted(
+        self,
+        rep,
+        cost: FeatureCosts,
+        graph,
+        cons: Constraints,
+        labels: np.ndarray,
+        num_hosts: int,
+        host_memory_bytes: float | None,
+    ) -> None:
         labels = _canonical(labels)  # empty towers (allow_empty) are dropped: a plan has none
         k = int(labels.max()) + 1
         self.labels_ = labels
@@ -158,15 +180,27 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         if isinstance(rep.info.get("n_features_in"), int):
             self.n_features_in_ = rep.info["n_features_in"]
         towers = tuple(
-            Tower(f"tower_{t}", tuple(rep.names[i] for i in np.flatnonzero(labels == t)),
-                  host=int(self.tower_hosts_[t]), cost=float(self.tower_loads_[t]),
-                  memory_bytes=int(self.tower_memory_[t]))  # fmt: skip
+            Tower(
+                f"tower_{t}",
+                tuple(rep.names[i] for i in np.flatnonzero(labels == t)),
+                host=int(self.tower_hosts_[t]),
+                cost=float(self.tower_loads_[t]),
+                memory_bytes=int(self.tower_memory_[t]),
+            )
             for t in range(k)
         )
         params = {k_: _jsonable(v) for k_, v in self.get_params().items()}
-        params |= {"representation": rep.source, "num_hosts": num_hosts, "host_memory_bytes": host_memory_bytes,
-                   "stats": {"imbalance": self.imbalance_, "intra_affinity": self.intra_affinity_,
-                             "host_loads": self.host_loads_.tolist(), **rep.info}}  # fmt: skip
+        params |= {
+            "representation": rep.source,
+            "num_hosts": num_hosts,
+            "host_memory_bytes": host_memory_bytes,
+            "stats": {
+                "imbalance": self.imbalance_,
+                "intra_affinity": self.intra_affinity_,
+                "host_loads": self.host_loads_.tolist(),
+                **rep.info,
+            },
+        }
         self.plan_ = TowerPlan(towers=towers, num_hosts=num_hosts, method=self.method, params=params)
 
 
@@ -189,9 +223,16 @@ class TowerPartitioner(_BasePartitioner):
 
     method = "tp"
 
-    def __init__(self, num_towers: int, *, balance_tolerance: float = 0.1, clusterer: str | Clusterer = "spectral",
-                 num_neighbors: int = DEFAULT_NEIGHBORS, allow_empty: bool = False,
-                 random_state: int | np.random.RandomState | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_towers: int,
+        *,
+        balance_tolerance: float = 0.1,
+        clusterer: str | Clusterer = "spectral",
+        num_neighbors: int = DEFAULT_NEIGHBORS,
+        allow_empty: bool = False,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.num_towers = num_towers
         self.balance_tolerance = balance_tolerance
         self.clusterer = clusterer
@@ -209,8 +250,10 @@ class TowerPartitioner(_BasePartitioner):
         elif self.clusterer in CLUSTERERS:
             clusterer = CLUSTERERS[self.clusterer]()
         else:
-            raise PartitionError(f"clusterer={self.clusterer!r} is not one of {sorted(CLUSTERERS)} "
-                                 "or a Clusterer", PartitionErrorReason.INPUT)  # fmt: skip
+            raise PartitionError(
+                f"clusterer={self.clusterer!r} is not one of {sorted(CLUSTERERS)} or a Clusterer",
+                PartitionErrorReason.INPUT,
+            )
         balancer = self._balancer()
         results, errors = [], []
         starts = [lambda: clusterer.cluster(graph, cons.num_towers, rng), lambda: lpt_assign(cons)]
@@ -230,15 +273,23 @@ class TowerPartitioner(_BasePartitioner):
             raise PartitionError(
                 f"no assignment found with max tower cost <= {cons.max_load:,.6g} ((1 + {self.balance_tolerance}) "
                 f"x mean {mean:,.6g}; costliest feature {cons.cost.max():,.6g}){memory}; raise "
-                "balance_tolerance, use fewer towers or add memory", reason)  # fmt: skip
+                "balance_tolerance, use fewer towers or add memory",
+                reason,
+            )
         return max(results, key=lambda r: r[0])[1]
 
 
 class _BaselinePartitioner(_BasePartitioner):
     enforces_balance = False
 
-    def __init__(self, num_towers: int, *, balance_tolerance: float = 0.1, allow_empty: bool = False,
-                 random_state: int | np.random.RandomState | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_towers: int,
+        *,
+        balance_tolerance: float = 0.1,
+        allow_empty: bool = False,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.num_towers = num_towers
         self.balance_tolerance = balance_tolerance  # only reported: baselines warn, never repair
         self.allow_empty = allow_empty
@@ -275,21 +326,24 @@ class GreedyPartitioner(_BaselinePartitioner):
 
 
 METHODS: dict[str, type[_BasePartitioner]] = {
-    "tp": TowerPartitioner, "random": RandomPartitioner,
-    "round_robin": RoundRobinPartitioner, "greedy": GreedyPartitioner,
-}  # fmt: skip
+    "tp": TowerPartitioner,
+    "random": RandomPartitioner,
+    "round_robin": RoundRobinPartitioner,
+    "greedy": GreedyPartitioner,
+}
 
 
 # ---------------------------------------------------------------------------------- helpers
 def _as_representation(X: Any) -> FeatureRepresentation:
     if isinstance(X, FeatureRepresentation):
         return X
-    from sklearn.utils.validation import check_array  # noqa: PLC0415
+    from sklearn.utils.validation import check_array
 
     vectors = check_array(X, ensure_min_samples=1)
     names = tuple(f"feature_{i}" for i in range(len(vectors)))
-    return FeatureRepresentation(names=names, vectors=vectors, source="vectors",
-                                 info={"n_features_in": int(vectors.shape[1])})  # fmt: skip
+    return FeatureRepresentation(
+        names=names, vectors=vectors, source="vectors", info={"n_features_in": int(vectors.shape[1])}
+    )
 
 
 def _as_costs(costs: FeatureCosts | np.ndarray | None, rep: FeatureRepresentation) -> FeatureCosts:
@@ -301,8 +355,10 @@ def _as_costs(costs: FeatureCosts | np.ndarray | None, rep: FeatureRepresentatio
         if set(costs.names) != set(rep.names) or len(costs.names) != len(rep.names):
             missing = sorted(set(rep.names) - set(costs.names))[:5]
             extra = sorted(set(costs.names) - set(rep.names))[:5]
-            raise PartitionError(f"costs and representation name different features (no cost for "
-                                 f"{missing}, cost for unknown {extra})", PartitionErrorReason.INPUT)  # fmt: skip
+            raise PartitionError(
+                f"costs and representation name different features (no cost for {missing}, cost for unknown {extra})",
+                PartitionErrorReason.INPUT,
+            )
         pos = {n: i for i, n in enumerate(costs.names)}
         costs = costs.subset(np.array([pos[n] for n in rep.names]))
     return costs

@@ -35,9 +35,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from dmt.data import iter_batches
-from dmt.data import SPARSE_NAMES, CriteoArrays
 from dmt import DmtError
+from dmt.data import SPARSE_NAMES, CriteoArrays, iter_batches
 from partitioner.probe import ProbeConfig, one_thread, prepare, train_probe
 from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 
@@ -69,8 +68,9 @@ class LearnedEmbedder(FeatureEmbedder):
             scores = pair_scores(model, holdout, sizes, cfg, self.score)  # (F, F)
         affinity = relative_affinity(scores)
         info = {**summary, "probe": asdict(cfg)}
-        return FeatureRepresentation(names=names, vectors=affinity.copy(), affinity=affinity,
-                                     source=f"learned:{self.score}", info=info)  # fmt: skip
+        return FeatureRepresentation(
+            names=names, vectors=affinity.copy(), affinity=affinity, source=f"learned:{self.score}", info=info
+        )
 
 
 def pair_scores(
@@ -97,8 +97,9 @@ def pair_scores(
     rows = 0  # iter_batches drops a last partial batch: count what was scored
     model.eval()
     try:
-        for batch in iter_batches(sample, batch_size=min(cfg.batch_size, len(sample)), num_embeddings=sizes,
-                                  shuffle=False):  # fmt: skip
+        for batch in iter_batches(
+            sample, batch_size=min(cfg.batch_size, len(sample)), num_embeddings=sizes, shuffle=False
+        ):
             captured.clear()
             logits = dlrm(batch.dense_features, batch.sparse_features).reshape(-1)
             z = captured[0]

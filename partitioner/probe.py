@@ -37,11 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmt.data import iter_batches
-from dmt.data import SPARSE_NAMES, CriteoArrays
-from dmt import DmtError
-from dmt import ModelConfig, build_flat_model
-from dmt import OptimConfig, apply_sparse_optimizer, build_optimizer
+from dmt import DmtError, ModelConfig, OptimConfig, apply_sparse_optimizer, build_flat_model, build_optimizer
+from dmt.data import SPARSE_NAMES, CriteoArrays, iter_batches
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +74,16 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "embedding_dim", "min_count", "max_vocabulary", "sample_rows",
-                     "eval_every", "patience"):  # fmt: skip
+        for name in (
+            "steps",
+            "batch_size",
+            "embedding_dim",
+            "min_count",
+            "max_vocabulary",
+            "sample_rows",
+            "eval_every",
+            "patience",
+        ):
             if getattr(self, name) < 1:
                 raise DmtError(f"probe {name}={getattr(self, name)} must be >= 1")
         if not (self.lr > 0 and self.dense_lr > 0 and self.init_scale > 0):
@@ -134,8 +139,10 @@ def prepare(data: CriteoArrays, cfg: ProbeConfig) -> tuple[CriteoArrays, CriteoA
     num_hold = min(cfg.sample_rows, len(data) // 5)
     train, hold = data.slice(0, len(data) - num_hold), data.slice(len(data) - num_hold, len(data))
     if len(train) < cfg.batch_size or num_hold < 1:
-        raise DmtError(f"{len(data)} rows are too few to train the probe with batch size {cfg.batch_size} "
-                       f"and hold out 20 % ({num_hold} rows); use more data or a smaller --batch-size")  # fmt: skip
+        raise DmtError(
+            f"{len(data)} rows are too few to train the probe with batch size {cfg.batch_size} "
+            f"and hold out 20 % ({num_hold} rows); use more data or a smaller --batch-size"
+        )
     vocab = build_vocabulary(train.sparse, min_count=cfg.min_count, max_vocabulary=cfg.max_vocabulary)
     sizes = tuple(len(v) + 1 for v in vocab)
     return _with_ids(train, encode(train.sparse, vocab)), _with_ids(hold, encode(hold.sparse, vocab)), sizes
@@ -151,13 +158,14 @@ def _forever(arrays: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> It
 
 def evaluate(model: torch.nn.Module, holdout: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> dict:
     """Log loss and AUC of the probe over ``holdout``."""
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score
 
     losses, logits, labels = [], [], []
     model.eval()
     with torch.no_grad():
-        for batch in iter_batches(holdout, batch_size=min(cfg.batch_size, len(holdout)), num_embeddings=sizes,
-                                  shuffle=False):  # fmt: skip
+        for batch in iter_batches(
+            holdout, batch_size=min(cfg.batch_size, len(holdout)), num_embeddings=sizes, shuffle=False
+        ):
             loss, (_, logit, label) = model(batch)
             losses.append(float(loss) * len(label))
             logits.append(logit.reshape(-1))
@@ -185,8 +193,14 @@ def train_probe(
     torch.manual_seed(cfg.seed)
     num = len(sizes)
     d = cfg.embedding_dim
-    mcfg = ModelConfig(arch="dlrm", embedding_dim=d, num_embeddings=tuple(sizes),
-                       sparse_features=tuple(SPARSE_NAMES[:num]), dense_arch=(64, d), over_arch=(2, 1))  # fmt: skip
+    mcfg = ModelConfig(
+        arch="dlrm",
+        embedding_dim=d,
+        num_embeddings=tuple(sizes),
+        sparse_features=tuple(SPARSE_NAMES[:num]),
+        dense_arch=(64, d),
+        over_arch=(2, 1),
+    )
     model = build_flat_model(mcfg)
     # A linear over-arch (FwFM, Pan et al. 2018): the logit is w . [dense, z] + b, so pair (i, j)
     # adds exactly w_ij z_ij. torchrec's OverArch must be an MLP, which mixes pairs: attributions
@@ -227,8 +241,14 @@ def train_probe(
                 if stale >= cfg.patience:
                     break
     model.load_state_dict(best["state"])
-    summary = {"steps_run": step, "best_step": best["step"], "heldout_auc": best["auc"], "heldout_loss": best["loss"],
-               "initial_heldout_auc": initial["auc"], "table_rows": list(sizes)}  # fmt: skip
+    summary = {
+        "steps_run": step,
+        "best_step": best["step"],
+        "heldout_auc": best["auc"],
+        "heldout_loss": best["loss"],
+        "initial_heldout_auc": initial["auc"],
+        "table_rows": list(sizes),
+    }
     return model, summary
 
 

@@ -219,8 +219,10 @@ class _SearchState:
         return float(self.aff[i, b] - self.aff[i, a] - self.penalty * d * (self.vol[b] - self.vol[a] + d))
 
     def _fits(self, i: int, b: int, freed_cost: float = 0.0, freed_mem: float = 0.0) -> bool:
-        return (self.load[b] - freed_cost + self.cons.cost[i] <= self.load_cap
-                and self.mem[b] - freed_mem + self.cons.memory[i] <= self.mem_cap)  # fmt: skip
+        return (
+            self.load[b] - freed_cost + self.cons.cost[i] <= self.load_cap
+            and self.mem[b] - freed_mem + self.cons.memory[i] <= self.mem_cap
+        )
 
     def _target_mask(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), K): towers each feature may move to without breaking a cap."""
@@ -295,8 +297,7 @@ class _SearchState:
         for i in cand[np.argsort(-best_gain[cand], kind="stable")].tolist():
             b, a = int(best[i]), int(self.labels[i])
             # Earlier moves in this pass changed A and the loads: re-check with current values.
-            if (self.gain(i, b) > self.eps and self._fits(i, b)
-                    and (self.cons.allow_empty or self.count[a] > 1)):  # fmt: skip
+            if self.gain(i, b) > self.eps and self._fits(i, b) and (self.cons.allow_empty or self.count[a] > 1):
                 self.move(i, b)
                 moved += 1
         return moved
@@ -330,8 +331,14 @@ class _SearchState:
                         continue
                     shift = self.degree[i] - self.degree[j]  # vol moves a -> b
                     penalty = self.penalty * shift * (self.vol[b] - self.vol[a] + shift)
-                    gain = (self.aff[i, b] - self.aff[i, a] + self.aff[j, a] - self.aff[j, b]
-                            - 2.0 * self.weight(i, j) - penalty)  # fmt: skip
+                    gain = (
+                        self.aff[i, b]
+                        - self.aff[i, a]
+                        + self.aff[j, a]
+                        - self.aff[j, b]
+                        - 2.0 * self.weight(i, j)
+                        - penalty
+                    )
                     ci, cj = self.cons.cost[i], self.cons.cost[j]
                     mi, mj = self.cons.memory[i], self.cons.memory[j]
                     if gain > self.eps and self._fits(i, b, cj, mj) and self._fits(j, a, ci, mi):

@@ -38,10 +38,26 @@ def format_table(model) -> str:
     counts = np.bincount(model.labels_, minlength=len(loads))
     rows = [("tower", "host", "#features", "cost share", "memory", "intra-tower affinity")]
     for t, tower in enumerate(model.plan_.towers):
-        rows.append((tower.name, str(tower.host), str(counts[t]), f"{100 * loads[t] / total:.1f} %",
-                     human_bytes(model.tower_memory_[t]), f"{100 * model.tower_intra_affinity_[t]:.1f} %"))  # fmt: skip
-    rows.append(("total", "-", str(counts.sum()), "100.0 %", human_bytes(model.tower_memory_.sum()),
-                 f"{100 * model.intra_affinity_:.1f} %"))  # fmt: skip
+        rows.append(
+            (
+                tower.name,
+                str(tower.host),
+                str(counts[t]),
+                f"{100 * loads[t] / total:.1f} %",
+                human_bytes(model.tower_memory_[t]),
+                f"{100 * model.tower_intra_affinity_[t]:.1f} %",
+            )
+        )
+    rows.append(
+        (
+            "total",
+            "-",
+            str(counts.sum()),
+            "100.0 %",
+            human_bytes(model.tower_memory_.sum()),
+            f"{100 * model.intra_affinity_:.1f} %",
+        )
+    )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths)))
@@ -59,13 +75,13 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
         path: output PNG, written atomically.
         title: figure title.
     """
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.patches import Patch  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    from dmt.atomic import atomic_open  # noqa: PLC0415
+    from dmt.atomic import atomic_open
 
     labels = model.labels_
     order = np.argsort(labels, kind="stable")
@@ -108,8 +124,9 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
         ax_b.set_xticks(range(k), [f"t{t}\n{np.sum(labels == t)}f" for t in range(k)], fontsize=8)
     ax_b.set_xlabel("tower (t = tower, f = #features)")
     ax_b.set_ylabel("share of lookup cost (%)")
-    ax_b.set_title(f"per-tower load: max/mean = {model.imbalance_:.3f}, "
-                   f"intra-tower affinity = {100 * model.intra_affinity_:.1f} %")  # fmt: skip
+    ax_b.set_title(
+        f"per-tower load: max/mean = {model.imbalance_:.3f}, intra-tower affinity = {100 * model.intra_affinity_:.1f} %"
+    )
     ax_b.set_ylim(0, 1.12 * max(cap, 100 * float(share.max())))
     ax_b.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8)
     fig.suptitle(title or f"{model.plan_.method}: {num} features -> {k} towers on {model.plan_.num_hosts} hosts")

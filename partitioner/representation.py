@@ -75,15 +75,16 @@ class FeatureRepresentation:
         if self.affinity is not None:
             a = self.affinity
             if a.shape != (num, num):
-                raise PartitionError(f"affinity has shape {a.shape}, expected ({num}, {num})",
-                                     PartitionErrorReason.INPUT)  # fmt: skip
+                raise PartitionError(
+                    f"affinity has shape {a.shape}, expected ({num}, {num})", PartitionErrorReason.INPUT
+                )
             values = a.data if sp.issparse(a) else np.asarray(a)
             if not np.isfinite(values).all() or (values < 0).any():
                 raise PartitionError("affinity must be finite and >= 0", PartitionErrorReason.INPUT)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an ``.npz`` (atomically) that :meth:`load` reads back; the affinity is stored dense."""
-        from dmt.atomic import atomic_open  # noqa: PLC0415
+        from dmt.atomic import atomic_open
 
         meta = json.dumps({"source": self.source, "info": self.info})
         arrays = {"names": np.array(self.names), "meta": np.array(meta)}
@@ -104,14 +105,15 @@ class FeatureRepresentation:
                 meta = json.loads(str(z["meta"]))
                 return FeatureRepresentation(
                     names=tuple(z["names"].tolist()),
-                    vectors=z["vectors"] if "vectors" in z else None,
-                    affinity=z["affinity"] if "affinity" in z else None,
+                    vectors=z.get("vectors"),
+                    affinity=z.get("affinity"),
                     source=meta["source"],
                     info=meta["info"],
                 )
         except (OSError, ValueError, KeyError) as e:
-            raise PartitionError(f"cannot read representation {os.fspath(path)!r}: {e}",
-                                 PartitionErrorReason.INPUT) from None  # fmt: skip
+            raise PartitionError(
+                f"cannot read representation {os.fspath(path)!r}: {e}", PartitionErrorReason.INPUT
+            ) from None
 
     @property
     def num_features(self) -> int:
@@ -161,7 +163,7 @@ def _top_k_per_row(g: sp.csr_array, k: int) -> sp.csr_array:
 
 
 def _knn_graph(vectors: np.ndarray, k: int) -> sp.csr_array:
-    from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415 (import cost only when used)
+    from sklearn.neighbors import NearestNeighbors  # import cost only when used
 
     num = len(vectors)
     k = min(k, num - 1)

@@ -15,6 +15,7 @@ function of an importable module (the children import it).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import queue
@@ -75,24 +76,21 @@ def _child(
             os.environ["CUDA_VISIBLE_DEVICES"] = str(rank % num_gpus)
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(stack_dump_s, exit=False)
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     try:
         if backend == "nccl":
             torch.cuda.set_device(local_rank if num_gpus >= world_size else 0)
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=pg_timeout_s))
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=pg_timeout_s))
         result = fn(rank, world_size, **kwargs)
         results.put((rank, "ok", result))
-    except BaseException:  # noqa: BLE001 (everything must reach the parent)
+    except BaseException:  # (everything must reach the parent)
         results.put((rank, "error", traceback.format_exc()))
     finally:
         if dist.is_initialized():
             # A peer that failed may never join a barrier; don't let cleanup hang.
-            try:
+            with contextlib.suppress(Exception):
                 dist.destroy_process_group()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def run_distributed(
@@ -117,8 +115,19 @@ def run_distributed(
     procs = [
         ctx.Process(
             target=_child,
-            args=(rank, world_size, local_world_size, port, backend, num_gpus, pg_timeout_s, timeout * 0.9,
-                  fn, kwargs, results),
+            args=(
+                rank,
+                world_size,
+                local_world_size,
+                port,
+                backend,
+                num_gpus,
+                pg_timeout_s,
+                timeout * 0.9,
+                fn,
+                kwargs,
+                results,
+            ),
             daemon=True,
         )
         for rank in range(world_size)
@@ -193,8 +202,8 @@ def make_batch(
     and a 0/1 label. Slicing the same global batch per rank gives each rank its share of exactly
     the samples an unsharded run sees.
     """
-    from torchrec.datasets.utils import Batch  # noqa: PLC0415
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     stop = batch_size if stop is None else stop
     g = torch.Generator().manual_seed(seed)

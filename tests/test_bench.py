@@ -18,8 +18,25 @@ import pytest
 from dmt.cli import main
 from dmt.perf.netns import LinkShape, NetnsError, check_can_shape
 
-TINY = ["--hosts", "2", "--ranks-per-host", "1", "--num-embeddings", "500", "--embedding-dim", "8",
-        "--batch-size", "32", "--warmup", "1", "--steps", "2", "--count-steps", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--hosts",
+    "2",
+    "--ranks-per-host",
+    "1",
+    "--num-embeddings",
+    "500",
+    "--embedding-dim",
+    "8",
+    "--batch-size",
+    "32",
+    "--warmup",
+    "1",
+    "--steps",
+    "2",
+    "--count-steps",
+    "1",
+    "--no-progress",
+]
 
 
 def _bench(tmp_path, name: str, *extra: str) -> dict:
@@ -59,8 +76,9 @@ def test_bench_flat_vs_dmt_bytes(tmp_path, capfd):
 def test_bench_several_towers_per_host(tmp_path):
     """4 towers on 2 hosts (2 per host, grouped into one lookup each): bytes as the analytic model
     says with every tower's own k_t (F_t = 7, 7, 6, 6 -> k_t = 2, 2, 2, 2 at c=4)."""
-    report = _bench(tmp_path, "four", "--variants", "dmt,stock", "--towers", "4", "--tower-module", "linear",
-                    "--compression", "4")
+    report = _bench(
+        tmp_path, "four", "--variants", "dmt,stock", "--towers", "4", "--tower-module", "linear", "--compression", "4"
+    )
     for variant in ("dmt", "stock"):
         counted, model = _cross(report, variant)
         assert counted == pytest.approx(model, rel=1e-3), variant
@@ -84,9 +102,18 @@ def test_bad_arguments_fail_in_one_line(args, message, capsys):
 
 def test_plan_needing_more_hosts_fails(tmp_path, capsys):
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"version": 1, "num_hosts": 4, "towers": [
-        {"features": [f"cat_{i}" for i in range(13)], "host": 0},
-        {"features": [f"cat_{i}" for i in range(13, 26)], "host": 3}]}))  # fmt: skip
+    plan.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "num_hosts": 4,
+                "towers": [
+                    {"features": [f"cat_{i}" for i in range(13)], "host": 0},
+                    {"features": [f"cat_{i}" for i in range(13, 26)], "host": 3},
+                ],
+            }
+        )
+    )
     assert main(["bench", "--hosts", "2", "--plan", str(plan)]) == 2
     assert "towers on 4 hosts but the topology has 2" in capsys.readouterr().err
 

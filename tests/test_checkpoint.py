@@ -46,22 +46,44 @@ def _assert_same_state(a_dir, b_dir, tmp_path) -> None:
 def test_single_process_resume_is_exact(synthetic_criteo, tmp_path):
     assert _train(synthetic_criteo, tmp_path / "full", "--batch-size", "64") == 0
     partial = ["--batch-size", "64"]
-    assert main(["train", "--data", str(synthetic_criteo), "--out", str(tmp_path / "resumed"),
-                 "--preset", "debug", "--max-steps", "20", "--checkpoint-every", "10", "--no-progress",
-                 "--seed", "5", *partial]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_criteo),
+                "--out",
+                str(tmp_path / "resumed"),
+                "--preset",
+                "debug",
+                "--max-steps",
+                "20",
+                "--checkpoint-every",
+                "10",
+                "--no-progress",
+                "--seed",
+                "5",
+                *partial,
+            ]
+        )
+        == 0
+    )
     assert _train(synthetic_criteo, tmp_path / "resumed", *partial, "--resume") == 0
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     resumed = json.loads((tmp_path / "resumed/metrics.json").read_text())
     assert resumed["losses"] == full["losses"] and len(full["losses"]) == 30
-    _assert_same_state(tmp_path / "full/checkpoints/step_00000030",
-                       tmp_path / "resumed/checkpoints/step_00000030", tmp_path)
+    _assert_same_state(
+        tmp_path / "full/checkpoints/step_00000030", tmp_path / "resumed/checkpoints/step_00000030", tmp_path
+    )
 
 
 def _dmt_plan(tmp_path) -> list[str]:
     """Three towers, logical order != host order (hosts 1, 0, 1), linear modules with c=2."""
     feats = [f"cat_{i}" for i in range(26)]
-    plan = TowerPlan(towers=(Tower("t0", feats[:9], host=1), Tower("t1", feats[9:18], host=0),
-                             Tower("t2", feats[18:], host=1)), num_hosts=2)
+    plan = TowerPlan(
+        towers=(Tower("t0", feats[:9], host=1), Tower("t1", feats[9:18], host=0), Tower("t2", feats[18:], host=1)),
+        num_hosts=2,
+    )
     plan.to_json(tmp_path / "plan.json")
     return ["--plan", str(tmp_path / "plan.json"), "--tower-module", "linear", "--compression", "2"]
 
@@ -85,8 +107,9 @@ def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_pa
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     killed = json.loads((tmp_path / "killed/metrics.json").read_text())
     assert killed["losses"] == full["losses"] and len(full["losses"]) == 30
-    _assert_same_state(tmp_path / "full/checkpoints/step_00000030",
-                       tmp_path / "killed/checkpoints/step_00000030", tmp_path)
+    _assert_same_state(
+        tmp_path / "full/checkpoints/step_00000030", tmp_path / "killed/checkpoints/step_00000030", tmp_path
+    )
 
 
 def test_interrupted_save_is_never_loaded(tmp_path):
@@ -121,13 +144,36 @@ def test_resume_with_a_different_sharding_reshards(synthetic_criteo, tmp_path, m
     else:
         first, second = ["--sharding", "row_wise"], ["--sharding", "table_wise"]
     assert _train(synthetic_criteo, tmp_path / "full", *dist, *first) == 0
-    assert main(["train", "--data", str(synthetic_criteo), "--out", str(tmp_path / "moved"),
-                 "--preset", "debug", "--max-steps", "20", "--checkpoint-every", "10", "--no-progress",
-                 "--seed", "5", *dist, *first]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_criteo),
+                "--out",
+                str(tmp_path / "moved"),
+                "--preset",
+                "debug",
+                "--max-steps",
+                "20",
+                "--checkpoint-every",
+                "10",
+                "--no-progress",
+                "--seed",
+                "5",
+                *dist,
+                *first,
+            ]
+        )
+        == 0
+    )
     assert _train(synthetic_criteo, tmp_path / "moved", *dist, *second, "--resume") == 0
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     moved = json.loads((tmp_path / "moved/metrics.json").read_text())
-    assert moved["config"]["sharding" if model == "flat" else "towers"] != full["config"]["sharding" if model == "flat" else "towers"]
+    assert (
+        moved["config"]["sharding" if model == "flat" else "towers"]
+        != full["config"]["sharding" if model == "flat" else "towers"]
+    )
     # Another sharding sums partial results in another order: equal up to float rounding.
     assert moved["losses"][:20] == full["losses"][:20]
     assert moved["losses"][20:] == pytest.approx(full["losses"][20:], rel=1e-4, abs=1e-6)
@@ -141,8 +187,27 @@ def test_resume_with_a_different_sharding_reshards(synthetic_criteo, tmp_path, m
 def test_checkpoint_at_every_boundary_and_where_the_data_ends(synthetic_criteo, tmp_path):
     """Steps 3 and 6 at --checkpoint-every 3; the data runs out at step 7, which is saved too."""
     out = tmp_path / "short"
-    assert main(["train", "--data", str(synthetic_criteo), "--out", str(out), "--preset", "debug",
-                 "--batch-size", "640", "--epochs", "1", "--checkpoint-every", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synthetic_criteo),
+                "--out",
+                str(out),
+                "--preset",
+                "debug",
+                "--batch-size",
+                "640",
+                "--epochs",
+                "1",
+                "--checkpoint-every",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     steps = json.loads((out / "metrics.json").read_text())["steps"]
     assert steps % 3 != 0, steps  # the test needs the data to end between two checkpoints
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())

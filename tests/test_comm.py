@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
+from _dist import run_distributed
 
+from dmt.distributed.topology import Topology
 from dmt.perf.comm_counter import (
     CommCounter,
     CommKey,
@@ -21,9 +23,6 @@ from dmt.perf.comm_counter import (
     register_ddp_counting_hooks,
 )
 from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
-from dmt.distributed.topology import Topology
-
-from _dist import run_distributed
 
 HOSTS, LOCAL = 2, 2
 WORLD = HOSTS * LOCAL
@@ -49,11 +48,11 @@ class _AllReduceInBackward(torch.autograd.Function):
     """Identity whose backward all-reduces the gradient: a collective autograd runs."""
 
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
+    def forward(ctx, x):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         grad = grad.clone()
         dist.all_reduce(grad)
         return grad
@@ -92,8 +91,8 @@ def _hand_made(topology: Topology, rank: int) -> dict:
 
 
 def _dlrm_batch(rank: int, step: int, features: tuple[str, ...] = DLRM_FEATURES):
-    from torchrec.datasets.utils import Batch  # noqa: PLC0415
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     g = torch.Generator().manual_seed(100 * rank + step)
     n = len(features) * DLRM_BATCH
@@ -110,9 +109,9 @@ def _dlrm_batch(rank: int, step: int, features: tuple[str, ...] = DLRM_FEATURES)
 
 def _flat_table_wise(env, rank: int) -> dict:
     """One counted step (after a warm-up step) of the debug DLRM, sharded table-wise by DMP."""
-    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
-    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat
+    from dmt.model.flat import ModelConfig, build_flat_model
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
 
     cfg = ModelConfig.preset("debug", sparse_features=DLRM_FEATURES, num_embeddings=(50,) * len(DLRM_FEATURES))
     torch.manual_seed(0)
@@ -140,21 +139,22 @@ def _flat_table_wise(env, rank: int) -> dict:
 def _dmt_linear_towers(env, rank: int) -> dict:
     """One counted step of a 2-tower DMT model (linear towers, c=2): tower DDPs are found and counted."""
     try:
-        from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
-        from dmt.model.transform import transform  # noqa: PLC0415
+        from dmt.distributed.tower_sharding import shard
+        from dmt.model.transform import transform
     except ImportError as e:
         return {"skipped": f"dmt.sharding / dmt.model.transform not importable: {e}"}
-    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
-    from dmt.plan import TowerPlan  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
-    from towers import TowerModuleConfig  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig, build_flat_model
+    from dmt.plan import TowerPlan
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+    from towers import TowerModuleConfig
 
     features = DLRM_FEATURES[:4]
     cfg = ModelConfig.preset("debug", sparse_features=features, num_embeddings=(50,) * len(features))
     plan = TowerPlan.from_groups([features[:2], features[2:]], num_hosts=HOSTS)
     torch.manual_seed(0)
-    model = transform(build_flat_model(cfg, device="meta"), plan,
-                      tower_module=TowerModuleConfig(kind="linear", compression=2))  # fmt: skip
+    model = transform(
+        build_flat_model(cfg, device="meta"), plan, tower_module=TowerModuleConfig(kind="linear", compression=2)
+    )
     optim = OptimConfig(sparse="sgd", dense="sgd")
     apply_sparse_optimizer(model, optim)
     model = shard(model, plan, env, sharding="table_row_wise")
@@ -170,10 +170,10 @@ def _dmt_linear_towers(env, rank: int) -> dict:
 
 
 def _scenario(rank: int, world_size: int) -> dict:
-    from dmt.quiet import quiet_third_party  # noqa: PLC0415
+    from dmt.quiet import quiet_third_party
 
     quiet_third_party()
-    from dmt.distributed.env import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed
 
     env = init_distributed("gloo")  # joins the harness's group; sets torchrec's host size
     return {
@@ -252,8 +252,14 @@ def test_flat_table_wise_step_matches_analytic(runs) -> None:
     tw = runs[0]["tw"]
     assert all(run["tw"]["hooked"] == 1 for run in runs)  # DMP's one dense DDP
     measured = _load(tw["reduced"]).per_sample(DLRM_BATCH * WORLD)
-    shape = CommShape(num_features=len(DLRM_FEATURES), embedding_dim=8, num_hosts=HOSTS, ranks_per_host=LOCAL,
-                      batch_size=DLRM_BATCH, pooling_factor=DLRM_POOLING)
+    shape = CommShape(
+        num_features=len(DLRM_FEATURES),
+        embedding_dim=8,
+        num_hosts=HOSTS,
+        ranks_per_host=LOCAL,
+        batch_size=DLRM_BATCH,
+        pooling_factor=DLRM_POOLING,
+    )
     expected = analytic_flat(shape, "table_wise", dense_params=tw["dense_params"])
     for phase in ("forward", "backward"):  # pooled embeddings out, their gradients back: exact
         m = measured.total(op="all_to_all_single", phase=phase, payload="float")
@@ -280,13 +286,21 @@ def test_dmt_tower_ddp_is_found_and_cross_host_floats_match_analytic(runs) -> No
     # so that a resumed run reduces bit-identically (dmt.distributed.torchrec_fixes.exact_resume_ddp_kwargs)
     assert tower_ddp.calls == 2 * WORLD and tower_ddp.cross_host == 0 and tower_ddp.intra_host > 0
     assert measured.total(op="ddp_allreduce", phase="backward") == measured.total(op="ddp_allreduce")
-    shape = CommShape(num_features=4, embedding_dim=8, num_hosts=HOSTS, ranks_per_host=LOCAL,
-                      batch_size=DLRM_BATCH, pooling_factor=DLRM_POOLING)
+    shape = CommShape(
+        num_features=4,
+        embedding_dim=8,
+        num_hosts=HOSTS,
+        ranks_per_host=LOCAL,
+        batch_size=DLRM_BATCH,
+        pooling_factor=DLRM_POOLING,
+    )
     # Linear(2*8 -> 1*8) per tower: 136 parameters each
     expected = analytic_dmt(shape, [2, 2], [8, 8], intra_sharding="row_wise", tower_params=2 * 136)
     for phase in ("forward", "backward"):
-        m, e = (s.total(phase=phase, payload="float", op=["all_to_all_single", "reduce_scatter", "all_gather"])
-                for s in (measured, expected))
+        m, e = (
+            s.total(phase=phase, payload="float", op=["all_to_all_single", "reduce_scatter", "all_gather"])
+            for s in (measured, expected)
+        )
         assert (m.cross_host, m.intra_host) == (e.cross_host, e.intra_host)
     assert tower_ddp.intra_host == pytest.approx(expected.total(op="ddp_allreduce").intra_host)
 
@@ -298,8 +312,11 @@ def test_dmt_tower_ddp_is_found_and_cross_host_floats_match_analytic(runs) -> No
 def test_group_labels() -> None:
     t = Topology(world_size=8, local_world_size=4)
     assert [group_label(r, t) for r in (range(8), [4, 5, 6, 7], [1, 5], [0, 1, 4])] == [
-        "world", "intra_host", "cross_host", "mixed",
-    ]  # fmt: skip
+        "world",
+        "intra_host",
+        "cross_host",
+        "mixed",
+    ]
 
 
 def test_counter_without_process_group_patches_only_inside() -> None:
@@ -318,11 +335,13 @@ def test_counter_without_process_group_patches_only_inside() -> None:
 
 
 def test_summary_filters_and_grouping() -> None:
-    s = CommSummary({
-        CommKey("all_to_all_single", "world", "forward", "int"): CommStats(2, 30.0, 20.0, 10.0),
-        CommKey("all_to_all_single", "world", "backward", "float"): CommStats(1, 64.0, 64.0, 0.0),
-        CommKey("ddp_allreduce", "world", "backward", "float"): CommStats(3, 6.0, 4.0, 2.0),
-    })  # fmt: skip
+    s = CommSummary(
+        {
+            CommKey("all_to_all_single", "world", "forward", "int"): CommStats(2, 30.0, 20.0, 10.0),
+            CommKey("all_to_all_single", "world", "backward", "float"): CommStats(1, 64.0, 64.0, 0.0),
+            CommKey("ddp_allreduce", "world", "backward", "float"): CommStats(3, 6.0, 4.0, 2.0),
+        }
+    )
     assert s.total(phase="backward").bytes == 70.0
     assert s.total(op=["ddp_allreduce", "all_to_all_single"], payload="float").calls == 4
     assert s.grouped("phase") == {

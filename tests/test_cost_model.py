@@ -8,12 +8,13 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from dmt.cli import main
-from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 from dmt.perf.calibration import Measurement, Param, calibrate, codec_of, measurements_from_bench, predict_ms
+from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 from dmt.perf.cost_model import (
     CODECS,
     ClusterTopology,
@@ -37,9 +38,14 @@ GPU_JSON = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results"
 
 def _topo(hosts: int = 2, gpus: int = 1, **machine: float) -> ClusterTopology:
     m = dict(name="toy", memory_gbytes_per_s=1000.0, effective_tflops=1.0) | machine
-    return ClusterTopology(name="toy", hosts=hosts, gpus_per_host=gpus, machine=Machine(**m),
-                           intra_host=Link(gbytes_per_s=10.0, latency_us=10.0),
-                           inter_host=Link(gbytes_per_s=1.0, latency_us=100.0))  # fmt: skip
+    return ClusterTopology(
+        name="toy",
+        hosts=hosts,
+        gpus_per_host=gpus,
+        machine=Machine(**m),
+        intra_host=Link(gbytes_per_s=10.0, latency_us=10.0),
+        inter_host=Link(gbytes_per_s=1.0, latency_us=100.0),
+    )
 
 
 TINY = ModelShape(num_tables=2, embedding_dim=4, dense_arch=(4,), over_arch=(1,), num_dense=1)
@@ -59,8 +65,9 @@ def test_alpha_beta_by_hand():
 def test_link_shared_per_host_and_per_peer_latency():
     link = Link(gbytes_per_s=8.0, per="host", efficiency=0.5)
     assert link.rank_bytes_per_s(4) == pytest.approx(1e9)
-    topo = dataclasses.replace(_topo(hosts=4), inter_host=Link(gbytes_per_s=1.0, latency_us=100.0,
-                                                               latency_per_peer_us=10.0))  # fmt: skip
+    topo = dataclasses.replace(
+        _topo(hosts=4), inter_host=Link(gbytes_per_s=1.0, latency_us=100.0, latency_per_peer_us=10.0)
+    )
     fwd = next(c for c in collective_times(TINY, Setup(), topo, 1000) if c.phase == "forward" and c.payload == "float")
     # 4 ranks: 3 remote peers; 2*4*4 B x 3/4 = 24 B/sample -> 24 us
     assert fwd.ms == pytest.approx(0.100 + 3 * 0.010 + 0.024)
@@ -86,15 +93,16 @@ def test_bytes_match_comm_model(hosts, gpus):
     setup = Setup(num_towers=hosts, compression=4)
     d = dense_sizes(model, setup)
     dmt = predict_step(model, setup, _topo(hosts, gpus), 64)
-    expected = analytic_dmt(shape, d.tower_features, d.tower_outputs, dense_params=d.dense_params,
-                            tower_params=d.tower_params).total()  # fmt: skip
+    expected = analytic_dmt(
+        shape, d.tower_features, d.tower_outputs, dense_params=d.dense_params, tower_params=d.tower_params
+    ).total()
     assert dmt.cross_host_bytes_per_sample == pytest.approx(expected.cross_host)
     assert dmt.intra_host_bytes_per_sample == pytest.approx(expected.intra_host)
 
 
 def test_measured_gpu_bytes_and_sizes():
     """The H200 bench JSON: the model's sizes and codec'd cross-host bytes equal what was counted."""
-    report = json.loads(open(GPU_JSON).read())
+    report = json.loads(Path(GPU_JSON).read_text())
     ms = {m.source.split(":")[1]: m for m in measurements_from_bench(GPU_JSON, "x")}
     assert ms["dmt+comm"].setup.codec.name == "lossy8"
     for name, m in ms.items():
@@ -130,9 +138,14 @@ def test_codec_of_bench_config():
 def _synthetic(truth: dict[str, ClusterTopology]) -> list[Measurement]:
     out = []
     model = ModelShape(embedding_dim=64)
-    setups = [Setup(), Setup(num_towers=2, compression=4), Setup(num_towers=2, compression=2, codec=CODECS["fp16"]),
-              Setup(pipeline=True), Setup(num_towers=2, compression=8, pipeline=True)]  # fmt: skip
-    for name, topo in truth.items():
+    setups = [
+        Setup(),
+        Setup(num_towers=2, compression=4),
+        Setup(num_towers=2, compression=2, codec=CODECS["fp16"]),
+        Setup(pipeline=True),
+        Setup(num_towers=2, compression=8, pipeline=True),
+    ]
+    for name in truth:
         for s in setups:
             for b in (512, 2048, 8192):
                 m = Measurement(f"{name}:{s.label()}:{b}", name, model, s, b, 1.0, 1.0, 1.0)
@@ -142,21 +155,33 @@ def _synthetic(truth: dict[str, ClusterTopology]) -> list[Measurement]:
 
 def test_calibration_recovers_known_constants():
     base = _topo()
-    machine = dataclasses.replace(base.machine, effective_tflops=20.0, step_overhead_ms=3.0, codec_ms=0.2,
-                                  overlap=0.3, pipeline_ms=1.0)  # fmt: skip
-    fast = dataclasses.replace(base, name="fast", machine=machine,
-                               inter_host=Link(gbytes_per_s=100.0, latency_us=20.0, efficiency=0.6))  # fmt: skip
+    machine = dataclasses.replace(
+        base.machine, effective_tflops=20.0, step_overhead_ms=3.0, codec_ms=0.2, overlap=0.3, pipeline_ms=1.0
+    )
+    fast = dataclasses.replace(
+        base, name="fast", machine=machine, inter_host=Link(gbytes_per_s=100.0, latency_us=20.0, efficiency=0.6)
+    )
     slow = dataclasses.replace(fast, name="slow", inter_host=Link(gbytes_per_s=5.0, latency_us=100.0, efficiency=0.5))
     truth = {"fast": fast, "slow": slow}
     names = ("fast", "slow")
-    params = [Param("overhead", "machine.step_overhead_ms", names), Param("tflops", "machine.effective_tflops", names),
-              Param("codec", "machine.codec_ms", names), Param("pipeline", "machine.pipeline_ms", names, log=False,
-                                                                bounds=(-10.0, 10.0)),
-              Param("fast eff", "inter_host.efficiency", ("fast",)), Param("slow eff", "inter_host.efficiency", ("slow",))]  # fmt: skip
-    start = {n: dataclasses.replace(t, machine=dataclasses.replace(t.machine, effective_tflops=5.0, step_overhead_ms=1.0,
-                                                                    codec_ms=0.05, pipeline_ms=0.0),
-                                    inter_host=dataclasses.replace(t.inter_host, efficiency=1.0))
-             for n, t in truth.items()}  # fmt: skip
+    params = [
+        Param("overhead", "machine.step_overhead_ms", names),
+        Param("tflops", "machine.effective_tflops", names),
+        Param("codec", "machine.codec_ms", names),
+        Param("pipeline", "machine.pipeline_ms", names, log=False, bounds=(-10.0, 10.0)),
+        Param("fast eff", "inter_host.efficiency", ("fast",)),
+        Param("slow eff", "inter_host.efficiency", ("slow",)),
+    ]
+    start = {
+        n: dataclasses.replace(
+            t,
+            machine=dataclasses.replace(
+                t.machine, effective_tflops=5.0, step_overhead_ms=1.0, codec_ms=0.05, pipeline_ms=0.0
+            ),
+            inter_host=dataclasses.replace(t.inter_host, efficiency=1.0),
+        )
+        for n, t in truth.items()
+    }
     fit = calibrate(_synthetic(truth), start, params)
     expected = {"overhead": 3.0, "tflops": 20.0, "codec": 0.2, "pipeline": 1.0, "fast eff": 0.6, "slow eff": 0.5}
     for k, v in expected.items():
@@ -171,13 +196,19 @@ def test_presets_load_and_round_trip():
         assert topology_from_dict(topology_to_dict(t)) == t
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("{not json", "not valid JSON"),
-    ('{"name": "x"}', "missing field"),
-    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
-    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
-    (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"shared_medium": 1}), "expected true or false"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"name": "x"}', "missing field"),
+        (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
+        (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
+        (
+            json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"shared_medium": 1}),
+            "expected true or false",
+        ),
+    ],
+)
 def test_bad_topology_json_is_one_error(tmp_path, text, needle):
     path = tmp_path / "t.json"
     path.write_text(text)
@@ -187,8 +218,24 @@ def test_bad_topology_json_is_one_error(tmp_path, text, needle):
 
 def test_plan_cluster_cli(tmp_path, capsys):
     png, md = tmp_path / "speedup.png", tmp_path / "plan.md"
-    assert main(["plan-cluster", "--topology", "h100-nvlink-400g", "--hosts", "2", "--num-tables", "32",
-                 "--plot", str(png), "--report", str(md)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan-cluster",
+                "--topology",
+                "h100-nvlink-400g",
+                "--hosts",
+                "2",
+                "--num-tables",
+                "32",
+                "--plot",
+                str(png),
+                "--report",
+                str(md),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| flat fp32 |" in out and "| dmt T=4 c=8 cw lossy8 |" in out and "recommended:" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -227,7 +274,9 @@ def test_shared_medium_adds_intra_and_cross_host_time():
         if a.group == "intra_host" or a.cross_bytes == 0 or a.intra_bytes == 0:
             assert b.ms == pytest.approx(a.ms)
         else:
-            assert a.ms == pytest.approx(alpha + beta_apart, rel=1e-6) and b.ms == pytest.approx(alpha + beta_shared, rel=1e-6)
+            assert a.ms == pytest.approx(alpha + beta_apart, rel=1e-6) and b.ms == pytest.approx(
+                alpha + beta_shared, rel=1e-6
+            )
     assert predict_step(TINY, setup, shared, 1000).comm_ms > predict_step(TINY, setup, apart, 1000).comm_ms
 
 
@@ -238,12 +287,15 @@ def test_dmt_fixed_costs_and_intra_host_lookup_only_with_several_gpus():
     for gpus, extra in ((1, -0.5 + 0.25 * 2), (2, -0.5 + 0.25 * 2 + 2.0)):
         base, with_costs = _topo(gpus=gpus), _topo(gpus=gpus, **fixed)
         assert predict_step(model, setup, with_costs, 100).overhead_ms == pytest.approx(
-            predict_step(model, setup, base, 100).overhead_ms + extra)
-        assert predict_step(model, flat, with_costs, 100).overhead_ms == predict_step(model, flat, base, 100).overhead_ms
+            predict_step(model, setup, base, 100).overhead_ms + extra
+        )
+        assert (
+            predict_step(model, flat, with_costs, 100).overhead_ms == predict_step(model, flat, base, 100).overhead_ms
+        )
 
 
 def test_a_param_over_two_fields_sets_both():
-    from dmt.perf.calibration import apply_params  # noqa: PLC0415
+    from dmt.perf.calibration import apply_params
 
     topo = _topo(gpus=2)
     out = apply_params({"t": topo}, [Param("eff", "intra_host.efficiency+inter_host.efficiency", ("t",))], [0.3])["t"]

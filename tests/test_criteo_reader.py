@@ -150,7 +150,7 @@ def test_crlf_names_the_line_and_the_conversion(tmp_path):
 def test_empty_inputs(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(DataFormatError, match="empty.txt is empty"):
+    with pytest.raises(DataFormatError, match=r"empty\.txt is empty"):
         read_criteo(empty)
     gz = tmp_path / "empty.txt.gz"
     gz.write_bytes(gzip.compress(b""))
@@ -252,7 +252,7 @@ _hex = st.integers(0, 2**32 - 1).flatmap(lambda v: st.sampled_from([f"{v:08x}", 
     rows=st.lists(
         st.tuples(
             st.sampled_from(["0", "1"]),
-            st.lists(st.one_of(st.just(""), st.integers(-10**12, 10**15).map(str)), min_size=13, max_size=13),
+            st.lists(st.one_of(st.just(""), st.integers(-(10**12), 10**15).map(str)), min_size=13, max_size=13),
             st.lists(st.one_of(st.just(""), _hex), min_size=26, max_size=26),
         ),
         min_size=1,
@@ -277,7 +277,7 @@ _garbage = st.builds(
     st.integers(0, 9),
     st.sampled_from(list("/:@G`g-. \r\x00\x7fé0aF")),
 )
-_dense = st.one_of(st.just(""), st.integers(-10**9, 10**12).map(str))
+_dense = st.one_of(st.just(""), st.integers(-(10**9), 10**12).map(str))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,15 +14,51 @@ from dmt.plan import Tower, TowerPlan
 def test_compressed_dmt_sharded_matches_unsharded(synthetic_criteo, tmp_path):
     feats = [f"cat_{i}" for i in range(26)]
     # tower order differs from host order; 7/6/7/6 features, linear modules with c=4
-    plan = TowerPlan(towers=(Tower("a", feats[0:7], host=1), Tower("b", feats[7:13], host=0),
-                             Tower("c", feats[13:20], host=1), Tower("d", feats[20:], host=0)), num_hosts=2)
+    plan = TowerPlan(
+        towers=(
+            Tower("a", feats[0:7], host=1),
+            Tower("b", feats[7:13], host=0),
+            Tower("c", feats[13:20], host=1),
+            Tower("d", feats[20:], host=0),
+        ),
+        num_hosts=2,
+    )
     plan.to_json(tmp_path / "plan.json")
-    common = ["--data", str(synthetic_criteo), "--preset", "debug", "--max-steps", "20", "--eval-every", "10",
-              "--no-progress", "--plan", str(tmp_path / "plan.json"), "--tower-module", "linear",
-              "--compression", "4"]
+    common = [
+        "--data",
+        str(synthetic_criteo),
+        "--preset",
+        "debug",
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--no-progress",
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--tower-module",
+        "linear",
+        "--compression",
+        "4",
+    ]
     assert main(["train", *common, "--batch-size", "64", "--out", str(tmp_path / "one")]) == 0
-    assert main(["train", *common, "--batch-size", "16", "--hosts", "2", "--ranks-per-host", "2",
-                 "--out", str(tmp_path / "four")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--batch-size",
+                "16",
+                "--hosts",
+                "2",
+                "--ranks-per-host",
+                "2",
+                "--out",
+                str(tmp_path / "four"),
+            ]
+        )
+        == 0
+    )
     one = json.loads((tmp_path / "one/metrics.json").read_text())
     four = json.loads((tmp_path / "four/metrics.json").read_text())
     assert one["model"] == four["model"] == "dmt(dlrm)"

@@ -48,8 +48,18 @@ def test_fixed_seed_gives_identical_loss_curve(synthetic_criteo, tmp_path, singl
 )
 def test_sharded_matches_single_process(synthetic_criteo, tmp_path, single_process, sharding, hosts, ranks):
     # Same global batch (128 = 32 x 4 ranks), same seed: the same samples at every step.
-    sharded = _train(synthetic_criteo, tmp_path, "--batch-size", str(128 // (hosts * ranks)),
-                     "--hosts", str(hosts), "--ranks-per-host", str(ranks), "--sharding", sharding)
+    sharded = _train(
+        synthetic_criteo,
+        tmp_path,
+        "--batch-size",
+        str(128 // (hosts * ranks)),
+        "--hosts",
+        str(hosts),
+        "--ranks-per-host",
+        str(ranks),
+        "--sharding",
+        sharding,
+    )
     assert sharded["world_size"] == hosts * ranks
     np.testing.assert_allclose(sharded["losses"], single_process["losses"], rtol=2e-5, atol=2e-6)
     assert sharded["auc"] == pytest.approx(single_process["auc"], abs=1e-4)
@@ -57,6 +67,16 @@ def test_sharded_matches_single_process(synthetic_criteo, tmp_path, single_proce
 
 def test_dcn_sharded_matches_single_process(synthetic_criteo, tmp_path):
     one = _train(synthetic_criteo, tmp_path / "one", "--model", "dlrm_dcn", "--batch-size", "64")
-    two = _train(synthetic_criteo, tmp_path / "two", "--model", "dlrm_dcn", "--batch-size", "32",
-                 "--hosts", "2", "--ranks-per-host", "1")
+    two = _train(
+        synthetic_criteo,
+        tmp_path / "two",
+        "--model",
+        "dlrm_dcn",
+        "--batch-size",
+        "32",
+        "--hosts",
+        "2",
+        "--ranks-per-host",
+        "1",
+    )
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5, atol=2e-6)

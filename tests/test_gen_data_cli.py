@@ -6,15 +6,29 @@ import json
 
 import pytest
 
-from dmt.cli import main
-from dmt.cli import gen_data
+from dmt.cli import gen_data, main
 from dmt.data.criteo import read_criteo
 
 
 def test_writes_data_and_truth(tmp_path, capsys):
     out, truth = tmp_path / "d.txt", tmp_path / "t.json"
-    rc = main(["gen-data", "--rows", "2000", "--out", str(out), "--truth", str(truth), "--seed", "3",
-               "--preset", "tiny", "--groups", "3"])  # fmt: skip
+    rc = main(
+        [
+            "gen-data",
+            "--rows",
+            "2000",
+            "--out",
+            str(out),
+            "--truth",
+            str(truth),
+            "--seed",
+            "3",
+            "--preset",
+            "tiny",
+            "--groups",
+            "3",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "2,000 rows" in lines[0] and "3 planted groups" in lines[0]

@@ -7,8 +7,8 @@ import torch
 
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig, build_flat_model
-from dmt.plan import TowerPlan
 from dmt.model.transform import transform
+from dmt.plan import TowerPlan
 from dmt.train.optim import OptimConfig, build_optimizer, is_tower_module_parameter
 from towers import TowerModuleConfig
 
@@ -19,13 +19,18 @@ def _dmt(kind: str = "linear"):
     torch.manual_seed(0)
     plan = TowerPlan.from_groups([FEATURES[:13], FEATURES[13:]], num_hosts=2)
     compression = 2.0 if kind != "identity" else 1.0
-    return transform(build_flat_model(ModelConfig.preset("debug")), plan,
-                     tower_module=TowerModuleConfig(kind=kind, compression=compression))
+    return transform(
+        build_flat_model(ModelConfig.preset("debug")),
+        plan,
+        tower_module=TowerModuleConfig(kind=kind, compression=compression),
+    )
 
 
 def test_tower_module_parameters_are_recognised_sharded_and_unsharded():
     assert is_tower_module_parameter("model.tower_arch.towers.3.interaction.projection.linear.weight")
-    assert is_tower_module_parameter("_dmp_wrapped_module.model.tower_arch.interactions.1.module.projection.linear.bias")
+    assert is_tower_module_parameter(
+        "_dmp_wrapped_module.model.tower_arch.interactions.1.module.projection.linear.bias"
+    )
     assert not is_tower_module_parameter("model.tower_arch.towers.3.embedding.embedding_bags.t_cat_0.weight")
     assert not is_tower_module_parameter("model.over_arch.model.0._mlp.0._linear.weight")
 

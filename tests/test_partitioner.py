@@ -106,8 +106,12 @@ def test_vectors_only_builds_knn_graph():
     centers = rng.normal(0, 10, (3, 5))
     x = np.repeat(centers, 20, axis=0) + rng.normal(0, 0.5, (60, 5))
     tp = TowerPartitioner(3, random_state=0).fit(x)
-    assert ari_vs_groups(tp.features_, tp.labels_, [[f"feature_{i}" for i in range(g * 20, g * 20 + 20)]
-                                                    for g in range(3)]) == 1.0  # fmt: skip
+    assert (
+        ari_vs_groups(
+            tp.features_, tp.labels_, [[f"feature_{i}" for i in range(g * 20, g * 20 + 20)] for g in range(3)]
+        )
+        == 1.0
+    )
 
 
 # ---------------------------------------------------------------------------- invariants
@@ -124,8 +128,12 @@ def _feasible_case(data, num_towers: int, tol: float) -> tuple[FeatureRepresenta
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), num_towers=st.integers(1, 6), tol=st.sampled_from([0.1, 0.2, 0.5]),
-       method=st.sampled_from(["tp", "greedy"]))  # fmt: skip
+@given(
+    data=st.data(),
+    num_towers=st.integers(1, 6),
+    tol=st.sampled_from([0.1, 0.2, 0.5]),
+    method=st.sampled_from(["tp", "greedy"]),
+)
 def test_every_feature_once_no_empty_tower_balanced(data, num_towers, tol, method):
     rep, costs = _feasible_case(data, num_towers, tol)
     est = METHODS[method](num_towers, balance_tolerance=tol, random_state=0).fit(rep, costs=costs)
@@ -203,9 +211,12 @@ def test_allow_empty_towers():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"num_towers": 0}, "num_towers=0"), ({"num_towers": 2, "balance_tolerance": -1}, "balance_tolerance"),
-     ({"num_towers": 2, "clusterer": "nope"}, "clusterer='nope'")],
-)  # fmt: skip
+    [
+        ({"num_towers": 0}, "num_towers=0"),
+        ({"num_towers": 2, "balance_tolerance": -1}, "balance_tolerance"),
+        ({"num_towers": 2, "clusterer": "nope"}, "clusterer='nope'"),
+    ],
+)
 def test_bad_parameters_raise_in_fit_not_init(kwargs, match):
     num_towers = kwargs.pop("num_towers")
     est = TowerPartitioner(num_towers, **kwargs)  # __init__ only stores
@@ -230,10 +241,14 @@ def _expected_failed_checks(estimator) -> dict[str, str]:
 
 
 @parametrize_with_checks(
-    [TowerPartitioner(3, balance_tolerance=0.5, random_state=0), RandomPartitioner(3, random_state=0),
-     RoundRobinPartitioner(3), GreedyPartitioner(3)],
+    [
+        TowerPartitioner(3, balance_tolerance=0.5, random_state=0),
+        RandomPartitioner(3, random_state=0),
+        RoundRobinPartitioner(3),
+        GreedyPartitioner(3),
+    ],
     expected_failed_checks=_expected_failed_checks,
-)  # fmt: skip
+)
 def test_sklearn_estimator_contract(estimator, check):
     # Rows of X are features (the samples being clustered); tolerance 0.5 because the checks'
     # 10 equal-cost rows cannot be split 4/3/3 within 10 % of the mean.

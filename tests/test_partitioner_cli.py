@@ -22,13 +22,35 @@ def data(tmp_path_factory):
 
 
 def _args(d, *extra):
-    return ["partition", "--data", str(d / "rows.txt"), "--num-towers", "4", "--out", str(d / "plan.json"),
-            "--no-progress", *extra]  # fmt: skip
+    return [
+        "partition",
+        "--data",
+        str(d / "rows.txt"),
+        "--num-towers",
+        "4",
+        "--out",
+        str(d / "plan.json"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_tp_writes_plan_table_png_and_ari(data, capsys):
-    rc = main(_args(data, "--hosts", "2", "--steps", "150", "--plot", str(data / "towers.png"),
-                    "--truth", str(data / "truth.json"), "--representation", str(data / "rep.npz")))  # fmt: skip
+    rc = main(
+        _args(
+            data,
+            "--hosts",
+            "2",
+            "--steps",
+            "150",
+            "--plot",
+            str(data / "towers.png"),
+            "--truth",
+            str(data / "truth.json"),
+            "--representation",
+            str(data / "rep.npz"),
+        )
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "intra-tower affinity" in out and "tower_3" in out
@@ -45,8 +67,10 @@ def test_tp_writes_plan_table_png_and_ari(data, capsys):
 def test_baselines_reuse_the_cached_representation(data, capsys, method):
     if not (data / "rep.npz").exists():
         pytest.skip("needs the representation cached by the tp test")
-    assert main(_args(data, "--method", method, "--representation", str(data / "rep.npz"),
-                      "--balance-tolerance", "0.0")) == 0  # fmt: skip
+    assert (
+        main(_args(data, "--method", method, "--representation", str(data / "rep.npz"), "--balance-tolerance", "0.0"))
+        == 0
+    )
     out = capsys.readouterr().out
     assert "from " + str(data / "rep.npz") in out
     assert f"warning: {method}: max tower load is" in out  # nothing balances 26 features exactly
@@ -63,7 +87,7 @@ def test_baselines_reuse_the_cached_representation(data, capsys, method):
         (["--truth", "/nonexistent/truth.json"], "cannot read --truth"),
         (["--hosts", "0"], "--hosts=0 must be >= 1"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_exit_2_with_one_line(data, capsys, extra, message):
     assert main(_args(data, *extra)) == 2  # a repeated flag: argparse keeps the last
     err = capsys.readouterr().err
@@ -71,16 +95,31 @@ def test_bad_arguments_exit_2_with_one_line(data, capsys, extra, message):
 
 
 def test_missing_data_exits_2(tmp_path, capsys):
-    assert main(["partition", "--data", str(tmp_path / "none.txt"), "--num-towers", "2",
-                 "--out", str(tmp_path / "p.json"), "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "partition",
+                "--data",
+                str(tmp_path / "none.txt"),
+                "--num-towers",
+                "2",
+                "--out",
+                str(tmp_path / "p.json"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "none.txt" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
 
 
 def test_dmt_never_imports_sklearn_or_networkx():
-    code = ("import sys, dmt, dmt.cli, dmt.cli.partition; dmt.cli.build_parser(); "
-            "bad = [m for m in ('sklearn', 'networkx', 'partitioner') if m in sys.modules]; "
-            "assert not bad, bad")  # fmt: skip
+    code = (
+        "import sys, dmt, dmt.cli, dmt.cli.partition; dmt.cli.build_parser(); "
+        "bad = [m for m in ('sklearn', 'networkx', 'partitioner') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

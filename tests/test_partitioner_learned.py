@@ -54,8 +54,9 @@ def test_tp_recovers_planted_groups(planted, learned):
     # Towers match groups up to at most one feature: with 100k rows the weakest features (82 %
     # missing, 9 ids) carry little signal; the 300k-row default-preset run in the slow test and
     # the report recovers every group (ARI 1.0).
-    misplaced = sum(int(np.sum(truth[tp.labels_ == t] != np.bincount(truth[tp.labels_ == t]).argmax()))
-                    for t in range(len(groups)))  # fmt: skip
+    misplaced = sum(
+        int(np.sum(truth[tp.labels_ == t] != np.bincount(truth[tp.labels_ == t]).argmax())) for t in range(len(groups))
+    )
     assert misplaced <= 1
     assert ari_vs_groups(tp.features_, tp.labels_, groups) >= 0.85
     for cls in (RandomPartitioner, GreedyPartitioner):

@@ -13,7 +13,6 @@ import traceback
 
 import pytest
 import torch
-
 from _dist import make_batch, run_distributed
 
 FEATURES = tuple(f"f{i}" for i in range(6))
@@ -24,13 +23,13 @@ LOCAL_BATCH = 4
 
 # ----------------------------------------------------------------------------------- helpers
 def _cfg(arch):
-    from dmt.model.flat import ModelConfig  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig
 
     return ModelConfig.preset("debug", arch=arch, sparse_features=FEATURES, num_embeddings=ROWS)
 
 
 def _plan(groups_hosts, num_hosts):
-    from dmt.plan import Tower, TowerPlan  # noqa: PLC0415
+    from dmt.plan import Tower, TowerPlan
 
     return TowerPlan(
         towers=tuple(Tower(f"tower_{i}", tuple(g), host=h) for i, (g, h) in enumerate(groups_hosts)),
@@ -41,12 +40,11 @@ def _plan(groups_hosts, num_hosts):
 def _batch(rank, world, seed, local=LOCAL_BATCH):
     if rank is None:
         return make_batch(FEATURES, ROWS, NUM_DENSE, local * world, seed=seed)
-    return make_batch(FEATURES, ROWS, NUM_DENSE, local * world, seed=seed,
-                      start=rank * local, stop=(rank + 1) * local)
+    return make_batch(FEATURES, ROWS, NUM_DENSE, local * world, seed=seed, start=rank * local, stop=(rank + 1) * local)
 
 
 def _flat(arch, seed=0):
-    from dmt.model.flat import build_flat_model  # noqa: PLC0415
+    from dmt.model.flat import build_flat_model
 
     torch.manual_seed(seed)
     return build_flat_model(_cfg(arch))
@@ -57,8 +55,8 @@ LR = 0.5  # plain SGD everywhere: fused EXACT_SGD for the shards, torch SGD for 
 
 def _transformed(flat, plan, tower_module=None):
     """``transform`` under a fixed seed, so fresh dense parts are the same on every call."""
-    from dmt.model.transform import transform  # noqa: PLC0415
-    from towers import TowerModuleConfig  # noqa: PLC0415
+    from dmt.model.transform import transform
+    from towers import TowerModuleConfig
 
     torch.manual_seed(1)
     return transform(flat, plan, tower_module=TowerModuleConfig(**(tower_module or {})))
@@ -66,11 +64,11 @@ def _transformed(flat, plan, tower_module=None):
 
 def _sharded(arch, plan, sharding, seed=0, flat=None, tower_module=None, device="cpu"):
     """The flat model (or a fresh one of ``seed``), transformed and sharded with fused SGD tables."""
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: PLC0415
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward  # noqa: PLC0415
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.tower_sharding import shard
 
     dmt = _transformed(flat if flat is not None else _flat(arch, seed), plan, tower_module)
     for m in dmt.modules():
@@ -84,11 +82,12 @@ def _sharded(arch, plan, sharding, seed=0, flat=None, tower_module=None, device=
 
 def _sharded_optimizer(sharded):
     """Dense SGD over the non-table parameters; the tables update inside backward."""
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper  # noqa: PLC0415
-    from torchrec.optim.optimizers import in_backward_optimizer_filter  # noqa: PLC0415
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(sharded.named_parameters())),
-                                  lambda ps: torch.optim.SGD(ps, lr=LR))
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(sharded.named_parameters())), lambda ps: torch.optim.SGD(ps, lr=LR)
+    )
     return CombinedOptimizer([sharded.fused_optimizer, dense])
 
 
@@ -103,7 +102,7 @@ def _assert_matches(sharded, reference, atol=1e-6):
 
     ``reference`` is the flat model (tables and the DCN renamed) or an unsharded DMT model.
     """
-    from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     ref = reference.state_dict()
 
@@ -151,7 +150,7 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
     # Tables copied from the (unsharded) model handed to shard(): same start as the reference.
     _assert_matches(sharded, reference, atol=0)
     if pipeline:
-        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: PLC0415
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
         pipe = TrainPipelineSparseDist(sharded, opt, torch.device(device))
         local_batches = iter([_batch(rank, world, seed=100 + s) for s in range(steps)])
@@ -162,11 +161,11 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
         else:
             logits = _train_step(sharded, opt, _batch(rank, world, seed=100 + step).to(torch.device(device)))
         torch.testing.assert_close(
-            logits.cpu(), expected[rank * LOCAL_BATCH:(rank + 1) * LOCAL_BATCH], rtol=1e-5, atol=tol
+            logits.cpu(), expected[rank * LOCAL_BATCH : (rank + 1) * LOCAL_BATCH], rtol=1e-5, atol=tol
         )
         _assert_matches(sharded, reference, atol=tol)
     sharding_plan = sharded.sharding_plan.plan["model.tower_arch"]
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.topology import Topology
 
     topo = Topology.from_env()
     for tower in plan.towers:  # (b): still the global plan, tables on their tower's host
@@ -177,10 +176,11 @@ def check_parity(rank, world, *, arch, plan, sharding, steps=2, pipeline=False, 
 
 
 def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
-    from dmt.distributed.state_dict import DmtModelParallel, StateDictError  # noqa: PLC0415
-    from dmt.model.transform import transform  # noqa: PLC0415
-    from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
-    from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    from dmt.distributed.state_dict import DmtModelParallel, StateDictError
+    from dmt.model.transform import transform
 
     a = _sharded(arch, plan, sharding, seed=1)
     b = _sharded(arch, plan, sharding, seed=2)
@@ -188,8 +188,10 @@ def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
     keys_before = list(sd_a)
 
     def snapshot(sd):
-        return {k: [s.tensor.clone() for s in v.local_shards()] if isinstance(v, ShardedTensor) else v.clone()
-                for k, v in sd.items()}
+        return {
+            k: [s.tensor.clone() for s in v.local_shards()] if isinstance(v, ShardedTensor) else v.clone()
+            for k, v in sd.items()
+        }
 
     def assert_same(x, y):
         assert x.keys() == y.keys()
@@ -217,11 +219,11 @@ def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
     # Wrong keys and shapes fail loudly, whichever rank holds them.
     bad = dict(sd_a)
     bad["model.tower_arch.towers.0.embedding.embedding_bags.t_nope.weight"] = torch.zeros(1)
-    with pytest.raises(StateDictError, match="unexpected keys.*t_nope"):
+    with pytest.raises(StateDictError, match=r"unexpected keys.*t_nope"):
         b.load_state_dict(bad)
     bad = dict(sd_a)
     bad["model.over_arch.model.1.weight"] = torch.zeros(3, 3)
-    with pytest.raises(StateDictError, match="over_arch.model.1.weight"):
+    with pytest.raises(StateDictError, match=r"over_arch\.model\.1\.weight"):
         b.load_state_dict(bad)
     table_keys = [k for k, v in sd_a.items() if isinstance(v, ShardedTensor)]
     if table_keys:
@@ -237,7 +239,8 @@ def check_state_dict_round_trip(rank, world, *, arch, plan, sharding):
 
 
 def check_batch_size_change(rank, world, *, arch, plan, sharding):
-    from dmt.errors import DmtError  # noqa: PLC0415
+    from dmt.errors import DmtError
+
     sharded = _sharded(arch, plan, sharding)
     opt = _sharded_optimizer(sharded)
     _train_step(sharded, opt, _batch(rank, world, seed=7))
@@ -248,31 +251,34 @@ def check_batch_size_change(rank, world, *, arch, plan, sharding):
 
 def check_sharder_keeps_plan(rank, world, *, arch, plan, sharding):
     """torchrec's own DMP with our sharder and a caller's ShardingPlan: the plan is not mutated."""
-    import torch.distributed as dist  # noqa: PLC0415
-    from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
-    from torchrec.distributed.types import ShardingEnv  # noqa: PLC0415
+    import torch.distributed as dist
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.types import ShardingEnv
 
-    from dmt.distributed.tower_sharding import TowerCollectionSharder  # noqa: PLC0415
-
-    from dmt.distributed.sharding_plan import build_sharding_plan  # noqa: PLC0415
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
-    from dmt.model.transform import transform  # noqa: PLC0415
+    from dmt.distributed.sharding_plan import build_sharding_plan
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.tower_sharding import TowerCollectionSharder
+    from dmt.model.transform import transform
 
     dmt = transform(_flat(arch), plan)
     sharding_plan = build_sharding_plan(dmt, plan, Topology.from_env(), sharding=sharding)
     before = str(sharding_plan)
-    DistributedModelParallel(dmt, env=ShardingEnv.from_process_group(dist.group.WORLD),
-                             device=torch.device("cpu"), plan=sharding_plan,
-                             sharders=[TowerCollectionSharder()])
+    DistributedModelParallel(
+        dmt,
+        env=ShardingEnv.from_process_group(dist.group.WORLD),
+        device=torch.device("cpu"),
+        plan=sharding_plan,
+        sharders=[TowerCollectionSharder()],
+    )
     assert str(sharding_plan) == before
 
 
 def check_errors(rank, world, *, arch, plan):
     """Bad arguments fail on every rank alike, before any collective."""
-    from dmt.errors import DmtError, TopologyError  # noqa: PLC0415
-    from dmt.plan import PlanError  # noqa: PLC0415
-    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.tower_sharding import shard
+    from dmt.errors import DmtError, TopologyError
+    from dmt.plan import PlanError
 
     topo = Topology.from_env()
     dmt = _transformed(_flat(arch), plan)
@@ -280,8 +286,12 @@ def check_errors(rank, world, *, arch, plan):
     with pytest.raises(TopologyError, match="topology has 2"):
         shard(dmt, too_many_hosts, topo, device=torch.device("cpu"))
     with pytest.raises(TopologyError, match="this process is rank"):
-        shard(dmt, plan, Topology(world_size=world, local_world_size=1, rank=(rank + 1) % world),
-              device=torch.device("cpu"))
+        shard(
+            dmt,
+            plan,
+            Topology(world_size=world, local_world_size=1, rank=(rank + 1) % world),
+            device=torch.device("cpu"),
+        )
     regrouped = _plan([(FEATURES[:3], 0), (FEATURES[3:], 1)], 2)
     with pytest.raises(PlanError, match="shard with the plan the model was transformed with"):
         shard(dmt, regrouped, topo, device=torch.device("cpu"))
@@ -292,12 +302,11 @@ def check_errors(rank, world, *, arch, plan):
 def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
     """Several towers on a host share one sharded lookup and one tower-module wrapper; intra-host
     DDP only where the host has more than one rank (on one rank it would all-reduce with itself)."""
-    from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+    from torch.nn.parallel import DistributedDataParallel
 
-    from dmt.distributed.torchrec_fixes import ParameterFreeTower  # noqa: PLC0415
-
-    from dmt.distributed.tower_sharding import ShardedTowerCollection  # noqa: PLC0415
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.torchrec_fixes import ParameterFreeTower
+    from dmt.distributed.tower_sharding import ShardedTowerCollection
 
     topo = Topology.from_env()
     sharded = _sharded(arch, plan, sharding, tower_module=dict(kind="linear", compression=2))
@@ -313,7 +322,7 @@ def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
 
 def _worker(rank, world, checks):
     """Run ``checks`` [(name, function name, kwargs)] in order; report None or a traceback each."""
-    import os  # noqa: PLC0415
+    import os
 
     os.environ.setdefault("TORCHREC_RESOLVED_POD_SIZE", os.environ["LOCAL_WORLD_SIZE"])  # as init_distributed
     report = {}
@@ -321,7 +330,7 @@ def _worker(rank, world, checks):
         try:
             globals()[fn](rank, world, **kwargs)
             report[name] = None
-        except Exception:  # noqa: BLE001
+        except Exception:
             report[name] = traceback.format_exc()
     return report
 
@@ -354,10 +363,17 @@ def reports_2x2():
         ("parity_twrw", "check_parity", dict(arch="dlrm", **common)),
         ("parity_twcw_dcn_idle_host", "check_parity", dict(arch="dlrm_dcn", plan=idle, sharding="table_column_wise")),
         ("parity_auto_pipeline", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True, steps=3)),
-        ("parity_dot_towers", "check_parity", dict(arch="dlrm", tower_module=dict(kind="dot", compression=2),
-                                                   **common)),
+        (
+            "parity_dot_towers",
+            "check_parity",
+            dict(arch="dlrm", tower_module=dict(kind="dot", compression=2), **common),
+        ),
         ("state_dict", "check_state_dict_round_trip", dict(arch="dlrm", **common)),
-        ("state_dict_idle_host", "check_state_dict_round_trip", dict(arch="dlrm", plan=idle, sharding="table_column_wise")),
+        (
+            "state_dict_idle_host",
+            "check_state_dict_round_trip",
+            dict(arch="dlrm", plan=idle, sharding="table_column_wise"),
+        ),
         ("batch_size", "check_batch_size_change", dict(arch="dlrm", plan=idle, sharding="table_row_wise")),
         ("sharder_keeps_plan", "check_sharder_keeps_plan", dict(arch="dlrm", **common)),
         ("one_lookup_per_host", "check_one_lookup_per_host", dict(arch="dlrm", **common)),
@@ -410,8 +426,11 @@ def test_2x1_dcn_matches_flat_unsharded():
         ("errors", "check_errors", dict(arch="dlrm_dcn", plan=plan)),
         ("parity", "check_parity", dict(arch="dlrm_dcn", plan=plan, sharding="table_row_wise")),
         # One rank per host: tower modules train without DDP, like the unsharded model.
-        ("parity_linear_auto", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto",
-                                                    tower_module=dict(kind="linear", compression=2))),
+        (
+            "parity_linear_auto",
+            "check_parity",
+            dict(arch="dlrm", plan=plan, sharding="auto", tower_module=dict(kind="linear", compression=2)),
+        ),
         ("one_lookup_per_host", "check_one_lookup_per_host", dict(arch="dlrm", plan=plan, sharding="auto")),
     ]
     reports = run_distributed(_worker, 2, 1, checks=checks)
@@ -421,10 +440,10 @@ def test_2x1_dcn_matches_flat_unsharded():
 
 def test_build_sharding_plan_places_towers_on_their_hosts():
     """One process: the plan is data, built without process groups."""
-    from dmt.model.flat import ModelConfig, build_flat_model  # noqa: PLC0415
-    from dmt.distributed.sharding_plan import SMALL_TABLE_ROWS, build_sharding_plan  # noqa: PLC0415
-    from dmt.distributed.topology import Topology  # noqa: PLC0415
-    from dmt.model.transform import transform  # noqa: PLC0415
+    from dmt.distributed.sharding_plan import SMALL_TABLE_ROWS, build_sharding_plan
+    from dmt.distributed.topology import Topology
+    from dmt.model.flat import ModelConfig, build_flat_model
+    from dmt.model.transform import transform
 
     rows = (40, 30, SMALL_TABLE_ROWS + 1, 20, 40, 30)
     cfg = ModelConfig.preset("debug", sparse_features=FEATURES, num_embeddings=rows)
@@ -433,8 +452,12 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
     topo = Topology(world_size=4, local_world_size=2, rank=0)
     sharding = build_sharding_plan(dmt, plan, topo).plan["model.tower_arch"]
     assert {f: sharding[f"t_{f}"].sharding_type for f in FEATURES} == {
-        "f3": "table_column_wise", "f0": "table_column_wise", "f4": "table_column_wise",  # small
-        "f5": "table_row_wise", "f1": "table_row_wise", "f2": "table_row_wise",  # tower with a big table
+        "f3": "table_column_wise",
+        "f0": "table_column_wise",
+        "f4": "table_column_wise",  # small
+        "f5": "table_row_wise",
+        "f1": "table_row_wise",
+        "f2": "table_row_wise",  # tower with a big table
     }
     for tower in plan.towers:
         for f in tower.features:
@@ -453,21 +476,50 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
     assert all(len(ps.sharding_spec.shards) == 1 for ps in one.values())
 
 
-@pytest.mark.parametrize("plan_spec, hosts, ranks_per_host, dot_arch", [
-    pytest.param(PLAN_2x1, 2, 1, "dlrm_dcn", id="2x1", marks=pytest.mark.skipif(
-        torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)")),
-    # 2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host.
-    pytest.param(PLAN_2x2, 2, 2, "dlrm", id="2x2", marks=pytest.mark.skipif(
-        torch.cuda.device_count() < 4, reason="needs 4 GPUs (the device machine's nvidia-h100-x4)")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "plan_spec, hosts, ranks_per_host, dot_arch",
+    [
+        pytest.param(
+            PLAN_2x1,
+            2,
+            1,
+            "dlrm_dcn",
+            id="2x1",
+            marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)"),
+        ),
+        # 2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host.
+        pytest.param(
+            PLAN_2x2,
+            2,
+            2,
+            "dlrm",
+            id="2x2",
+            marks=pytest.mark.skipif(
+                torch.cuda.device_count() < 4, reason="needs 4 GPUs (the device machine's nvidia-h100-x4)"
+            ),
+        ),
+    ],
+)
 def test_cuda_nccl_matches_unsharded(plan_spec, hosts, ranks_per_host, dot_arch):
     plan = _plan(plan_spec, hosts)
     checks = [
         ("parity", "check_parity", dict(arch="dlrm", plan=plan, sharding="table_row_wise", device="cuda")),
-        ("parity_dot_twcw", "check_parity", dict(arch=dot_arch, plan=plan, sharding="table_column_wise",
-                                                 tower_module=dict(kind="dot", compression=2), device="cuda")),
-        ("parity_pipeline", "check_parity", dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True,
-                                                 steps=3, device="cuda")),
+        (
+            "parity_dot_twcw",
+            "check_parity",
+            dict(
+                arch=dot_arch,
+                plan=plan,
+                sharding="table_column_wise",
+                tower_module=dict(kind="dot", compression=2),
+                device="cuda",
+            ),
+        ),
+        (
+            "parity_pipeline",
+            "check_parity",
+            dict(arch="dlrm", plan=plan, sharding="auto", pipeline=True, steps=3, device="cuda"),
+        ),
     ]
     reports = run_distributed(_worker, hosts * ranks_per_host, ranks_per_host, backend="nccl", checks=checks)
     for name, _, _ in checks:

@@ -94,8 +94,7 @@ def test_meta_construction_then_to_empty_and_init(name: str) -> None:
         m.init_weights()
     # Initialised for real: at c=1 every kind is the identity, and the global dot is torchrec's.
     kts = [
-        KeyedTensor.from_tensor_list(list(t.features), list(torch.randn(len(t.features), 3, D)))
-        for t in PLAN.towers
+        KeyedTensor.from_tensor_list(list(t.features), list(torch.randn(len(t.features), 3, D))) for t in PLAN.towers
     ]
     outs = torch.cat([m(kt) for m, kt in zip(towers, kts)], dim=1)
     torch.testing.assert_close(outs, torch.cat([kt.values() for kt in kts], dim=1), rtol=0, atol=0)

@@ -11,7 +11,6 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt.plan import TowerPlan
-from towers.interaction import GlobalDotInteraction
 from towers import (
     GlobalInteractionConfig,
     TowerConfigError,
@@ -20,6 +19,7 @@ from towers import (
     build_tower_modules,
     feature_order_permutation,
 )
+from towers.interaction import GlobalDotInteraction
 
 B, D = 4, 8
 FLAT_FEATURES = [f"cat_{i}" for i in range(6)]

@@ -32,8 +32,13 @@ def test_missing_data_file(capsys, tmp_path):
 
 
 def test_plan_needing_more_hosts_than_launched(capsys, tmp_path, synthetic_criteo, plan_2_hosts):
-    _fails(capsys, tmp_path, ["--data", str(synthetic_criteo), "--plan", plan_2_hosts, "--hosts", "1",
-                              "--ranks-per-host", "2"], "2 hosts", "re-partition")  # fmt: skip
+    _fails(
+        capsys,
+        tmp_path,
+        ["--data", str(synthetic_criteo), "--plan", plan_2_hosts, "--hosts", "1", "--ranks-per-host", "2"],
+        "2 hosts",
+        "re-partition",
+    )
 
 
 def test_plan_for_other_features(capsys, tmp_path, synthetic_criteo):
@@ -49,8 +54,13 @@ def test_bad_plan_json(capsys, tmp_path, synthetic_criteo):
 
 
 def test_bad_comm_compression(capsys, tmp_path, synthetic_criteo, plan_2_hosts):
-    _fails(capsys, tmp_path, ["--data", str(synthetic_criteo), "--plan", plan_2_hosts, "--hosts", "2",
-                              "--comm-compression", "fp17"], "--comm-compression", "fp17")  # fmt: skip
+    _fails(
+        capsys,
+        tmp_path,
+        ["--data", str(synthetic_criteo), "--plan", plan_2_hosts, "--hosts", "2", "--comm-compression", "fp17"],
+        "--comm-compression",
+        "fp17",
+    )
 
 
 def test_comm_compression_without_ranks(capsys, tmp_path, synthetic_criteo):
@@ -65,5 +75,4 @@ def test_bad_row_under_emulated_hosts_is_one_line(capfd, tmp_path):
     """The ranks find it; only rank 0 prints, and torchrun's own failure report stays out."""
     bad = tmp_path / "bad.tsv"
     bad.write_text("1\t2\t3\n")
-    _fails(capfd, tmp_path, ["--data", str(bad), "--preset", "debug", "--hosts", "2"],
-           "bad.tsv:1", "--skip-bad-rows")
+    _fails(capfd, tmp_path, ["--data", str(bad), "--preset", "debug", "--hosts", "2"], "bad.tsv:1", "--skip-bad-rows")

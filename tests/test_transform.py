@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _dist import make_batch
 from torchrec.models.dlrm import DLRMTrain
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from _dist import make_batch
-from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks, permute_columns
 from dmt.errors import DmtError
+from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks, permute_columns
 from dmt.model.flat import ModelConfig, build_flat_model
-from dmt.plan import PlanError, Tower, TowerPlan
 from dmt.model.transform import flat_global_interaction, transform
+from dmt.plan import PlanError, Tower, TowerPlan
 from towers import GlobalInteractionConfig, TowerModuleConfig
 
 FEATURES = tuple(f"f{i}" for i in range(6))
@@ -110,10 +110,13 @@ def test_grouped_towers_compute_each_tower_module_on_its_own_features():
     with torch.no_grad():
         for p in group.interaction.parameters():
             p.uniform_(-0.5, 0.5)  # nothing at its (isometric) init, so a wrong split would show
-        expected = torch.cat([
-            group.interaction.plan_towers[str(t)](KeyedTensor.from_tensor_list(list(fs), [kt[f] for f in fs]))
-            for t, fs in group.interaction.tower_features.items()
-        ], dim=1)
+        expected = torch.cat(
+            [
+                group.interaction.plan_towers[str(t)](KeyedTensor.from_tensor_list(list(fs), [kt[f] for f in fs]))
+                for t, fs in group.interaction.tower_features.items()
+            ],
+            dim=1,
+        )
         torch.testing.assert_close(group.interaction(kt), expected, rtol=0, atol=0)
         # Keys out of order are put back in the group's order first.
         shuffled = KeyedTensor.from_tensor_list(kt.keys()[::-1], [kt[f] for f in kt.keys()[::-1]])
@@ -126,8 +129,9 @@ def test_bare_dlrm_gives_bare_dmt_model():
     assert isinstance(dmt, DMTModel)
     b = _batch()
     with torch.no_grad():
-        torch.testing.assert_close(dmt(b.dense_features, b.sparse_features),
-                                   flat.model(b.dense_features, b.sparse_features), rtol=0, atol=0)
+        torch.testing.assert_close(
+            dmt(b.dense_features, b.sparse_features), flat.model(b.dense_features, b.sparse_features), rtol=0, atol=0
+        )
 
 
 def test_plan_in_flat_order_needs_no_reorder():
@@ -151,8 +155,9 @@ def test_compressing_towers_build_a_fresh_over_arch(kind):
     assert logits.shape == (16,) and torch.isfinite(logits).all()
     # Tables are still the flat model's.
     flat_tables = flat.model.sparse_arch.embedding_bag_collection.embedding_bags
-    assert torch.equal(dmt.model.tower_arch.towers[1].embedding.embedding_bags["t_f3"].weight,
-                       flat_tables["t_f3"].weight)
+    assert torch.equal(
+        dmt.model.tower_arch.towers[1].embedding.embedding_bags["t_f3"].weight, flat_tables["t_f3"].weight
+    )
 
 
 def test_other_global_interaction_builds_a_fresh_over_arch():
@@ -184,16 +189,21 @@ def test_mismatched_plan_is_a_plan_error(groups, match):
 
 
 def test_shared_table_cannot_be_split():
-    from torchrec.models.dlrm import DLRM  # noqa: PLC0415
-    from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: PLC0415
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: PLC0415
+    from torchrec.models.dlrm import DLRM
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-    ebc = EmbeddingBagCollection(tables=[
-        EmbeddingBagConfig(name="shared", embedding_dim=8, num_embeddings=10, feature_names=["x", "y"]),
-        EmbeddingBagConfig(name="t_z", embedding_dim=8, num_embeddings=10, feature_names=["z"]),
-    ])
-    flat = DLRMTrain(DLRM(embedding_bag_collection=ebc, dense_in_features=4,
-                          dense_arch_layer_sizes=[8], over_arch_layer_sizes=[4, 1]))
+    ebc = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(name="shared", embedding_dim=8, num_embeddings=10, feature_names=["x", "y"]),
+            EmbeddingBagConfig(name="t_z", embedding_dim=8, num_embeddings=10, feature_names=["z"]),
+        ]
+    )
+    flat = DLRMTrain(
+        DLRM(
+            embedding_bag_collection=ebc, dense_in_features=4, dense_arch_layer_sizes=[8], over_arch_layer_sizes=[4, 1]
+        )
+    )
     with pytest.raises(PlanError, match="shared"):
         transform(flat, TowerPlan.from_groups([["x", "z"], ["y"]], num_hosts=2))
     # Together in one tower it works; the shared table keeps its features' order.

@@ -39,9 +39,7 @@ def build_tower_module(num_features: int, embedding_dim: int, config: TowerModul
     if config.kind == "dot":
         return DotTower(f, d, c, config.hidden)
     assert config.kind == "dcn", config.kind  # the config validated the kind
-    return DCNTower(
-        f, d, c, config.hidden, num_cross_layers=config.num_cross_layers, cross_rank=config.cross_rank
-    )
+    return DCNTower(f, d, c, config.hidden, num_cross_layers=config.num_cross_layers, cross_rank=config.cross_rank)
 
 
 def build_tower_modules(plan: TowerPlan, config: TowerModuleConfig, embedding_dim: int) -> nn.ModuleList:
@@ -95,9 +93,7 @@ class TowerReport:
         return self.input_bytes_per_sample / self.output_bytes_per_sample
 
 
-def tower_reports(
-    plan: TowerPlan, modules: Sequence[TowerModule], *, element_size: int = 4
-) -> list[TowerReport]:
+def tower_reports(plan: TowerPlan, modules: Sequence[TowerModule], *, element_size: int = 4) -> list[TowerReport]:
     """A :class:`TowerReport` per tower; works for modules on the meta device.
 
     Args:

@@ -66,9 +66,7 @@ def _as_hidden(value: Any) -> tuple[int, ...]:
         try:
             value = [int(v) for v in value.replace(" ", "").split(",") if v]
         except ValueError:
-            raise TowerConfigError(
-                f"hidden={value!r} must be comma-separated integers, e.g. '64,32'"
-            ) from None
+            raise TowerConfigError(f"hidden={value!r} must be comma-separated integers, e.g. '64,32'") from None
     try:
         hidden = tuple(value)
     except TypeError:

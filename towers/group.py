@@ -93,8 +93,9 @@ class TowerGroup(nn.Module):
             n = len(features)
             width = sum(widths[key : key + n])
             # A view of the tower's columns: no copy, and its gradient lands in the host's lookup.
-            part = KeyedTensor(keys=list(features), length_per_key=widths[key : key + n],
-                               values=values[:, start : start + width])  # fmt: skip
+            part = KeyedTensor(
+                keys=list(features), length_per_key=widths[key : key + n], values=values[:, start : start + width]
+            )
             outputs.append(module(part))
             start, key = start + width, key + n
         return torch.cat(outputs, dim=1)

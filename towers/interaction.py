@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -25,9 +26,7 @@ from torchrec.modules.mlp import MLP
 from towers.config import GlobalInteractionConfig
 
 
-def feature_order_permutation(
-    plan_features: Sequence[str], flat_features: Sequence[str], dim: int
-) -> torch.Tensor:
+def feature_order_permutation(plan_features: Sequence[str], flat_features: Sequence[str], dim: int) -> torch.Tensor:
     """Column indices that reorder identity-tower outputs from plan order to flat order.
 
     ``tower_outputs[:, perm]`` lays feature ``flat_features[i]`` at columns ``[i*dim, (i+1)*dim)``.
@@ -101,9 +100,9 @@ class GlobalDotInteraction(nn.Module):
     @property
     def output_dim(self) -> int:
         """D + K + K(K-1)/2, + (K+1) with self_dots, + K*D with raw_towers."""
-        return GlobalInteractionConfig(
-            kind="dot", self_dots=self.self_dots, raw_towers=self.raw_towers
-        ).output_dim(self.num_tower_outputs, self.embedding_dim)
+        return GlobalInteractionConfig(kind="dot", self_dots=self.self_dots, raw_towers=self.raw_towers).output_dim(
+            self.num_tower_outputs, self.embedding_dim
+        )
 
     def init_weights(self) -> None:
         """Rebuild the pair-index buffer, which ``to_empty`` leaves uninitialised."""
@@ -211,7 +210,7 @@ class GlobalConcatInteraction(nn.Module):
 
     def flops_per_sample(self) -> int:
         widths = [(self.num_tower_outputs + 1) * self.embedding_dim, *self.hidden]
-        return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+        return sum(2 * a * b for a, b in itertools.pairwise(widths))
 
     def forward(self, dense_features: torch.Tensor, tower_outputs: torch.Tensor) -> torch.Tensor:
         """Args: dense_features: [B, D]; tower_outputs: [B, K*D]. Returns: [B, output_dim]."""

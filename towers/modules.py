@@ -44,9 +44,7 @@ class TowerModule(nn.Module):
     def __init__(self, num_features: int, embedding_dim: int, num_outputs: int) -> None:
         super().__init__()
         if num_features < 1 or embedding_dim < 1:
-            raise TowerConfigError(
-                f"num_features={num_features} and embedding_dim={embedding_dim} must be >= 1"
-            )
+            raise TowerConfigError(f"num_features={num_features} and embedding_dim={embedding_dim} must be >= 1")
         self.num_features: int = num_features
         self.embedding_dim: int = embedding_dim
         self.num_outputs: int = num_outputs

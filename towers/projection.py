@@ -6,6 +6,7 @@ E = extra input columns after the F*D embedding columns (e.g. in-tower dot produ
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -85,7 +86,7 @@ class Projection(nn.Module):
         self.linear: nn.Linear = nn.Linear(in_features, out_features)
         widths = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
                 layers.append(nn.ReLU())

@@ -35,21 +35,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan = tw.add_mutually_exclusive_group()
     plan.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`)")
     plan.add_argument("--towers", type=int, help="N towers of contiguous features, round-robin on hosts (default: H)")
-    tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="linear",
-                    help="module per tower (linear)")
+    tw.add_argument(
+        "--tower-module",
+        choices=["identity", "linear", "mlp", "dot", "dcn"],
+        default="linear",
+        help="module per tower (linear)",
+    )
     tw.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4; 1 for identity)")
     add_tower_sharding_argument(tw)
     what = p.add_argument_group("what to run")
-    what.add_argument("--variants", default="flat,dmt",
-                     help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)")
-    what.add_argument("--sharding", default="table_wise",
-                     choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
-                     help="flat model sharding type (table_wise)")
+    what.add_argument(
+        "--variants",
+        default="flat,dmt",
+        help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)",
+    )
+    what.add_argument(
+        "--sharding",
+        default="table_wise",
+        choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
+        help="flat model sharding type (table_wise)",
+    )
     what.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
     what.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported (20)")
     what.add_argument("--count-steps", type=int, default=2, help="extra steps whose bytes are counted (2)")
-    what.add_argument("--comm-compression", metavar="SPEC",
-                      help="codec of the +comm variants (flat+comm, dmt+comm), as `dmt train --comm-compression`")
+    what.add_argument(
+        "--comm-compression",
+        metavar="SPEC",
+        help="codec of the +comm variants (flat+comm, dmt+comm), as `dmt train --comm-compression`",
+    )
     what.add_argument("--pipeline", action="store_true", help="step through torchrec's TrainPipelineSparseDist")
     what.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     what.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
@@ -57,11 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     topo = p.add_argument_group("distribution")
     topo.add_argument("--hosts", type=int, default=2, help="emulated hosts on this machine (2)")
     topo.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
-    topo.add_argument("--slow-link", action="store_true",
-                      help="GPU: NCCL over TCP sockets only (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1)")
-    topo.add_argument("--shaped-link", metavar="RATE[,DELAY]",
-                      help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
-                      "link, e.g. 1gbit,0.5ms (see dmt/netns.py)")
+    topo.add_argument(
+        "--slow-link",
+        action="store_true",
+        help="GPU: NCCL over TCP sockets only (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1)",
+    )
+    topo.add_argument(
+        "--shaped-link",
+        metavar="RATE[,DELAY]",
+        help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
+        "link, e.g. 1gbit,0.5ms (see dmt/netns.py)",
+    )
     p.add_argument("--out", help="write every figure to this JSON file")
     p.add_argument("--tf32", action="store_true", help="CUDA matmuls in TF32 (tensor cores)")
     p.add_argument("--profile", metavar="DIR", help="also profile 5 steps per variant (torch.profiler) into DIR")
@@ -70,29 +89,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def comm_compression(spec: str | None):
-    from dmt.cli.train import comm_compression as parse  # noqa: PLC0415 (one parser for both)
+    from dmt.cli.train import comm_compression as parse  # one parser for both
 
     return parse(spec)
 
 
 def bench_config(args: argparse.Namespace, hosts: int):
     """The validated BenchConfig of these arguments on ``hosts`` hosts."""
-    from dmt.perf.bench import BenchConfig, contiguous_plan  # noqa: PLC0415
-    from dmt.plan import TowerPlan  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig  # noqa: PLC0415
+    from dmt.perf.bench import BenchConfig, contiguous_plan
+    from dmt.plan import TowerPlan
+    from dmt.train.optim import OptimConfig
 
     plan = TowerPlan.from_json(args.plan) if args.plan else contiguous_plan(args.towers or hosts, hosts)
     plan.validate_hosts(hosts)
     cfg = BenchConfig(
-        plan=plan, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), model=args.model,
-        num_embeddings=args.num_embeddings, embedding_dim=args.embedding_dim, batch_size=args.batch_size,
-        pooling=args.pooling, warmup=args.warmup, steps=args.steps, count_steps=args.count_steps,
-        tower_module=args.tower_module, compression=args.compression, tower_sharding=args.tower_sharding,
-        flat_sharding=args.sharding, pipeline=args.pipeline,
-        optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer), seed=args.seed,
-        link=_link_label(args), out=args.out, progress=not args.no_progress,
-        comm=comm_compression(args.comm_compression), profile=args.profile, tf32=args.tf32,
-    )  # fmt: skip
+        plan=plan,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        model=args.model,
+        num_embeddings=args.num_embeddings,
+        embedding_dim=args.embedding_dim,
+        batch_size=args.batch_size,
+        pooling=args.pooling,
+        warmup=args.warmup,
+        steps=args.steps,
+        count_steps=args.count_steps,
+        tower_module=args.tower_module,
+        compression=args.compression,
+        tower_sharding=args.tower_sharding,
+        flat_sharding=args.sharding,
+        pipeline=args.pipeline,
+        optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer),
+        seed=args.seed,
+        link=_link_label(args),
+        out=args.out,
+        progress=not args.no_progress,
+        comm=comm_compression(args.comm_compression),
+        profile=args.profile,
+        tf32=args.tf32,
+    )
     if "stock" in cfg.variants:
         _check_stock(cfg, hosts)
     return cfg
@@ -102,30 +136,34 @@ def _check_stock(cfg, hosts: int) -> None:
     """torchrec's stock tower sharder wraps every tower module in DDP (none without parameters) and
     builds a device mesh only on hosts that hold towers (an idle host leaves the others hanging)."""
     if cfg.tower_module == "identity":
-        raise DmtError("--variants stock needs a tower module with parameters (torchrec wraps each in DDP); "
-                       "use --tower-module linear or drop stock")
+        raise DmtError(
+            "--variants stock needs a tower module with parameters (torchrec wraps each in DDP); "
+            "use --tower-module linear or drop stock"
+        )
     idle = sorted(set(range(hosts)) - {t.host for t in cfg.plan.towers})
     if idle:
-        raise DmtError(f"--variants stock needs a tower on every host, but hosts {idle} have none; "
-                       "use at least --towers H or drop stock")
+        raise DmtError(
+            f"--variants stock needs a tower on every host, but hosts {idle} have none; "
+            "use at least --towers H or drop stock"
+        )
 
 
 def _link_label(args: argparse.Namespace) -> str:
     if args.shaped_link:
-        from dmt.perf.netns import LinkShape  # noqa: PLC0415
+        from dmt.perf.netns import LinkShape
 
         return f"shaped {LinkShape.parse(args.shaped_link)} per host (netns + tc)"
     return "NCCL sockets (--slow-link)" if args.slow_link else "default"
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dmt.distributed.launch import under_torchrun  # noqa: PLC0415
+    from dmt.distributed.launch import under_torchrun
 
     if args.hosts < 1 or args.ranks_per_host < 1:
         raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
     if under_torchrun():
-        from dmt.perf.bench import run_bench  # noqa: PLC0415
-        from dmt.distributed.topology import Topology  # noqa: PLC0415
+        from dmt.distributed.topology import Topology
+        from dmt.perf.bench import run_bench
 
         run_bench(bench_config(args, Topology.from_env().num_hosts))
         return 0
@@ -135,18 +173,26 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """Start the emulated hosts: plain torchrun agents, or each in its namespace behind a shaped link."""
-    from dmt.distributed.launch import launch_local  # noqa: PLC0415
+    from dmt.distributed.launch import launch_local
 
     env = dict(SLOW_LINK_ENV) if args.slow_link else {}
     if not args.shaped_link:
         return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env)
-    import torch  # noqa: PLC0415
+    import torch
 
-    from dmt.perf.netns import LinkShape, ShapedNetwork, sigterm_as_exit  # noqa: PLC0415
+    from dmt.perf.netns import LinkShape, ShapedNetwork, sigterm_as_exit
 
     if torch.cuda.is_available():
-        raise DmtError("--shaped-link shapes gloo's TCP traffic on CPU; NCCL on GPUs may bypass the namespaces "
-                       "(peer copies, shared memory): use --slow-link there")
+        raise DmtError(
+            "--shaped-link shapes gloo's TCP traffic on CPU; NCCL on GPUs may bypass the namespaces "
+            "(peer copies, shared memory): use --slow-link there"
+        )
     with sigterm_as_exit(), ShapedNetwork(args.hosts, LinkShape.parse(args.shaped_link)) as net:
-        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env,
-                            rdzv_host=net.rendezvous_host, host_launch=net.host_launch)  # fmt: skip
+        return launch_local(
+            args.argv,
+            hosts=args.hosts,
+            ranks_per_host=args.ranks_per_host,
+            env=env,
+            rdzv_host=net.rendezvous_host,
+            host_launch=net.host_launch,
+        )

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_dmt(argv: list[str]) -> None:
-    from dmt.cli import main  # noqa: PLC0415 (cli imports this module)
+    from dmt.cli import main  # cli imports this module
 
     rc = main(argv)
     if rc != 0:
@@ -51,25 +51,59 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] using existing data {data}")
     else:
         print(f"[demo] generating {args.rows:,} rows -> {data}")
-        _run_dmt(["gen-data", "--rows", str(args.rows), "--out", str(data), "--truth", str(truth),
-                  "--seed", str(args.seed)])
+        _run_dmt(
+            ["gen-data", "--rows", str(args.rows), "--out", str(data), "--truth", str(truth), "--seed", str(args.seed)]
+        )
     plan = work / "plan.json"
     print(f"[demo] partitioning {args.towers} towers over {args.hosts} hosts -> {plan}")
-    _run_dmt(["partition", "--data", str(data), "--num-towers", str(args.towers), "--hosts", str(args.hosts),
-              "--out", str(plan), "--truth", str(truth), "--plot", str(work / "towers.png"),
-              "--seed", str(args.seed)])
-    common = ["--data", str(data), "--model", "dlrm", "--hosts", str(args.hosts),
-              "--ranks-per-host", str(args.ranks_per_host), "--batch-size", str(args.batch_size),
-              "--epochs", str(args.epochs), "--seed", str(args.seed), "--eval-every", "200"]
+    _run_dmt(
+        [
+            "partition",
+            "--data",
+            str(data),
+            "--num-towers",
+            str(args.towers),
+            "--hosts",
+            str(args.hosts),
+            "--out",
+            str(plan),
+            "--truth",
+            str(truth),
+            "--plot",
+            str(work / "towers.png"),
+            "--seed",
+            str(args.seed),
+        ]
+    )
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        "dlrm",
+        "--hosts",
+        str(args.hosts),
+        "--ranks-per-host",
+        str(args.ranks_per_host),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--eval-every",
+        "200",
+    ]
     runs = {
         "flat DLRM": (work / "flat", []),
         f"DMT (TP towers, linear c={args.compression:g})": (
-            work / "dmt", ["--plan", str(plan), "--tower-module", "linear", "--compression", str(args.compression)]),
+            work / "dmt",
+            ["--plan", str(plan), "--tower-module", "linear", "--compression", str(args.compression)],
+        ),
     }
     for name, (out, extra) in runs.items():
         print(f"[demo] training {name} on {args.hosts} hosts x {args.ranks_per_host} ranks -> {out}")
         _run_dmt(["train", *common, "--out", str(out), *extra])
-    from dmt.train.report import results_table, write_report  # noqa: PLC0415
+    from dmt.train.report import results_table, write_report
 
     metrics = {name: json.loads((out / "metrics.json").read_text()) for name, (out, _) in runs.items()}
     report = write_report(metrics, work / "report", title="DMT demo: flat DLRM vs DMT on generated data")

@@ -33,13 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output TSV file (.gz to compress)")
     p.add_argument("--truth", help="output JSON file with the planted groups (default: <out>.truth.json)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
+    p.add_argument("--groups", type=int, default=None, help="number of planted groups (default: the preset's, 4)")
     p.add_argument(
-        "--groups", type=int, default=None, help="number of planted groups (default: the preset's, 4)"
-    )
-    p.add_argument(
-        "--preset", choices=sorted(PRESETS), default="default",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
         help="'default': Criteo-like cardinalities (up to 3M ids); 'tiny': <= 1000 ids a feature",
-    )  # fmt: skip
+    )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
 

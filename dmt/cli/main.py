@@ -81,4 +81,3 @@ def exit_job(code: int) -> None:
         sys.stderr.flush()
         os._exit(0)
     sys.exit(code)
-

@@ -38,25 +38,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output plan JSON (written atomically)")
     p.add_argument("--hosts", type=int, default=1, help="hosts to spread the towers over (1)")
     p.add_argument("--method", choices=METHOD_NAMES, default="tp", help="tp (default) or a baseline")
-    p.add_argument("--balance-tolerance", type=float, default=0.1,
-                   help="max tower cost may exceed the mean by this fraction (0.1)")  # fmt: skip
+    p.add_argument(
+        "--balance-tolerance", type=float, default=0.1, help="max tower cost may exceed the mean by this fraction (0.1)"
+    )
     p.add_argument("--host-memory-gb", type=float, help="memory per host for tables + optimizer state (no limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe model and the partitioner (0)")
     p.add_argument("--plot", help="write a PNG: affinity ordered by tower, per-tower load")
     p.add_argument("--truth", help="truth JSON of `dmt gen-data`: print the adjusted Rand index vs its groups")
     probe = p.add_argument_group("feature representation (probe model)")
-    probe.add_argument("--steps", type=int, default=1000,
-                       help="training steps of the probe DLRM (1000); 0 skips it (baselines only)")  # fmt: skip
-    probe.add_argument("--score", choices=["attribution", "dot"], default="attribution",
-                       help="pair score: gradient x input of the interaction (default) or mean |dot|")  # fmt: skip
-    probe.add_argument("--representation",
-                       help="cache file (.npz): read if it exists, else written after learning")  # fmt: skip
+    probe.add_argument(
+        "--steps", type=int, default=1000, help="training steps of the probe DLRM (1000); 0 skips it (baselines only)"
+    )
+    probe.add_argument(
+        "--score",
+        choices=["attribution", "dot"],
+        default="attribution",
+        help="pair score: gradient x input of the interaction (default) or mean |dot|",
+    )
+    probe.add_argument("--representation", help="cache file (.npz): read if it exists, else written after learning")
     cost = p.add_argument_group("cost model")
     cost.add_argument("--embedding-dim", type=int, default=16, help="embedding dim of the model to train (16)")
     cost.add_argument("--num-embeddings", type=int, default=50_000, help="table size cap, rows (50000)")
     cost.add_argument("--batch-size", type=int, default=512, help="batch size of costs and probe (512)")
-    cost.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"],
-                      default="rowwise_adagrad", help="for the optimizer-state memory (rowwise_adagrad)")  # fmt: skip
+    cost.add_argument(
+        "--sparse-optimizer",
+        choices=["sgd", "adagrad", "rowwise_adagrad"],
+        default="rowwise_adagrad",
+        help="for the optimizer-state memory (rowwise_adagrad)",
+    )
     p.add_argument("--max-rows", type=int, help="read at most this many rows")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -108,40 +117,53 @@ def run(args: argparse.Namespace) -> int:
     groups = _read_truth(args.truth) if args.truth else None  # fail before the slow part
 
     # Heavy imports only now: `dmt --help` and the other commands stay fast and sklearn-free.
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from dmt.data.criteo import SPARSE_NAMES, read_criteo  # noqa: PLC0415
-    from partitioner import METHODS, FeatureRepresentation, measure_costs  # noqa: PLC0415
-    from partitioner.metrics import ari_vs_groups  # noqa: PLC0415
-    from partitioner.report import format_table, human_bytes, plot_partition  # noqa: PLC0415
+    from dmt.data.criteo import SPARSE_NAMES, read_criteo
+    from partitioner import METHODS, FeatureRepresentation, measure_costs
+    from partitioner.metrics import ari_vs_groups
+    from partitioner.report import format_table, human_bytes, plot_partition
 
     progress = not args.no_progress
     arrays, read = read_criteo(args.data, skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows, progress=progress)
-    print(f"read {read.rows:,} rows from {args.data}"
-          + (f" ({read.bad_rows_skipped:,} bad rows skipped)" if read.bad_rows_skipped else ""))  # fmt: skip
+    print(
+        f"read {read.rows:,} rows from {args.data}"
+        + (f" ({read.bad_rows_skipped:,} bad rows skipped)" if read.bad_rows_skipped else "")
+    )
     names = tuple(SPARSE_NAMES)
-    costs = measure_costs(arrays.sparse, names, embedding_dim=args.embedding_dim, batch_size=args.batch_size,
-                          num_embeddings=[args.num_embeddings] * len(names),
-                          optimizer=args.sparse_optimizer)  # fmt: skip
+    costs = measure_costs(
+        arrays.sparse,
+        names,
+        embedding_dim=args.embedding_dim,
+        batch_size=args.batch_size,
+        num_embeddings=[args.num_embeddings] * len(names),
+        optimizer=args.sparse_optimizer,
+    )
 
     t0 = time.perf_counter()
     source = {"data": os.path.abspath(args.data), "rows": read.rows}
     if _cached(args):
         rep = FeatureRepresentation.load(args.representation)
         if rep.names != names or rep.info.get("source_data", source) != source:
-            raise DmtError(f"--representation {args.representation} was learned from "
-                           f"{rep.info.get('source_data')}, not {source}; delete it to re-learn")  # fmt: skip
+            raise DmtError(
+                f"--representation {args.representation} was learned from "
+                f"{rep.info.get('source_data')}, not {source}; delete it to re-learn"
+            )
         if rep.source != f"learned:{args.score}":
-            raise DmtError(f"--representation {args.representation} holds {rep.source} scores, not "
-                           f"--score {args.score}; use another cache file")  # fmt: skip
+            raise DmtError(
+                f"--representation {args.representation} holds {rep.source} scores, not "
+                f"--score {args.score}; use another cache file"
+            )
         print(f"representation: {rep.source} from {args.representation}")
     elif args.steps > 0:
         rep = _learn(arrays, args, progress)
         rep = dataclasses.replace(rep, info={**rep.info, "source_data": source})
         info = rep.info
-        print(f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
-              f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
-              f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        print(
+            f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
+            f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
         if args.representation:
             rep.save(args.representation)
     else:
@@ -162,10 +184,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(estimator))
     host_share = 100 * estimator.host_loads_ / max(float(estimator.host_loads_.sum()), 1e-300)
-    print(f"\nmethod {args.method}: max/mean tower cost {estimator.imbalance_:.3f} (limit "
-          f"{1 + args.balance_tolerance:.3f}); host cost shares "
-          f"{', '.join(f'{s:.1f} %' for s in host_share)}; tables {human_bytes(costs.memory_bytes.sum())}; "
-          f"partitioned in {fit_s:.2f} s")  # fmt: skip
+    print(
+        f"\nmethod {args.method}: max/mean tower cost {estimator.imbalance_:.3f} (limit "
+        f"{1 + args.balance_tolerance:.3f}); host cost shares "
+        f"{', '.join(f'{s:.1f} %' for s in host_share)}; tables {human_bytes(costs.memory_bytes.sum())}; "
+        f"partitioned in {fit_s:.2f} s"
+    )
     if groups is not None:
         ari = ari_vs_groups(estimator.features_, estimator.labels_, groups)
         print(f"adjusted Rand index vs the {len(groups)} planted groups of {args.truth}: {ari:.3f}")
@@ -177,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _learn(arrays, args: argparse.Namespace, progress: bool):
-    from partitioner.learned import LearnedEmbedder, ProbeConfig  # noqa: PLC0415 (imports torch)
+    from partitioner.learned import LearnedEmbedder, ProbeConfig  # imports torch
 
     cfg = ProbeConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     return LearnedEmbedder(cfg, score=args.score, progress=progress).embed(arrays)

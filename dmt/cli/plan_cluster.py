@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(dmt.perf.cost_model) for a topology preset or JSON, print predicted step time, cross-host bytes "
         "per sample and speed-up vs flat, and recommend one configuration.",
     )
-    p.add_argument("--topology", default="h100-nvlink-400g",
-                   help="preset name (dmt/perf/topologies/*.json) or a JSON path (h100-nvlink-400g)")
+    p.add_argument(
+        "--topology",
+        default="h100-nvlink-400g",
+        help="preset name (dmt/perf/topologies/*.json) or a JSON path (h100-nvlink-400g)",
+    )
     p.add_argument("--hosts", type=int, help="override the topology's host count")
     p.add_argument("--num-tables", type=int, default=26, help="sparse features, one table each (26)")
     p.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
@@ -54,15 +57,22 @@ class Row:
 
 def sweep(model, topo, batch_size: int) -> list[Row]:
     """Flat with every codec, then DMT with T in (H, 2H) x c x codec; speed-up vs flat fp32."""
-    from dmt.perf.cost_model import CODECS, Setup, predict_step  # noqa: PLC0415
+    from dmt.perf.cost_model import CODECS, Setup, predict_step
 
     setups = [Setup(codec=c) for c in CODECS.values()]
     towers = sorted({t for t in (topo.hosts, 2 * topo.hosts) if t <= model.num_tables})
     if not towers:
-        raise DmtError(f"{topo.hosts} hosts need at least one tower each but the model has "
-                       f"{model.num_tables} tables; raise --num-tables or lower --hosts")  # fmt: skip
-    setups += [Setup(num_towers=t, compression=c, codec=codec, intra_sharding=sh)
-               for t in towers for sh in INTRA for c in COMPRESSIONS for codec in CODECS.values()]  # fmt: skip
+        raise DmtError(
+            f"{topo.hosts} hosts need at least one tower each but the model has "
+            f"{model.num_tables} tables; raise --num-tables or lower --hosts"
+        )
+    setups += [
+        Setup(num_towers=t, compression=c, codec=codec, intra_sharding=sh)
+        for t in towers
+        for sh in INTRA
+        for c in COMPRESSIONS
+        for codec in CODECS.values()
+    ]
     preds = [predict_step(model, s, topo, batch_size) for s in setups]
     base = preds[0].step_ms
     return [Row(p.setup, p.step_ms, p.cross_host_bytes_per_sample, base / p.step_ms) for p in preds]
@@ -107,12 +117,12 @@ def projection(model, topo, batch_size: int) -> list[tuple[int, float | None, st
 
 
 def plot_projection(points, topo, path: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    from dmt.atomic import atomic_open  # noqa: PLC0415
+    from dmt.atomic import atomic_open
 
     xs = [g for g, s, _ in points if s is not None]
     ys = [s for _, s, _ in points if s is not None]
@@ -120,8 +130,13 @@ def plot_projection(points, topo, path: str) -> None:
     ax.plot(xs, ys, "o-", label=f"dmt.perf.cost_model, best DMT config ({topo.name})")
     ax.axhspan(1.0, 1.9, color="0.9", label="DMT paper: up to 1.9x (16-512 GPUs)")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set(xscale="log", xticks=list(GPU_COUNTS), xlabel="GPUs", ylabel="speed-up vs flat (fp32)",
-           title="Projected DMT speed-up")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xticks=list(GPU_COUNTS),
+        xlabel="GPUs",
+        ylabel="speed-up vs flat (fp32)",
+        title="Projected DMT speed-up",
+    )
     ax.set_xticklabels([str(g) for g in GPU_COUNTS])
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -154,8 +169,8 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dmt.atomic import atomic_write_text  # noqa: PLC0415
-    from dmt.perf.cost_model import ModelShape, load_topology  # noqa: PLC0415
+    from dmt.atomic import atomic_write_text
+    from dmt.perf.cost_model import ModelShape, load_topology
 
     topo = load_topology(args.topology)
     if args.hosts is not None:
@@ -164,13 +179,19 @@ def run_command(args: argparse.Namespace) -> int:
         topo = topo.with_hosts(args.hosts)
     if args.batch_size < 1:
         raise DmtError(f"--batch-size={args.batch_size} must be >= 1")
-    model = ModelShape(num_tables=args.num_tables, num_embeddings=args.num_embeddings,
-                       embedding_dim=args.embedding_dim, pooling=args.pooling)  # fmt: skip
+    model = ModelShape(
+        num_tables=args.num_tables,
+        num_embeddings=args.num_embeddings,
+        embedding_dim=args.embedding_dim,
+        pooling=args.pooling,
+    )
     rows = sweep(model, topo, args.batch_size)
     pick = recommend(rows)
     table = format_table(rows, pick)
-    head = (f"dmt plan-cluster: {topo.name}, {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {model.num_tables} "
-            f"tables x D={model.embedding_dim}, batch {args.batch_size}/GPU")  # fmt: skip
+    head = (
+        f"dmt plan-cluster: {topo.name}, {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {model.num_tables} "
+        f"tables x D={model.embedding_dim}, batch {args.batch_size}/GPU"
+    )
     rec = f"recommended: {pick.setup.label()}: {pick.step_ms:.2f} ms/step, {pick.speedup:.2f}x vs flat fp32"
     print(f"{head}\n\n{table}\n\n{rec}")
     points = projection(model, topo, args.batch_size) if (args.plot or args.report) else []
@@ -180,9 +201,26 @@ def run_command(args: argparse.Namespace) -> int:
     if args.report:
         proj = ["| GPUs | best DMT speed-up vs flat fp32 | configuration |", "|---:|---:|---|"]
         proj += [f"| {g} | {'-' if s is None else f'{s:.2f}x'} | {c} |" for g, s, c in points]
-        text = "\n".join([f"# {head}", "", table, "", rec, "", "## Projection (same model, more hosts)", "",
-                          *proj, "", f"Reference: {PAPER_RANGE}.", "", "## Assumptions", "",
-                          *[f"- {a}" for a in assumptions(topo, model, args.batch_size)], ""])  # fmt: skip
+        text = "\n".join(
+            [
+                f"# {head}",
+                "",
+                table,
+                "",
+                rec,
+                "",
+                "## Projection (same model, more hosts)",
+                "",
+                *proj,
+                "",
+                f"Reference: {PAPER_RANGE}.",
+                "",
+                "## Assumptions",
+                "",
+                *[f"- {a}" for a in assumptions(topo, model, args.batch_size)],
+                "",
+            ]
+        )
         atomic_write_text(args.report, text)
         print(f"wrote {args.report}")
     return 0

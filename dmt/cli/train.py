@@ -34,18 +34,29 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--num-embeddings", type=int, help="rows per table; ids are hashed modulo this")
     tw = p.add_argument_group("towers (DMT)")
     tw.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`): train DMT over these towers")
-    tw.add_argument("--tower-module", choices=["identity", "linear", "mlp", "dot", "dcn"], default="identity",
-                    help="module per tower (identity: exactly the flat model)")
+    tw.add_argument(
+        "--tower-module",
+        choices=["identity", "linear", "mlp", "dot", "dcn"],
+        default="identity",
+        help="module per tower (identity: exactly the flat model)",
+    )
     tw.add_argument("--compression", type=float, default=1.0, help="tower output compression ratio c (1)")
     tw.add_argument("--tower-hidden", default="", help="hidden widths of the tower MLP, e.g. 64,32 (mlp: required)")
-    tw.add_argument("--global-interaction", choices=GLOBAL_CHOICES, default="auto",
-                    help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
-                         "dots + self-dots + raw tower vectors)")
+    tw.add_argument(
+        "--global-interaction",
+        choices=GLOBAL_CHOICES,
+        default="auto",
+        help="interaction over the tower outputs (auto: the flat model's; hierarchical: "
+        "dots + self-dots + raw tower vectors)",
+    )
     add_tower_sharding_argument(tw)
     comm = p.add_argument_group("communication")
-    comm.add_argument("--comm-compression", metavar="SPEC",
-                      help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
-                           "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm.py)")
+    comm.add_argument(
+        "--comm-compression",
+        metavar="SPEC",
+        help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
+        "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm.py)",
+    )
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
     opt.add_argument("--epochs", type=int, default=1)
@@ -60,13 +71,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     dist = p.add_argument_group("distribution")
     dist.add_argument("--hosts", type=int, default=1, help="emulated hosts on this machine (1)")
     dist.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
-    dist.add_argument("--sharding", default="table_wise",
-                      choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
-                      help="flat model sharding type (table_wise)")
+    dist.add_argument(
+        "--sharding",
+        default="table_wise",
+        choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
+        help="flat model sharding type (table_wise)",
+    )
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
-    ck.add_argument("--max-restarts", type=int, default=0,
-                    help="relaunch a failed emulated job this many times, each resuming from the newest checkpoint")
+    ck.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="relaunch a failed emulated job this many times, each resuming from the newest checkpoint",
+    )
     ck.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>")
     p.add_argument("--out", default="runs/train", help="output directory (runs/train)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -78,7 +96,7 @@ GLOBAL_CHOICES = ("auto", "dot", "hierarchical", "dcn", "concat")
 
 
 def global_interaction_config(name: str):
-    from towers import GlobalInteractionConfig  # noqa: PLC0415
+    from towers import GlobalInteractionConfig
 
     if name == "auto":
         return None
@@ -86,9 +104,9 @@ def global_interaction_config(name: str):
 
 
 def job_config(args: argparse.Namespace):
-    from dmt.model.flat import ModelConfig  # noqa: PLC0415 (torchrec import only when running)
-    from dmt.train.job import JobConfig  # noqa: PLC0415
-    from dmt.train.optim import OptimConfig  # noqa: PLC0415
+    from dmt.model.flat import ModelConfig  # torchrec import only when running
+    from dmt.train.job import JobConfig
+    from dmt.train.optim import OptimConfig
 
     overrides: dict = {"arch": args.model}
     if args.embedding_dim:
@@ -98,34 +116,53 @@ def job_config(args: argparse.Namespace):
         overrides["num_embeddings"] = (args.num_embeddings,) * 26
     towers = None
     if args.plan:
-        from dmt.plan import TowerPlan  # noqa: PLC0415
-        from dmt.train.build import TowerSpec  # noqa: PLC0415
-        from towers import TowerModuleConfig  # noqa: PLC0415
+        from dmt.plan import TowerPlan
+        from dmt.train.build import TowerSpec
+        from towers import TowerModuleConfig
 
         try:
             module = TowerModuleConfig(kind=args.tower_module, compression=args.compression, hidden=args.tower_hidden)
         except ValueError as e:
             raise DmtError(f"bad tower module: {e}") from None
-        towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module, sharding=args.tower_sharding,
-                           global_interaction=global_interaction_config(args.global_interaction))
+        towers = TowerSpec(
+            plan=TowerPlan.from_json(args.plan),
+            module=module,
+            sharding=args.tower_sharding,
+            global_interaction=global_interaction_config(args.global_interaction),
+        )
     elif args.tower_module != "identity" or args.compression != 1.0:
         raise DmtError("--tower-module/--compression need --plan (a TowerPlan from `dmt partition`)")
     return JobConfig(
-        data=args.data, out=args.out, model=ModelConfig.preset(args.preset, **overrides),
-        optim=OptimConfig(sparse=args.sparse_optimizer, sparse_lr=args.lr, dense=args.dense_optimizer,
-                          dense_lr=args.dense_lr, tower_lr=args.tower_lr),
-        eval_fraction=args.eval_fraction, batch_size=args.batch_size, epochs=args.epochs,
-        max_steps=args.max_steps, eval_every=args.eval_every, sharding=args.sharding, seed=args.seed,
-        skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, towers=towers,
+        data=args.data,
+        out=args.out,
+        model=ModelConfig.preset(args.preset, **overrides),
+        optim=OptimConfig(
+            sparse=args.sparse_optimizer,
+            sparse_lr=args.lr,
+            dense=args.dense_optimizer,
+            dense_lr=args.dense_lr,
+            tower_lr=args.tower_lr,
+        ),
+        eval_fraction=args.eval_fraction,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        sharding=args.sharding,
+        seed=args.seed,
+        skip_bad_rows=args.skip_bad_rows,
+        progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        towers=towers,
         comm=comm_compression(args.comm_compression),
-    )  # fmt: skip
+    )
 
 
 def comm_compression(spec: str | None):
     if not spec:
         return None
-    from dmt.distributed.qcomm import CommCompression  # noqa: PLC0415
+    from dmt.distributed.qcomm import CommCompression
 
     try:
         return CommCompression.parse(spec)
@@ -134,7 +171,7 @@ def comm_compression(spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dmt.distributed.launch import launch_local, under_torchrun  # noqa: PLC0415
+    from dmt.distributed.launch import launch_local, under_torchrun
 
     if args.max_restarts < 0:
         raise DmtError(f"--max-restarts={args.max_restarts} must be >= 0")
@@ -146,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.towers is not None and not under_torchrun() and args.hosts * args.ranks_per_host > 1:
         cfg.towers.plan.validate_hosts(args.hosts)
     if under_torchrun():
-        from dmt.train.job import run_job  # noqa: PLC0415
+        from dmt.train.job import run_job
 
         run_job(cfg, distributed=True)
         return 0
@@ -155,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         if rc == 0:
             _print_summary(cfg.out)
         return rc
-    from dmt.train.job import run_job  # noqa: PLC0415
+    from dmt.train.job import run_job
 
     run_job(cfg, distributed=False)
     _print_summary(cfg.out)
@@ -175,17 +212,23 @@ def _launch_with_restarts(args: argparse.Namespace, launch_local) -> int:
         rc = launch_local(argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host)
         if rc in (0, 2) or attempt == args.max_restarts:
             return rc
-        print(f"[dmt] the job failed (exit {rc}); restart {attempt + 1} of {args.max_restarts} "
-              "from the newest checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"[dmt] the job failed (exit {rc}); restart {attempt + 1} of {args.max_restarts} "
+            "from the newest checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         if "--resume" not in argv:
             argv.append("--resume")
     return rc
 
 
 def _print_summary(out: str) -> None:
-    import json  # noqa: PLC0415
+    import json
 
     with open(f"{out}/metrics.json") as f:
         m = json.load(f)
-    print(f"auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  ne {m['ne']:.4f}  steps {m['steps']}  "
-          f"samples/s {m['samples_per_s']:,.0f}  -> {out}/metrics.json")
+    print(
+        f"auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  ne {m['ne']:.4f}  steps {m['steps']}  "
+        f"samples/s {m['samples_per_s']:,.0f}  -> {out}/metrics.json"
+    )

@@ -23,7 +23,7 @@ __all__ = [
     "SyntheticSpec",
     "generate_criteo",
     "iter_batches",
-    "num_global_batches",
     "iter_criteo_chunks",
+    "num_global_batches",
     "read_criteo",
 ]

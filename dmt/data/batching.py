@@ -80,11 +80,7 @@ def iter_batches(
             f"{len(arrays)} rows cannot fill one global batch of {global_batch} "
             f"({batch_size} per rank x {world_size} ranks); use more data or a smaller --batch-size"
         )
-    order = (
-        np.random.default_rng([seed, epoch]).permutation(len(arrays))
-        if shuffle
-        else np.arange(len(arrays))
-    )
+    order = np.random.default_rng([seed, epoch]).permutation(len(arrays)) if shuffle else np.arange(len(arrays))
     for b in range(start, n):
         lo = b * global_batch + rank * batch_size
         yield to_batch(arrays, order[lo : lo + batch_size], num_embeddings)

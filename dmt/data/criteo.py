@@ -192,10 +192,14 @@ class _RowBuffer:
             capacity = max(guess, int(len(self.arrays) * 1.5), need)
             if self.max_rows is not None:
                 capacity = max(min(capacity, self.max_rows), need)
-            old, self.arrays = self.arrays, CriteoArrays(
-                np.empty(capacity, np.float32), np.empty((capacity, NUM_DENSE), np.float32),
-                np.empty((capacity, NUM_SPARSE), np.int64),
-            )  # fmt: skip
+            old, self.arrays = (
+                self.arrays,
+                CriteoArrays(
+                    np.empty(capacity, np.float32),
+                    np.empty((capacity, NUM_DENSE), np.float32),
+                    np.empty((capacity, NUM_SPARSE), np.int64),
+                ),
+            )
             self._put(0, old.slice(0, self.rows))
         self._put(self.rows, part)
         self.rows = need
@@ -272,18 +276,17 @@ def _iter_blocks(
     except OSError as e:
         raise DataFormatError(f"cannot read {path}: {e.strerror}") from None
     if total == 0:
-        raise DataFormatError(
-            f"{path} is empty; expected Criteo TSV rows (label, 13 integers, 26 hex categoricals)"
-        )
+        raise DataFormatError(f"{path} is empty; expected Criteo TSV rows (label, 13 integers, 26 hex categoricals)")
     first_line = 1  # 1-based number of the first line of the current block
     # One buffer for the whole file: PAD tab bytes, the partial line carried over from the last
     # block, then the new block read in place. No per-block allocation or concatenation.
     store = np.full(PAD + _MAX_LINE_BYTES + _BLOCK_BYTES + 1, 9, np.uint8)
     ncarry = 0
     try:
-        with open(path, "rb") as raw, tqdm(
-            total=total, unit="B", unit_scale=True, desc=os.path.basename(path), disable=not progress
-        ) as bar:
+        with (
+            open(path, "rb") as raw,
+            tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path), disable=not progress) as bar,
+        ):
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
             view = memoryview(store)  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
             while True:
@@ -313,9 +316,7 @@ def _iter_blocks(
                     break
     except OSError as e:  # unreadable file, truncated or corrupt gzip
         if path.endswith(".gz"):
-            raise DataFormatError(
-                f"{path}: cannot decompress ({e.strerror or e}); is the file complete?"
-            ) from None
+            raise DataFormatError(f"{path}: cannot decompress ({e.strerror or e}); is the file complete?") from None
         raise DataFormatError(f"cannot read {path}: {e.strerror or e}") from None
     except EOFError as e:
         raise DataFormatError(f"{path}: cannot decompress ({e}); is the file complete?") from None
@@ -345,9 +346,7 @@ def _last_newline(store: np.ndarray, lo: int, hi: int) -> int:
     return -1
 
 
-def _handle_bad(
-    path: str, block: np.ndarray, bad: np.ndarray, first_line: int, skip: bool, report: ReadReport
-) -> None:
+def _handle_bad(path: str, block: np.ndarray, bad: np.ndarray, first_line: int, skip: bool, report: ReadReport) -> None:
     """Raise for the first bad line of a block, or count them and keep a few examples."""
     want = 1 if not skip else max(0, _MAX_EXAMPLES - len(report.bad_row_examples))
     if want:
@@ -493,7 +492,7 @@ def _parse_dense(
     """Decimal integers -> (N, 13) float64 values (missing -> 0) and a per-row validity mask."""
     x = _load(words, ends, lens)
     # A leading '-' is the byte at 8 - len: note it and turn it into '0'.
-    shift = (_U(8) * (_U(8) - np.clip(lens, 1, 8).astype(np.uint64)))
+    shift = _U(8) * (_U(8) - np.clip(lens, 1, 8).astype(np.uint64))
     neg = (((x >> shift) & _U(0xFF)) == _U(_MINUS)) & (lens > 0)
     x ^= np.where(neg, _U(_MINUS ^ _ZERO) << shift, _U(0))
     ok = ((x & _HIGH) == 0) & (_in_range(x, 0x30, 0x39) == _HIGH) & ~(neg & (lens == 1))
@@ -510,9 +509,7 @@ def _parse_dense(
     return val, ok.all(axis=1)
 
 
-def _parse_long_dense(
-    padded: np.ndarray, ends: np.ndarray, lens: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _parse_long_dense(padded: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fields (1-D) of 9 to 20 characters: signed value (float64) and validity."""
     width = _MAX_DENSE_CHARS
     ch = np.lib.stride_tricks.sliding_window_view(padded, width)[ends - width]

@@ -50,21 +50,105 @@ _CALIBRATION_ROWS = 65536  # sample used to centre the latent vectors and calibr
 
 # Shaped like Criteo Kaggle: a few features with millions of ids, most with hundreds or thousands.
 DEFAULT_CARDINALITIES = (
-    1460, 583, 2_000_000, 800_000, 305, 24, 12517, 633, 3, 93145, 5683, 3_000_000, 3194,
-    27, 14992, 1_500_000, 10, 5652, 2173, 4, 1_200_000, 18, 15, 286181, 105, 142572,
-)  # fmt: skip
+    1460,
+    583,
+    2_000_000,
+    800_000,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    3_000_000,
+    3194,
+    27,
+    14992,
+    1_500_000,
+    10,
+    5652,
+    2173,
+    4,
+    1_200_000,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+)
 # Missing rates measured on Criteo Kaggle rows: many never missing, a few mostly missing.
 DEFAULT_SPARSE_MISSING = (
-    0.0, 0.0, 0.036, 0.036, 0.0, 0.133, 0.0, 0.0, 0.0, 0.0, 0.0, 0.036, 0.0,
-    0.0, 0.0, 0.036, 0.0, 0.0, 0.45, 0.45, 0.036, 0.818, 0.0, 0.036, 0.45, 0.45,
-)  # fmt: skip
+    0.0,
+    0.0,
+    0.036,
+    0.036,
+    0.0,
+    0.133,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.036,
+    0.0,
+    0.0,
+    0.0,
+    0.036,
+    0.0,
+    0.0,
+    0.45,
+    0.45,
+    0.036,
+    0.818,
+    0.0,
+    0.036,
+    0.45,
+    0.45,
+)
 DEFAULT_DENSE_MISSING = (
-    0.448, 0.0, 0.204, 0.198, 0.049, 0.251, 0.049, 0.001, 0.049, 0.448, 0.049, 0.773, 0.198,
-)  # fmt: skip
+    0.448,
+    0.0,
+    0.204,
+    0.198,
+    0.049,
+    0.251,
+    0.049,
+    0.001,
+    0.049,
+    0.448,
+    0.049,
+    0.773,
+    0.198,
+)
 TINY_CARDINALITIES = (
-    50, 20, 1000, 500, 30, 10, 200, 60, 3, 400, 100, 1000, 80,
-    12, 150, 800, 8, 90, 70, 4, 600, 9, 7, 300, 25, 250,
-)  # fmt: skip
+    50,
+    20,
+    1000,
+    500,
+    30,
+    10,
+    200,
+    60,
+    3,
+    400,
+    100,
+    1000,
+    80,
+    12,
+    150,
+    800,
+    8,
+    90,
+    70,
+    4,
+    600,
+    9,
+    7,
+    300,
+    25,
+    250,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,8 +185,11 @@ class SyntheticSpec:
     click_rate: float = 0.25
 
     def __post_init__(self) -> None:
-        for name, n in (("cardinalities", NUM_SPARSE), ("sparse_missing_rate", NUM_SPARSE),
-                        ("dense_missing_rate", NUM_DENSE)):  # fmt: skip
+        for name, n in (
+            ("cardinalities", NUM_SPARSE),
+            ("sparse_missing_rate", NUM_SPARSE),
+            ("dense_missing_rate", NUM_DENSE),
+        ):
             value = tuple(getattr(self, name))
             object.__setattr__(self, name, value)  # accept lists (JSON), stay hashable
             if len(value) != n:
@@ -184,9 +271,7 @@ def generate_criteo(
         "rows": rows,
         "groups": [[SPARSE_NAMES[f] for f in g] for g in model.groups],
         "cardinalities": dict(zip(SPARSE_NAMES, map(int, spec.cardinalities))),
-        "missing_rate": dict(
-            zip(SPARSE_NAMES + DENSE_NAMES, spec.sparse_missing_rate + spec.dense_missing_rate)
-        ),
+        "missing_rate": dict(zip(SPARSE_NAMES + DENSE_NAMES, spec.sparse_missing_rate + spec.dense_missing_rate)),
         "click_rate": positives / rows,
         "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()},
     }
@@ -239,11 +324,14 @@ class _Model:
                 self.latent[f] -= (w @ self.latent[f]).astype(np.float32)
                 self.main[f] -= np.float32(w @ self.main[f])
         terms = self._terms(d)
-        self.scale = np.array([
-            s / max(float(t.std()), 1e-9)
-            for s, t in zip((self.spec.interaction_strength, self.spec.main_effect_strength,
-                             self.spec.dense_strength), terms)
-        ])  # fmt: skip
+        self.scale = np.array(
+            [
+                s / max(float(t.std()), 1e-9)
+                for s, t in zip(
+                    (self.spec.interaction_strength, self.spec.main_effect_strength, self.spec.dense_strength), terms
+                )
+            ]
+        )
         logit = sum(s * t for s, t in zip(self.scale, terms))
         lo, hi = -30.0, 30.0  # bisection: mean sigmoid(bias + logit) is increasing in bias
         for _ in range(60):

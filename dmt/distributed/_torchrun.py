@@ -30,8 +30,10 @@ class _DropKnownNoise(logging.Filter):
 
 
 def run(argv: list[str]) -> int:
-    for name in ("torch.distributed.elastic.multiprocessing.api",
-                 "torch.distributed.elastic.rendezvous.dynamic_rendezvous"):
+    for name in (
+        "torch.distributed.elastic.multiprocessing.api",
+        "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
+    ):
         logging.getLogger(name).addFilter(_DropKnownNoise())
     try:
         main(argv)

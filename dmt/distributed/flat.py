@@ -47,9 +47,7 @@ def shard_flat(
             comm_compression, device=env.device, rows=largest_table_rows(model)
         )
     topo = env.topology
-    constraints = {
-        table_name(f): ParameterConstraints(sharding_types=[sharding]) for f in cfg.sparse_features
-    }
+    constraints = {table_name(f): ParameterConstraints(sharding_types=[sharding]) for f in cfg.sparse_features}
     sharders = [CpuRowWiseEBCSharder(qcomm_codecs_registry=qcomm_codecs_registry)]
     planner = EmbeddingShardingPlanner(
         topology=PlannerTopology(

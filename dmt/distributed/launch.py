@@ -59,11 +59,18 @@ def torchrun_command(
 ) -> list[str]:
     """The torchrun command line of one emulated host running ``<target> <argv>`` (default ``dmt <argv>``)."""
     return [
-        sys.executable, "-m", "dmt.distributed._torchrun",
-        f"--nnodes={hosts}", f"--nproc-per-node={ranks_per_host}",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_host}:{port}", f"--rdzv-id=dmt-{port}",
-        *extra_args, *target, *argv,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "dmt.distributed._torchrun",
+        f"--nnodes={hosts}",
+        f"--nproc-per-node={ranks_per_host}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rdzv_host}:{port}",
+        f"--rdzv-id=dmt-{port}",
+        *extra_args,
+        *target,
+        *argv,
+    ]
 
 
 def launch_local(
@@ -92,8 +99,18 @@ def launch_local(
     wraps = [host_launch(h) if host_launch is not None else HostLaunch() for h in range(hosts)]
     procs = [
         subprocess.Popen(
-            [*w.prefix, *torchrun_command(argv, hosts=hosts, ranks_per_host=ranks_per_host, port=port,
-                                          rdzv_host=rdzv_host, extra_args=w.torchrun_args, target=target)],
+            [
+                *w.prefix,
+                *torchrun_command(
+                    argv,
+                    hosts=hosts,
+                    ranks_per_host=ranks_per_host,
+                    port=port,
+                    rdzv_host=rdzv_host,
+                    extra_args=w.torchrun_args,
+                    target=target,
+                ),
+            ],
             env={**child_env, **host_gpu_env(h, ranks_per_host, child_env), **w.env},
             start_new_session=True,
         )
@@ -117,7 +134,7 @@ def host_gpu_env(host: int, ranks_per_host: int, env: Mapping[str, str]) -> dict
     """
     if "CUDA_VISIBLE_DEVICES" in env:
         return {}
-    import torch  # noqa: PLC0415 (device_count asks NVML; it does not start CUDA here)
+    import torch  # device_count asks NVML; it does not start CUDA here
 
     gpus = torch.cuda.device_count()
     first = host * ranks_per_host

@@ -10,7 +10,8 @@ sharded modules. DMT uses exactly that mechanism, nothing beside it:
   put into the same registry for the pooled all-to-all.
 
 :class:`CommCompression` is the JSON/CLI-friendly config, :func:`comm_codecs_registry` the factory
-(``dmt.distributed.tower_sharding.shard(..., comm_compression=...)`` and ``dmt.distributed.flat.shard_flat`` call it), and
+(``dmt.distributed.tower_sharding.shard(..., comm_compression=...)`` and
+``dmt.distributed.flat.shard_flat`` call it), and
 :func:`codec_stats` / :func:`set_iteration` read the byte/error counters and drive the bound's
 iteration schedule on a sharded model.
 
@@ -122,8 +123,11 @@ HEADER_BYTES = 9  # min f32, max f32, width u8
 # Levels are chosen for eb / (1 + _MARGIN): the slack absorbs float64 rounding in encode/decode.
 _MARGIN = 1e-3
 _A2A = CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL.name
-_FBGEMM_OPS = (CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL, CommOp.POOLED_EMBEDDINGS_REDUCE_SCATTER,
-               CommOp.SEQUENCE_EMBEDDINGS_ALL_TO_ALL)
+_FBGEMM_OPS = (
+    CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL,
+    CommOp.POOLED_EMBEDDINGS_REDUCE_SCATTER,
+    CommOp.SEQUENCE_EMBEDDINGS_ALL_TO_ALL,
+)
 
 
 class CommCodecError(DmtError):
@@ -565,9 +569,15 @@ class CommCompression:
 
 
 _PARSERS: dict[str, Any] = {
-    "lossy_eb": _optional(float), "lossy_block": int, "lossy_warmup_iters": int,
-    "lossy_warmup_factor": float, "lossy_large_rows": _optional(int), "lossy_large_factor": float,
-    "fp8_row_dim": _optional(int), "intra_host": _bool, "track_error": _bool,
+    "lossy_eb": _optional(float),
+    "lossy_block": int,
+    "lossy_warmup_iters": int,
+    "lossy_warmup_factor": float,
+    "lossy_large_rows": _optional(int),
+    "lossy_large_factor": float,
+    "fp8_row_dim": _optional(int),
+    "intra_host": _bool,
+    "track_error": _bool,
 }
 
 
@@ -596,7 +606,9 @@ def _check_runs(codecs: QuantizedCommCodecs, names: tuple[str, str], numel: int,
             codec.decode(codec.encode(x, ctx), ctx)
         except Exception as e:  # fbgemm raises RuntimeError/AssertionError/NotImplementedError
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CommCodecError(f"{name} comms do not run with the installed fbgemm_gpu on {device.type}: {first}") from e
+            raise CommCodecError(
+                f"{name} comms do not run with the installed fbgemm_gpu on {device.type}: {first}"
+            ) from e
 
 
 def _fbgemm_registry(forward: str, backward: str, cfg: CommCompression, device: torch.device) -> dict[str, Any]:
@@ -653,18 +665,22 @@ def comm_codecs_registry(
     if config.uses_lossy:
         assert config.lossy_eb is not None  # __post_init__
         schedule = LossySchedule(
-            eb=config.lossy_eb, class_factor=config.class_factor(rows),
-            warmup_iters=config.lossy_warmup_iters, warmup_factor=config.lossy_warmup_factor,
+            eb=config.lossy_eb,
+            class_factor=config.class_factor(rows),
+            warmup_iters=config.lossy_warmup_iters,
+            warmup_factor=config.lossy_warmup_factor,
         )
         a2a = wrapped.get(_A2A) or QuantizedCommCodecs(  # lossy one way, fp32 the other
             forward=CountingCodec(NoOpQuantizedCommCodec()), backward=CountingCodec(NoOpQuantizedCommCodec())
         )
         lossy = {
             side: ErrorBoundedCodec(schedule, config.lossy_block, config.track_error)
-            for side in ("forward", "backward") if getattr(config, side) == "lossy"
+            for side in ("forward", "backward")
+            if getattr(config, side) == "lossy"
         }
-        wrapped[_A2A] = QuantizedCommCodecs(forward=lossy.get("forward", a2a.forward),
-                                            backward=lossy.get("backward", a2a.backward))
+        wrapped[_A2A] = QuantizedCommCodecs(
+            forward=lossy.get("forward", a2a.forward), backward=lossy.get("backward", a2a.backward)
+        )
     return wrapped
 
 
@@ -735,4 +751,3 @@ def codec_stats(target: nn.Module | Mapping[str, QuantizedCommCodecs]) -> dict[s
         if isinstance(stats, CodecStats):
             out[key] = out.get(key, CodecStats()) + copy.copy(stats)
     return out
-

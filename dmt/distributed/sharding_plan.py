@@ -18,10 +18,10 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan, Sharding
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
-from dmt.errors import DmtError
-from dmt.plan import PlanError, TowerPlan
-from dmt.model.transform import tables_in_lookup_order
 from dmt.distributed.topology import Topology
+from dmt.errors import DmtError
+from dmt.model.transform import tables_in_lookup_order
+from dmt.plan import PlanError, TowerPlan
 
 __all__ = [
     "SHARDINGS",

@@ -46,9 +46,7 @@ def copy_into(key: str, target: Any, source: Any, errors: list[str]) -> None:
                 shard.tensor.detach().copy_(src)
         elif _is_plain_tensor(source):
             for shard in target.local_shards():
-                index = tuple(
-                    slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
-                )
+                index = tuple(slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
                 shard.tensor.detach().copy_(source[index])
         else:
             errors.append(f"{key}: cannot load a {type(source).__name__} into a ShardedTensor")
@@ -119,7 +117,7 @@ class DmtModelParallel(DistributedModelParallel):
     ) -> None:
         module = get_unwrapped_module(module)
         if isinstance(module, ShardedModule):
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             try:
                 result = module.load_state_dict(sub, strict=False)
             except StateDictError as e:

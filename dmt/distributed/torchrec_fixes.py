@@ -12,7 +12,11 @@ unless a docstring says otherwise. ``shared/research/TORCHREC_FINDINGS.md`` meas
 | :func:`pin_torchrec_pod_size` | host groups are LOCAL_WORLD_SIZE x pod size (1.8) / domain multiple (1.6) | both |
 | :func:`torchrec_host_size` | the same, pinned to a topology while torchrec builds its groups | tower sharding |
 | :func:`tower_process_groups` | the intra-/cross-host groups are cached for the process | tower sharding |
-| :func:`safe_tower_sharding` | the tower sharder's intra-host DDP rejects CPU ``device_ids`` and modules without parameters; its intra-host ShardingEnv builds a world-wide DeviceMesh only on hosts with towers (a hang on 1.6.1) | tower sharding |
+| :func:`safe_tower_sharding` | the tower sharder's intra-host DDP and intra-host ShardingEnv (below) | tower sharding |
+
+``safe_tower_sharding``: torchrec's tower sharder wraps each tower module in intra-host DDP, which
+rejects CPU ``device_ids`` and modules without parameters, and builds its intra-host ShardingEnv
+with a world-wide DeviceMesh on hosts with towers only (a hang on 1.6.1).
 
 The tower sharding's remaining traps (output order, plan mutated in place, state dict load,
 cached batch size) are fixed in :mod:`dmt.distributed.tower_sharding` and
@@ -131,9 +135,7 @@ def tower_ddp(module: nn.Module, device_ids: list[Any] | None = None, *args: Any
     an all-reduce over one rank changes nothing and only costs launches and bucket copies.
     """
     group = kwargs.get("process_group")
-    if not any(p.requires_grad for p in module.parameters()) or (
-        group is not None and dist.get_world_size(group) == 1
-    ):
+    if not any(p.requires_grad for p in module.parameters()) or (group is not None and dist.get_world_size(group) == 1):
         return ParameterFreeTower(module)
     return CpuSafeDDP(module, device_ids, *args, **{**kwargs, **exact_resume_ddp_kwargs()})
 
@@ -195,9 +197,7 @@ def torchrec_host_size(local_world_size: int) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def tower_process_groups(
-    topology: Topology, device: torch.device
-) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
+def tower_process_groups(topology: Topology, device: torch.device) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
     """torchrec's (cached) intra-host and cross-host process groups, checked against ``topology``.
 
     Collective: every rank must call it. Raises TopologyError when torchrec already created its

@@ -319,7 +319,8 @@ def shard(
     sharding_plan = build_sharding_plan(model, plan, topology, sharding=sharding, device_type=device.type)
     prefix = f"{fqn}."
     tables = {
-        k[len(prefix):]: v for k, v in model.state_dict().items()
+        k[len(prefix) :]: v
+        for k, v in model.state_dict().items()
         if k.startswith(prefix) and _is_table(k, fqn) and not v.is_meta
     }
     tower_process_groups(topology, device)

@@ -83,12 +83,17 @@ class ModelConfig:
     def preset(name: str, **overrides: object) -> ModelConfig:
         """Named shapes: "debug" (tests, seconds on CPU), "small" (demo), "criteo" (Kaggle-sized)."""
         presets = {
-            "debug": dict(embedding_dim=8, num_embeddings=(1000,) * 26, dense_arch=(16, 8),
-                          over_arch=(16, 1), dcn_low_rank=4),
-            "small": dict(embedding_dim=16, num_embeddings=(50_000,) * 26, dense_arch=(64, 16),
-                          over_arch=(128, 64, 1)),
-            "criteo": dict(embedding_dim=64, num_embeddings=(1_000_000,) * 26,
-                           dense_arch=(512, 256, 64), over_arch=(512, 256, 1), dcn_low_rank=64),
+            "debug": dict(
+                embedding_dim=8, num_embeddings=(1000,) * 26, dense_arch=(16, 8), over_arch=(16, 1), dcn_low_rank=4
+            ),
+            "small": dict(embedding_dim=16, num_embeddings=(50_000,) * 26, dense_arch=(64, 16), over_arch=(128, 64, 1)),
+            "criteo": dict(
+                embedding_dim=64,
+                num_embeddings=(1_000_000,) * 26,
+                dense_arch=(512, 256, 64),
+                over_arch=(512, 256, 1),
+                dcn_low_rank=64,
+            ),
         }
         if name not in presets:
             raise DmtError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
@@ -146,4 +151,3 @@ def build_flat_model(cfg: ModelConfig, device: torch.device | str | None = None)
     else:
         model = DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank)
     return DLRMTrain(model)
-

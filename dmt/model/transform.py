@@ -36,8 +36,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
-from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks
 from dmt.errors import DmtError
+from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks
 from dmt.plan import PlanError, TowerPlan
 from towers import (
     GlobalInteractionConfig,
@@ -224,7 +224,9 @@ def _build_towers(
     return towers, output_order
 
 
-def tables_in_lookup_order(features: Sequence[str], table_of: Mapping[str, EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
+def tables_in_lookup_order(
+    features: Sequence[str], table_of: Mapping[str, EmbeddingBagConfig]
+) -> list[EmbeddingBagConfig]:
     """The tables of ``features`` in the order the features first use them, each once.
 
     Example:

@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from dmt.atomic import atomic_write_text
+from dmt.distributed.qcomm import CommCompression
 from dmt.errors import DmtError
 from dmt.plan import TowerPlan
-from dmt.distributed.qcomm import CommCompression
 from dmt.train.optim import OptimConfig
 
 # "+comm": the same variant with --comm-compression on its embedding exchange (dmt.distributed.qcomm).
@@ -109,11 +109,15 @@ def contiguous_plan(num_towers: int, num_hosts: int) -> TowerPlan:
 # ---------------------------------------------------------------------------------------- model
 def model_config(cfg: BenchConfig):
     """The Criteo-shaped flat model: 26 tables of ``num_embeddings`` x D, dense arch 512-256-D."""
-    from dmt.model.flat import ModelConfig  # noqa: PLC0415 (torchrec only in the ranks)
+    from dmt.model.flat import ModelConfig  # torchrec only in the ranks
 
-    return ModelConfig.preset("criteo", arch=cfg.model, embedding_dim=cfg.embedding_dim,
-                              num_embeddings=(cfg.num_embeddings,) * NUM_TABLES,
-                              dense_arch=(512, 256, cfg.embedding_dim))  # fmt: skip
+    return ModelConfig.preset(
+        "criteo",
+        arch=cfg.model,
+        embedding_dim=cfg.embedding_dim,
+        num_embeddings=(cfg.num_embeddings,) * NUM_TABLES,
+        dense_arch=(512, 256, cfg.embedding_dim),
+    )
 
 
 @dataclass
@@ -139,9 +143,9 @@ def build_variant(name: str, cfg: BenchConfig, env) -> Built:
 
 
 def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> Built:
-    from dmt.model.flat import build_flat_model  # noqa: PLC0415
-    from dmt.distributed.flat import shard_flat  # noqa: PLC0415
-    from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
+    from dmt.distributed.flat import shard_flat
+    from dmt.model.flat import build_flat_model
+    from dmt.train.optim import apply_sparse_optimizer, build_optimizer
 
     mcfg = model_config(cfg)
     model = build_flat_model(mcfg, device="meta")  # tables on meta: DMP materialises the local shards
@@ -152,13 +156,13 @@ def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> B
 
 
 def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression | None = None) -> Built:
-    from dmt.model.flat import build_flat_model  # noqa: PLC0415
-    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection  # noqa: PLC0415
-    from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
-    from dmt.model.transform import transform  # noqa: PLC0415
-    from dmt.model.dmt import tower_output_dims  # noqa: PLC0415
-    from dmt.train.optim import apply_sparse_optimizer, build_optimizer  # noqa: PLC0415
-    from towers import TowerModuleConfig  # noqa: PLC0415
+    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection
+    from dmt.distributed.tower_sharding import shard
+    from dmt.model.dmt import tower_output_dims
+    from dmt.model.flat import build_flat_model
+    from dmt.model.transform import transform
+    from dmt.train.optim import apply_sparse_optimizer, build_optimizer
+    from towers import TowerModuleConfig
 
     try:
         module = TowerModuleConfig(kind=cfg.tower_module, compression=cfg.compression)
@@ -179,8 +183,9 @@ def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression |
         sharded = _shard_stock(model, plan, env)
     else:
         sharded = shard(model, cfg.plan, env, sharding=cfg.tower_sharding, comm_compression=comm)
-    return Built(model=sharded, optimizer=build_optimizer(sharded, cfg.optim), intra_sharding=_intra_sharding(plan),
-                 **sizes)  # fmt: skip
+    return Built(
+        model=sharded, optimizer=build_optimizer(sharded, cfg.optim), intra_sharding=_intra_sharding(plan), **sizes
+    )
 
 
 def _shard_stock(model: torch.nn.Module, plan, env):
@@ -190,21 +195,25 @@ def _shard_stock(model: torch.nn.Module, plan, env):
     ``device_ids`` (the swap of ``dmt.distributed.tower_sharding``), and its process groups need torchrec's
     host-size variables pinned. torchrec mutates the plan, so it gets a copy.
     """
-    import contextlib  # noqa: PLC0415
-    import copy  # noqa: PLC0415
+    import contextlib
+    import copy
 
-    from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder  # noqa: PLC0415
-    from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: PLC0415
-    from torchrec.distributed.types import ShardingEnv  # noqa: PLC0415
+    from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.types import ShardingEnv
 
-    from dmt.distributed import torchrec_fixes as ds  # noqa: PLC0415
+    from dmt.distributed import torchrec_fixes as ds
 
     ds.tower_process_groups(env.topology, env.device)
     cpu_fix = ds.safe_tower_sharding() if env.device.type == "cpu" else contextlib.nullcontext()
     with cpu_fix, ds.torchrec_host_size(env.topology.local_world_size):
-        return DistributedModelParallel(module=model, env=ShardingEnv.from_process_group(dist.group.WORLD),
-                                        device=env.device, plan=copy.deepcopy(plan),
-                                        sharders=[EmbeddingTowerCollectionSharder()])  # fmt: skip
+        return DistributedModelParallel(
+            module=model,
+            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            device=env.device,
+            plan=copy.deepcopy(plan),
+            sharders=[EmbeddingTowerCollectionSharder()],
+        )
 
 
 def _intra_sharding(plan) -> str | None:
@@ -217,8 +226,8 @@ def _intra_sharding(plan) -> str | None:
 # -------------------------------------------------------------------------------------- batches
 def make_batches(cfg: BenchConfig, rank: int, count: int, device: torch.device) -> list:
     """``count`` random Criteo-shaped batches of this rank, on ``device``; identical for every variant."""
-    from torchrec.datasets.utils import Batch  # noqa: PLC0415
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: PLC0415
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     B, F, p = cfg.batch_size, NUM_TABLES, cfg.pooling
     out = []
@@ -296,13 +305,13 @@ def _end_step(clock: _Clock) -> None:
 
 def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
     """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
-    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks
 
     register_ddp_counting_hooks(built.model)  # as training does: the hook runs in timed steps too
     source = itertools.cycle(batches)
     clock = _Clock(env.device)
     if cfg.pipeline:
-        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: PLC0415
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
         pipeline = TrainPipelineSparseDist(built.model, built.optimizer, env.device)
 
@@ -342,9 +351,9 @@ def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *
 def _profile(step: Callable[[], None], name: str, directory: str, env, steps: int = 5) -> None:
     """Profile ``steps`` more steps (after the timed ones, so timing is unaffected); every rank writes
     ``<name>_rank<r>.txt`` (top ops by device time on GPU, CPU time on CPU) and a Chrome trace."""
-    import os  # noqa: PLC0415
+    import os
 
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -381,17 +390,25 @@ def _variant_result(durations: list[list[float]], comm, cfg: BenchConfig, env) -
     world = env.topology.world_size
     median = statistics.median(steps_ms)
     total = comm.total()
-    by_op = {"/".join(k): {"cross_host": v.cross_host, "intra_host": v.intra_host}
-             for k, v in comm.grouped("op", "group", "phase").items()}  # fmt: skip
+    by_op = {
+        "/".join(k): {"cross_host": v.cross_host, "intra_host": v.intra_host}
+        for k, v in comm.grouped("op", "group", "phase").items()
+    }
     return {
-        "step_ms": {"median": median, "min": min(steps_ms), "max": max(steps_ms),
-                    "p10": _quantile(steps_ms, 0.1), "p90": _quantile(steps_ms, 0.9), "all": steps_ms},
+        "step_ms": {
+            "median": median,
+            "min": min(steps_ms),
+            "max": max(steps_ms),
+            "p10": _quantile(steps_ms, 0.1),
+            "p90": _quantile(steps_ms, 0.9),
+            "all": steps_ms,
+        },
         "samples_per_s": cfg.batch_size * world / (median / 1e3),
         "phases_ms": phases,
         "cross_host_bytes_per_sample": total.cross_host,
         "intra_host_bytes_per_sample": total.intra_host,
         "comm_bytes_per_sample": by_op,
-    }  # fmt: skip
+    }
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -402,19 +419,29 @@ def _quantile(xs: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------- analytic
 def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None:
     """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model."""
-    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 
-    shape = CommShape(num_features=NUM_TABLES, embedding_dim=cfg.embedding_dim, num_hosts=topology.num_hosts,
-                      ranks_per_host=topology.local_world_size, batch_size=cfg.batch_size,
-                      pooling_factor=cfg.pooling)  # fmt: skip
+    shape = CommShape(
+        num_features=NUM_TABLES,
+        embedding_dim=cfg.embedding_dim,
+        num_hosts=topology.num_hosts,
+        ranks_per_host=topology.local_world_size,
+        batch_size=cfg.batch_size,
+        pooling_factor=cfg.pooling,
+    )
     if name.startswith("flat"):
         if cfg.flat_sharding not in ("table_wise", "row_wise"):
             return None
         total = analytic_flat(shape, cfg.flat_sharding, dense_params=built.dense_params).total()
         return {"cross_host": total.cross_host, "intra_host": total.intra_host}
-    total = analytic_dmt(shape, built.tower_features, built.tower_outputs,
-                         intra_sharding=built.intra_sharding or "row_wise",
-                         dense_params=built.dense_params, tower_params=built.tower_params).total()  # fmt: skip
+    total = analytic_dmt(
+        shape,
+        built.tower_features,
+        built.tower_outputs,
+        intra_sharding=built.intra_sharding or "row_wise",
+        dense_params=built.dense_params,
+        tower_params=built.tower_params,
+    ).total()
     # Cross-host bytes do not depend on how a host shards its tables; intra-host bytes do.
     return {"cross_host": total.cross_host, "intra_host": total.intra_host if built.intra_sharding else None}
 
@@ -422,9 +449,9 @@ def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None
 # ------------------------------------------------------------------------------------------ job
 def run_bench(cfg: BenchConfig) -> dict:
     """Every rank: build and time each variant in turn; rank 0 prints the table and writes the JSON."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
-    from dmt.distributed.env import init_distributed  # noqa: PLC0415
+    from dmt.distributed.env import init_distributed
 
     env = init_distributed()
     topo = env.topology
@@ -439,9 +466,12 @@ def run_bench(cfg: BenchConfig) -> dict:
     for name in cfg.variants:
         bar.set_description(name)
         built = build_variant(name, cfg, env)
-        results[name] = {**run_variant(name, built, cfg, env, batches, bar=bar),
-                         "analytic": analytic(built, name, cfg, topo),
-                         "dense_params": built.dense_params, "tower_params": built.tower_params}  # fmt: skip
+        results[name] = {
+            **run_variant(name, built, cfg, env, batches, bar=bar),
+            "analytic": analytic(built, name, cfg, topo),
+            "dense_params": built.dense_params,
+            "tower_params": built.tower_params,
+        }
         del built
         _release(env.device)
     bar.close()
@@ -467,10 +497,17 @@ def _report(cfg: BenchConfig, env, results: dict) -> dict:
     device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
     ratios = {f"{v}/flat": _ratios(results[v], results["flat"]) for v in results if v != "flat" and "flat" in results}
     return {
-        "hosts": topo.num_hosts, "ranks_per_host": topo.local_world_size, "world_size": topo.world_size,
-        "device": device, "backend": env.backend, "torch": torch.__version__, "torchrec": _torchrec_version(),
-        "config": cfg.to_dict(), "variants": results, "ratios": ratios,
-    }  # fmt: skip
+        "hosts": topo.num_hosts,
+        "ranks_per_host": topo.local_world_size,
+        "world_size": topo.world_size,
+        "device": device,
+        "backend": env.backend,
+        "torch": torch.__version__,
+        "torchrec": _torchrec_version(),
+        "config": cfg.to_dict(),
+        "variants": results,
+        "ratios": ratios,
+    }
 
 
 def _ratios(a: dict, b: dict) -> dict:
@@ -486,7 +523,7 @@ def _ratios(a: dict, b: dict) -> dict:
 
 
 def _torchrec_version() -> str:
-    from importlib.metadata import version  # noqa: PLC0415
+    from importlib.metadata import version
 
     return version("torchrec")
 
@@ -495,24 +532,37 @@ def _torchrec_version() -> str:
 def format_table(report: dict) -> str:
     """The printed comparison: one row per variant, then one ratio row per non-flat variant."""
     cfg = report["config"]
-    head = (f"dmt bench: {report['hosts']} hosts x {report['ranks_per_host']} ranks on {report['device']} "
-            f"({report['backend']}, link: {cfg['link']}); 26 tables x {cfg['num_embeddings']:,} rows x dim "
-            f"{cfg['embedding_dim']}, batch {cfg['batch_size']}/rank, towers: {len(cfg['plan']['towers'])} "
-            f"{cfg['tower_module']} c={cfg['compression']:g} ({cfg['tower_sharding']}), flat {cfg['flat_sharding']}, "
-            f"{'pipelined' if cfg['pipeline'] else 'plain'} steps; median of {cfg['steps']} after {cfg['warmup']} "
-            "warm-up")  # fmt: skip
-    lines = [head, "",
-             "| variant | step ms | p10-p90 ms | samples/s | cross-host B/sample | intra-host B/sample "
-             "| fwd ms | bwd ms | opt ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    head = (
+        f"dmt bench: {report['hosts']} hosts x {report['ranks_per_host']} ranks on {report['device']} "
+        f"({report['backend']}, link: {cfg['link']}); 26 tables x {cfg['num_embeddings']:,} rows x dim "
+        f"{cfg['embedding_dim']}, batch {cfg['batch_size']}/rank, towers: {len(cfg['plan']['towers'])} "
+        f"{cfg['tower_module']} c={cfg['compression']:g} ({cfg['tower_sharding']}), flat {cfg['flat_sharding']}, "
+        f"{'pipelined' if cfg['pipeline'] else 'plain'} steps; median of {cfg['steps']} after {cfg['warmup']} "
+        "warm-up"
+    )
+    lines = [
+        head,
+        "",
+        "| variant | step ms | p10-p90 ms | samples/s | cross-host B/sample | intra-host B/sample "
+        "| fwd ms | bwd ms | opt ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in report["variants"].items():
         s, ph = r["step_ms"], r["phases_ms"] or {}
         phase_cells = [f"{ph[p]:.2f}" if p in ph else "-" for p in PHASES]
-        lines.append(f"| {name} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} | {r['samples_per_s']:,.0f} "
-                     f"| {r['cross_host_bytes_per_sample']:,.1f} | {r['intra_host_bytes_per_sample']:,.1f} | "
-                     + " | ".join(phase_cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} | {r['samples_per_s']:,.0f} "
+            f"| {r['cross_host_bytes_per_sample']:,.1f} | {r['intra_host_bytes_per_sample']:,.1f} | "
+            + " | ".join(phase_cells)
+            + " |"
+        )
     for name, q in report["ratios"].items():
-        cells = [q["step_ms"], None, q["samples_per_s"], q["cross_host_bytes_per_sample"],
-                 q["intra_host_bytes_per_sample"]]  # fmt: skip
+        cells = [
+            q["step_ms"],
+            None,
+            q["samples_per_s"],
+            q["cross_host_bytes_per_sample"],
+            q["intra_host_bytes_per_sample"],
+        ]
         lines.append(f"| **{name}** | " + " | ".join("-" if c is None else f"{c:.3f}x" for c in cells) + " | | | |")
     return "\n".join(lines)

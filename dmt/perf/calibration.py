@@ -15,9 +15,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from dmt.perf.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
 from dmt.errors import DmtError
+from dmt.perf.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,13 @@ def codec_of(comm: dict | None) -> Codec:
     return named[0] if named else Codec(name=f"{comm['forward']}/{comm['backward']}", forward=fwd, backward=bwd)
 
 
-def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excluded: str | None = None) -> list[Measurement]:
+def measurements_from_bench(
+    path: str | os.PathLike[str], topology: str, *, excluded: str | None = None
+) -> list[Measurement]:
     """Every variant of a ``dmt bench --out`` JSON (flat, dmt, stock, +comm; plain or pipelined)."""
-    report = json.loads(open(path).read())
+    report = json.loads(Path(path).read_text())
     cfg = report["config"]
-    model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"],
-                       pooling=cfg["pooling"])  # fmt: skip
+    model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"], pooling=cfg["pooling"])
     towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
     # "auto" inside a host of several GPUs is TWRW for these runs (row-wise Adagrad, 200k-row tables).
     intra = "column_wise" if cfg.get("tower_sharding") == "table_column_wise" else "row_wise"
@@ -72,12 +74,29 @@ def measurements_from_bench(path: str | os.PathLike[str], topology: str, *, excl
         if name.startswith("flat"):
             setup = Setup(codec=codec, pipeline=cfg["pipeline"])
         else:  # dmt and stock: the same towers and bytes (stock differs in torchrec's code path only)
-            setup = Setup(num_towers=len(towers), compression=cfg["compression"], tower_module=cfg["tower_module"],
-                          codec=codec, tower_features=towers, pipeline=cfg["pipeline"],
-                          intra_sharding=intra)  # fmt: skip
+            setup = Setup(
+                num_towers=len(towers),
+                compression=cfg["compression"],
+                tower_module=cfg["tower_module"],
+                codec=codec,
+                tower_features=towers,
+                pipeline=cfg["pipeline"],
+                intra_sharding=intra,
+            )
         s = v["step_ms"]
-        out.append(Measurement(f"{os.path.basename(path)}:{name}", topology, model, setup, cfg["batch_size"],
-                               s["median"], s["p10"], s["p90"], excluded))  # fmt: skip
+        out.append(
+            Measurement(
+                f"{os.path.basename(path)}:{name}",
+                topology,
+                model,
+                setup,
+                cfg["batch_size"],
+                s["median"],
+                s["p10"],
+                s["p90"],
+                excluded,
+            )
+        )
     return out
 
 
@@ -107,8 +126,9 @@ def _set(topo: ClusterTopology, field: str, value: float) -> ClusterTopology:
     return dataclasses.replace(topo, **{part: dataclasses.replace(getattr(topo, part), **{attr: value})})
 
 
-def apply_params(topologies: Mapping[str, ClusterTopology], params: Sequence[Param],
-                 values: Sequence[float]) -> dict[str, ClusterTopology]:  # fmt: skip
+def apply_params(
+    topologies: Mapping[str, ClusterTopology], params: Sequence[Param], values: Sequence[float]
+) -> dict[str, ClusterTopology]:
     """The topologies with each parameter's value written into each of its topologies."""
     out = dict(topologies)
     for p, v in zip(params, values):
@@ -131,14 +151,15 @@ class Fit:
     rms_log_error: float
 
 
-def calibrate(measurements: Sequence[Measurement], topologies: Mapping[str, ClusterTopology],
-              params: Sequence[Param]) -> Fit:  # fmt: skip
+def calibrate(
+    measurements: Sequence[Measurement], topologies: Mapping[str, ClusterTopology], params: Sequence[Param]
+) -> Fit:
     """Least squares on log(predicted / measured) over the non-excluded measurements.
 
     Starts from the topologies' current values. Raises DmtError when there are fewer measurements
     than parameters (the fit would be underdetermined).
     """
-    from scipy.optimize import least_squares  # noqa: PLC0415 (only calibration needs scipy)
+    from scipy.optimize import least_squares  # only calibration needs scipy
 
     rows = [m for m in measurements if m.excluded is None]
     if len(rows) < len(params):

@@ -196,7 +196,7 @@ def reduce_summary(summary: CommSummary, group: dist.ProcessGroup | None = None)
         values = values.cuda()
     _c10d.all_reduce(values, group=group)
     rows = values.cpu().tolist()
-    return CommSummary({k: CommStats(int(round(c)), b, x, i) for k, (c, b, x, i) in zip(keys, rows)})
+    return CommSummary({k: CommStats(round(c), b, x, i) for k, (c, b, x, i) in zip(keys, rows)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,8 +490,12 @@ class CommCounter:
         me = self.topology.rank
         if me not in ranks:
             raise ValueError(f"rank {me} is not in ranks={list(ranks)}")
-        info = _GroupInfo(ranks, ranks.index(me), group_label(ranks, self.topology),
-                          tuple(not self.topology.same_host(me, r) for r in ranks))  # fmt: skip
+        info = _GroupInfo(
+            ranks,
+            ranks.index(me),
+            group_label(ranks, self.topology),
+            tuple(not self.topology.same_host(me, r) for r in ranks),
+        )
         self._record(op, info, sent, payload)
 
     def _record(self, op: str, info: _GroupInfo, sent: Sequence[float], payload: str) -> None:
@@ -548,7 +552,9 @@ def _counting_allreduce_hook(state: _DdpHookState, bucket: dist.GradBucket) -> t
 
 # DDP checks the hook's annotations against the real types; this module's are strings (PEP 563).
 _counting_allreduce_hook.__annotations__ = {
-    "state": _DdpHookState, "bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor],
+    "state": _DdpHookState,
+    "bucket": dist.GradBucket,
+    "return": torch.futures.Future[torch.Tensor],
 }
 
 
@@ -578,7 +584,7 @@ def register_ddp_counting_hooks(model: torch.nn.Module, counter: CommCounter | N
     Returns:
         The number of DDP modules newly hooked.
     """
-    from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+    from torch.nn.parallel import DistributedDataParallel
 
     hooked = 0
     for name, module in _all_submodules(model):

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dmt.perf.comm_counter import PHASES, CommKey, CommStats, CommSummary, group_label
 from dmt.distributed.topology import Topology
-
+from dmt.perf.comm_counter import PHASES, CommKey, CommStats, CommSummary, group_label
 
 # ----------------------------------------------------------------------------------------------
 # Analytic model. Everything is in bytes per sample of the global batch, summed over all ranks,
@@ -164,8 +163,14 @@ def analytic_flat(shape: CommShape, sharding: str, *, dense_params: int = 0) -> 
     sh = shape
     W, L = sh.world_size, sh.ranks_per_host
     terms = _Terms(sh)
-    terms.lookup("world", sharding, features=sh.num_features,
-                 out_bytes=sh.num_features * sh.embedding_dim * sh.element_bytes, n=W, remote=W - L)  # fmt: skip
+    terms.lookup(
+        "world",
+        sharding,
+        features=sh.num_features,
+        out_bytes=sh.num_features * sh.embedding_dim * sh.element_bytes,
+        n=W,
+        remote=W - L,
+    )
     if dense_params:
         terms.allreduce("world", dense_params)
     return terms.summary()
@@ -218,14 +223,15 @@ def analytic_dmt(
     if len(tower_features) != len(tower_output_dims):
         raise ValueError(f"{len(tower_features)} tower feature counts but {len(tower_output_dims)} output dims")
     sh = shape
-    F, O = sum(tower_features), sum(tower_output_dims)
-    if F != sh.num_features:
+    F, K = sum(tower_features), sum(tower_output_dims)
+    if sh.num_features != F:
         raise ValueError(f"towers hold {F} features but num_features={sh.num_features}")
     H, L = sh.num_hosts, sh.ranks_per_host
     terms = _Terms(sh)
-    terms.lookup("cross_host", "table_wise", features=F, out_bytes=O * sh.element_bytes, n=H, remote=H - 1)
-    terms.lookup("intra_host", intra_sharding, features=F, out_bytes=F * sh.embedding_dim * sh.element_bytes,
-                 n=L, remote=0)  # fmt: skip
+    terms.lookup("cross_host", "table_wise", features=F, out_bytes=K * sh.element_bytes, n=H, remote=H - 1)
+    terms.lookup(
+        "intra_host", intra_sharding, features=F, out_bytes=F * sh.embedding_dim * sh.element_bytes, n=L, remote=0
+    )
     if tower_params:
         terms.allreduce("intra_host", tower_params)
     if dense_params:

@@ -35,6 +35,7 @@ feature), H hosts, L GPUs (ranks) per host, W = H*L, T towers, k_t vectors a tow
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -247,8 +248,11 @@ def _build(cls, data: dict, where: str, nested: dict | None = None):
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise TopologyFileError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
-    missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    missing = [
+        n
+        for n, f in names.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise TopologyFileError(f"{where}: missing field(s) {missing}")
     kwargs = dict(data)
@@ -342,7 +346,7 @@ def num_tower_outputs(num_features: int, compression: float) -> int:
 
 
 def _mlp_params(widths: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 @dataclass(frozen=True)
@@ -391,8 +395,9 @@ def dense_sizes(model: ModelShape, setup: Setup) -> Dense:
     tower_params = 0 if setup.tower_module == "identity" else sum(f * D * k * D + k * D for f, k in zip(feats, ks))
     K = sum(ks)
     over = _mlp_params((D + K + K * (K - 1) // 2, *model.over_arch))
-    return Dense(bottom + over, tower_params, tuple(feats), tuple(k * D for k in ks),
-                 interaction_flops=2.0 * (K + 1) ** 2 * D)  # fmt: skip
+    return Dense(
+        bottom + over, tower_params, tuple(feats), tuple(k * D for k in ks), interaction_flops=2.0 * (K + 1) ** 2 * D
+    )
 
 
 def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: int, batch_size: int):
@@ -401,20 +406,34 @@ def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: in
     The codec compresses the float all-to-alls it would in ``dmt bench``: DMT's cross-host tower
     exchange, or flat's world embedding all-to-all (never DDP's all-reduce).
     """
-    from dmt.perf.comm_counter import CommSummary  # noqa: PLC0415 (torch only when bytes are needed)
-    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommSummary  # torch only when bytes are needed
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 
-    shape = CommShape(num_features=model.num_tables, embedding_dim=model.embedding_dim, num_hosts=hosts,
-                      ranks_per_host=ranks_per_host, batch_size=batch_size, pooling_factor=model.pooling)  # fmt: skip
+    shape = CommShape(
+        num_features=model.num_tables,
+        embedding_dim=model.embedding_dim,
+        num_hosts=hosts,
+        ranks_per_host=ranks_per_host,
+        batch_size=batch_size,
+        pooling_factor=model.pooling,
+    )
     dense = dense_sizes(model, setup)
     if setup.is_dmt:
-        summary = analytic_dmt(shape, dense.tower_features, dense.tower_outputs, intra_sharding=setup.intra_sharding,
-                               dense_params=dense.dense_params, tower_params=dense.tower_params)  # fmt: skip
+        summary = analytic_dmt(
+            shape,
+            dense.tower_features,
+            dense.tower_outputs,
+            intra_sharding=setup.intra_sharding,
+            dense_params=dense.dense_params,
+            tower_params=dense.tower_params,
+        )
     else:
         summary = analytic_flat(shape, "table_wise", dense_params=dense.dense_params)
     factor = {"forward": setup.codec.forward, "backward": setup.codec.backward}
-    stats = {k: s.scaled(factor[k.phase]) if _is_coded(k.op, k.payload, _group_kind(k.group)) else s
-             for k, s in summary.stats.items()}  # fmt: skip
+    stats = {
+        k: s.scaled(factor[k.phase]) if _is_coded(k.op, k.payload, _group_kind(k.group)) else s
+        for k, s in summary.stats.items()
+    }
     return CommSummary(stats)
 
 
@@ -447,8 +466,9 @@ def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, bat
     """alpha-beta time of every collective of a step on one rank.
 
     ``calls * alpha + max(cross / inter bw, intra / intra bw)``: a rank's cross- and intra-host
-    bytes travel on different links at once (their sum, when the topology's ``shared_medium``). alpha is the inter-host link's when the group spans
-    hosts, plus ``latency_per_peer_us`` per remote peer for all-to-alls.
+    bytes travel on different links at once (their sum, when the topology's ``shared_medium``).
+    alpha is the inter-host link's when the group spans hosts, plus ``latency_per_peer_us`` per remote
+    peer for all-to-alls.
     """
     H, L = topo.hosts, topo.gpus_per_host
     summary = comm_summary(model, setup, H, L, batch_size)
@@ -462,7 +482,9 @@ def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, bat
         calls = _calls(key.op, key.payload, cross + intra)
         peers = (members - 1) if key.op.startswith("all_to_all") else 0
         alpha_s = calls * (link.latency_us + link.latency_per_peer_us * peers) * 1e-6
-        beta_s = (cross / inter_bw + intra / intra_bw) if topo.shared_medium else max(cross / inter_bw, intra / intra_bw)
+        beta_s = (
+            (cross / inter_bw + intra / intra_bw) if topo.shared_medium else max(cross / inter_bw, intra / intra_bw)
+        )
         out.append(CollectiveTime(key.op, kind, key.phase, key.payload, calls, cross, intra, (alpha_s + beta_s) * 1e3))
     return out
 
@@ -531,7 +553,17 @@ def predict_step(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_s
     # Per rank per step over B is per global sample summed over ranks (comm_model's unit).
     cross = sum(c.cross_bytes for c in colls) / batch_size
     intra = sum(c.intra_bytes for c in colls) / batch_size
-    return StepPrediction(setup=setup, step_ms=total, compute_ms=compute, embedding_ms=embedding_ms,
-                          dense_ms=dense_ms, comm_ms=comm, codec_ms=codec_ms, overhead_ms=overhead,
-                          hidden_ms=hidden, cross_host_bytes_per_sample=cross,
-                          intra_host_bytes_per_sample=intra, collectives=tuple(colls))  # fmt: skip
+    return StepPrediction(
+        setup=setup,
+        step_ms=total,
+        compute_ms=compute,
+        embedding_ms=embedding_ms,
+        dense_ms=dense_ms,
+        comm_ms=comm,
+        codec_ms=codec_ms,
+        overhead_ms=overhead,
+        hidden_ms=hidden,
+        cross_host_bytes_per_sample=cross,
+        intra_host_bytes_per_sample=intra,
+        collectives=tuple(colls),
+    )

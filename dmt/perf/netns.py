@@ -47,13 +47,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from dmt.errors import DmtError
 from dmt.distributed.launch import HostLaunch
+from dmt.errors import DmtError
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps)\s*$", re.I)
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s)?\s*$", re.I)
-_RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
-               "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}  # fmt: skip  (tc: "bps" = bytes/s)
+_RATE_UNITS = {
+    "bit": 1,
+    "kbit": 1e3,
+    "mbit": 1e6,
+    "gbit": 1e9,
+    "tbit": 1e12,
+    "bps": 8,
+    "kbps": 8e3,
+    "mbps": 8e6,
+    "gbps": 8e9,
+}  # tc: "bps" = bytes/s
 _DELAY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -104,8 +113,10 @@ class LinkShape:
 def check_can_shape() -> None:
     """Raise NetnsError unless this process can create namespaces and run tc (root + iproute2)."""
     if os.geteuid() != 0:
-        raise NetnsError("--shaped-link needs root (network namespaces, veth and tc need CAP_NET_ADMIN); "
-                         "run as root or drop --shaped-link")
+        raise NetnsError(
+            "--shaped-link needs root (network namespaces, veth and tc need CAP_NET_ADMIN); "
+            "run as root or drop --shaped-link"
+        )
     missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
     if missing:
         raise NetnsError(f"--shaped-link needs iproute2, but {missing} are not on PATH (apt-get install iproute2)")
@@ -175,9 +186,11 @@ class ShapedNetwork:
         return HostLaunch(
             prefix=("ip", "netns", "exec", self.namespace(host)),
             env={"GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface},
-            torchrun_args=(f"--local-addr={self.address(host)}",
-                           f"--rdzv-conf=is_host={'true' if host == 0 else 'false'}"),
-        )  # fmt: skip
+            torchrun_args=(
+                f"--local-addr={self.address(host)}",
+                f"--rdzv-conf=is_host={'true' if host == 0 else 'false'}",
+            ),
+        )
 
     # -- life cycle ------------------------------------------------------------------------------
     def __enter__(self) -> ShapedNetwork:
@@ -212,16 +225,47 @@ class ShapedNetwork:
         # Downlink: the root end's egress is what the host receives.
         _run("tc", "qdisc", "add", "dev", outer, "root", *_tbf(self.shape.rate_bits))
         # Uplink: rate, then the one-way delay in a netem child of the token bucket.
-        _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root", "handle", "1:",
-             *_tbf(self.shape.rate_bits))  # fmt: skip
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            inner,
+            "root",
+            "handle",
+            "1:",
+            *_tbf(self.shape.rate_bits),
+        )
         if self.shape.delay_ms > 0:
             self._add_delay(ns, inner)
 
     def _add_delay(self, ns: str, inner: str) -> None:
         try:
             delay = f"{self.shape.delay_ms * 1000:.0f}us"
-            _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "parent", "1:1",
-                 "handle", "10:", "netem", "delay", delay, "limit", "100000")  # fmt: skip
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                inner,
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                "netem",
+                "delay",
+                delay,
+                "limit",
+                "100000",
+            )
         except NetnsError as e:
             if "unknown" in str(e).lower():
                 raise NetnsError(

@@ -27,8 +27,16 @@ class TowerSpec:
     global_interaction: GlobalInteractionConfig | None = None  # None: transform's default
 
 
-def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, towers: TowerSpec | None,
-                env=None, flat_sharding: str = "table_wise", comm=None):
+def build_model(
+    model_cfg: ModelConfig,
+    optim_cfg: OptimConfig,
+    *,
+    seed: int,
+    towers: TowerSpec | None,
+    env=None,
+    flat_sharding: str = "table_wise",
+    comm=None,
+):
     """The model and its optimizer. ``env`` (a DistEnv) shards the model over the job.
 
     ``comm`` (a :class:`dmt.distributed.qcomm.CommCompression`) compresses the sharded model's embedding
@@ -36,19 +44,21 @@ def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, to
     """
     torch.manual_seed(seed)  # same initial weights on every rank and in the 1-process run
     if towers is not None:
-        from dmt.model.transform import transform  # noqa: PLC0415 (torchrec towers only when used)
+        from dmt.model.transform import transform  # torchrec towers only when used
 
         model = transform(
-            build_flat_model(model_cfg), towers.plan, tower_module=towers.module,
+            build_flat_model(model_cfg),
+            towers.plan,
+            tower_module=towers.module,
             global_interaction=towers.global_interaction,
         )
         if env is not None:
-            from dmt.distributed.tower_sharding import shard  # noqa: PLC0415
+            from dmt.distributed.tower_sharding import shard
 
             apply_sparse_optimizer(model, optim_cfg)
             model = shard(model, towers.plan, env, sharding=towers.sharding, comm_compression=comm)
     elif env is not None:
-        from dmt.distributed.flat import shard_flat  # noqa: PLC0415
+        from dmt.distributed.flat import shard_flat
 
         # Shard a meta model (no table memory), then copy in the tables a 1-process run starts from.
         model = build_flat_model(model_cfg, device="meta")
@@ -64,7 +74,7 @@ def build_model(model_cfg: ModelConfig, optim_cfg: OptimConfig, *, seed: int, to
 
 def _load_global_weights(model: torch.nn.Module, global_state: dict[str, torch.Tensor]) -> None:
     """Copy unsharded weights into a DMP model's (possibly sharded) state, in place."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor  # noqa: PLC0415
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     for key, target in model.state_dict().items():
         source = global_state[key.removeprefix("_dmp_wrapped_module.").removeprefix("module.")]

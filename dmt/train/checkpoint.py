@@ -41,8 +41,9 @@ def _state(model: torch.nn.Module, optimizer) -> dict:
     return {"model": model.state_dict(), "optim": optimizer.state_dict()}
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, optimizer,
-                    meta: dict, keep: int = 2) -> Path:
+def save_checkpoint(
+    root: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, meta: dict, keep: int = 2
+) -> Path:
     """Save model + optimizer state at ``step`` (collective: every rank calls it). Returns the directory."""
     root = Path(root)
     final, tmp = root / f"step_{step:08d}", root / f".tmp-step_{step:08d}"

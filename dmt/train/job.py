@@ -18,13 +18,13 @@ import torch
 from dmt.atomic import atomic_write_text
 from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import CriteoArrays, read_criteo
+from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig
+from dmt.train.build import TowerSpec, build_model
 from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dmt.train.loop import LoopConfig, LoopResult, train
-from dmt.train.build import TowerSpec, build_model
 from dmt.train.optim import OptimConfig
-from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,14 +51,12 @@ class JobConfig:
         if not 0.0 < self.eval_fraction < 1.0:
             raise DmtError(f"eval_fraction={self.eval_fraction} must be strictly between 0 and 1")
         if self.batch_size < 1 or self.epochs < 1 or self.max_steps < 0:
-            raise DmtError(
-                f"batch_size={self.batch_size} and epochs={self.epochs} must be >= 1, max_steps >= 0"
-            )
+            raise DmtError(f"batch_size={self.batch_size} and epochs={self.epochs} must be >= 1, max_steps >= 0")
 
 
 def split_train_eval(arrays: CriteoArrays, eval_fraction: float) -> tuple[CriteoArrays, CriteoArrays]:
     """Hold out the last ``eval_fraction`` of rows (the data's own order: later rows are later in time)."""
-    cut = int(round(len(arrays) * (1.0 - eval_fraction)))
+    cut = round(len(arrays) * (1.0 - eval_fraction))
     return arrays.slice(0, cut), arrays.slice(cut, len(arrays))
 
 
@@ -67,15 +65,23 @@ def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, 
     per_epoch = num_global_batches(len(arrays), cfg.batch_size, world)
     for epoch in range(start_step // per_epoch, cfg.epochs):
         start = start_step - epoch * per_epoch if epoch == start_step // per_epoch else 0
-        yield from iter_batches(arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
-                                rank=rank, world_size=world, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                start=start)
+        yield from iter_batches(
+            arrays,
+            batch_size=cfg.batch_size,
+            num_embeddings=cfg.model.num_embeddings,
+            rank=rank,
+            world_size=world,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            start=start,
+        )
 
 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
     if distributed:
-        from dmt.distributed.env import init_distributed  # noqa: PLC0415 (keeps 1-process start light)
+        from dmt.distributed.env import init_distributed  # keeps 1-process start light
 
         env = init_distributed()
         rank, world, device, is_main = env.topology.rank, env.topology.world_size, env.device, env.is_main
@@ -94,20 +100,43 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
 
     if cfg.comm is not None and not distributed:
-        raise DmtError("--comm-compression compresses the collectives of a sharded run; "
-                       "add --hosts/--ranks-per-host (one process has no comms to compress)")
-    model, optimizer = build_model(cfg.model, cfg.optim, seed=cfg.seed, towers=cfg.towers,
-                                   env=env if distributed else None, flat_sharding=cfg.sharding, comm=cfg.comm)
+        raise DmtError(
+            "--comm-compression compresses the collectives of a sharded run; "
+            "add --hosts/--ranks-per-host (one process has no comms to compress)"
+        )
+    model, optimizer = build_model(
+        cfg.model,
+        cfg.optim,
+        seed=cfg.seed,
+        towers=cfg.towers,
+        env=env if distributed else None,
+        flat_sharding=cfg.sharding,
+        comm=cfg.comm,
+    )
     counter = _comm_counter(model, env) if distributed else None
 
     def eval_batches():
-        return iter_batches(eval_arrays, batch_size=cfg.batch_size, num_embeddings=cfg.model.num_embeddings,
-                            rank=rank, world_size=world, shuffle=False)
+        return iter_batches(
+            eval_arrays,
+            batch_size=cfg.batch_size,
+            num_embeddings=cfg.model.num_embeddings,
+            rank=rank,
+            world_size=world,
+            shuffle=False,
+        )
 
     ckpt_root = os.path.join(cfg.out, "checkpoints")
-    fingerprint = json.loads(json.dumps({"global_batch": cfg.batch_size * world, "seed": cfg.seed,
-                                         "train_rows": len(train_arrays), "model": cfg.model.to_dict(),
-                                         "towers": _towers_dict(cfg.towers)}))
+    fingerprint = json.loads(
+        json.dumps(
+            {
+                "global_batch": cfg.batch_size * world,
+                "seed": cfg.seed,
+                "train_rows": len(train_arrays),
+                "model": cfg.model.to_dict(),
+                "towers": _towers_dict(cfg.towers),
+            }
+        )
+    )
     # A torchrun restart (--max-restarts) is a resume: the previous attempt's checkpoints are ours.
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume or restarted else None
@@ -115,8 +144,9 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     saved_at: list[int] = []
 
     def save(progress: LoopResult) -> None:
-        save_checkpoint(ckpt_root, progress.steps, model, optimizer,
-                        {"fingerprint": fingerprint, "progress": asdict(progress)})
+        save_checkpoint(
+            ckpt_root, progress.steps, model, optimizer, {"fingerprint": fingerprint, "progress": asdict(progress)}
+        )
         saved_at.append(progress.steps)
 
     def on_checkpoint(progress: LoopResult) -> None:
@@ -128,10 +158,19 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     batches = _epoch_batches(train_arrays, cfg, rank, world, first_step)
     if cfg.comm is not None and cfg.comm.uses_lossy:
         batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
-    result = train(model, optimizer, batches, eval_batches,
-                   LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
-                   device=device, is_main=is_main, history=history,
-                   checkpoint_every=cfg.checkpoint_every, on_checkpoint=on_checkpoint, counter=counter)
+    result = train(
+        model,
+        optimizer,
+        batches,
+        eval_batches,
+        LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
+        device=device,
+        is_main=is_main,
+        history=history,
+        checkpoint_every=cfg.checkpoint_every,
+        on_checkpoint=on_checkpoint,
+        counter=counter,
+    )
     if cfg.checkpoint_every and result.steps not in saved_at:  # the data ran out between checkpoints
         save(result)
     wall = time.perf_counter() - start
@@ -153,7 +192,10 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),
         "losses": result.losses,
         "evals": result.evals,
-        "config": {**asdict(cfg), "towers": cfg.towers and {**_towers_dict(cfg.towers), "sharding": cfg.towers.sharding}},
+        "config": {
+            **asdict(cfg),
+            "towers": cfg.towers and {**_towers_dict(cfg.towers), "sharding": cfg.towers.sharding},
+        },
     }
     if is_main:
         atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
@@ -189,13 +231,16 @@ def _towers_dict(towers: TowerSpec | None) -> dict | None:
     # Not the sharding inside a host: it changes where shards live, not the math, and DCP
     # reshards on load (tests/test_checkpoint.py resumes a row-wise run column-wise).
     inter = towers.global_interaction
-    return {"plan": towers.plan.to_dict(), "module": towers.module.to_dict(),
-            "global_interaction": inter.to_dict() if inter is not None else None}
+    return {
+        "plan": towers.plan.to_dict(),
+        "module": towers.module.to_dict(),
+        "global_interaction": inter.to_dict() if inter is not None else None,
+    }
 
 
 def _comm_counter(model, env):
     """Count every collective of the training steps (DDP all-reduces included) for metrics.json."""
-    from dmt.perf.comm_counter import CommCounter, register_ddp_counting_hooks  # noqa: PLC0415
+    from dmt.perf.comm_counter import CommCounter, register_ddp_counting_hooks
 
     counter = CommCounter(env.topology)
     register_ddp_counting_hooks(model, counter)
@@ -206,17 +251,21 @@ def _comm_metrics(counter, steps: int, global_batch: int) -> dict:
     """Bytes per training sample, summed over ranks: cross-host and intra-host, by collective."""
     if counter is None or steps == 0:
         return {"cross_host_bytes_per_sample": 0.0, "intra_host_bytes_per_sample": 0.0}
-    from dmt.perf.comm_counter import reduce_summary  # noqa: PLC0415
+    from dmt.perf.comm_counter import reduce_summary
 
     per_sample = reduce_summary(counter.summary()).per_sample(global_batch * steps)
     train = ("forward", "backward")
     total = per_sample.total(phase=train)
     by_op = {
         "/".join(k): {"cross_host": v.cross_host, "intra_host": v.intra_host}
-        for k, v in per_sample.grouped("op", "group", "phase").items() if k[2] in train
+        for k, v in per_sample.grouped("op", "group", "phase").items()
+        if k[2] in train
     }
-    return {"cross_host_bytes_per_sample": total.cross_host, "intra_host_bytes_per_sample": total.intra_host,
-            "comm_bytes_per_sample": by_op}
+    return {
+        "cross_host_bytes_per_sample": total.cross_host,
+        "intra_host_bytes_per_sample": total.intra_host,
+        "comm_bytes_per_sample": by_op,
+    }
 
 
 def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> LoopResult | None:
@@ -229,8 +278,10 @@ def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> Lo
     meta = json.loads((path / "meta.json").read_text())
     if meta["fingerprint"] != fingerprint:
         diff = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
-        raise DmtError(f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
-                       "the same data, model, seed and global batch, or use a new --out")
+        raise DmtError(
+            f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
+            "the same data, model, seed and global batch, or use a new --out"
+        )
     load_checkpoint(path, model, optimizer)
     if is_main:
         print(f"[dmt] resumed from {path} at step {meta['step']}")

@@ -22,8 +22,8 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from dmt.perf.comm_counter import CommCounter
 from dmt.errors import DmtError
+from dmt.perf.comm_counter import CommCounter
 from dmt.train.metrics import binary_metrics
 
 
@@ -149,8 +149,7 @@ def train(
     else:
         pipeline = _PlainPipeline(model, optimizer)
     result = history or LoopResult()
-    bar = tqdm(total=cfg.steps, initial=result.steps, desc="train", unit="step",
-               disable=not (cfg.progress and is_main))
+    bar = tqdm(total=cfg.steps, initial=result.steps, desc="train", unit="step", disable=not (cfg.progress and is_main))
     model.train()
     while result.steps < cfg.steps:
         next_eval = _next_boundary(result.steps, cfg.eval_every, cfg.steps)
@@ -167,8 +166,10 @@ def train(
             losses = _mean_over_ranks(torch.stack([o[0].detach().float().cpu() for o in outputs])).tolist()
         for i, value in enumerate(losses):
             if not math.isfinite(value):
-                raise DmtError(f"loss became {value} at step {result.steps + i + 1}; lower the learning "
-                               "rates (--lr / --dense-lr) or check the input data")
+                raise DmtError(
+                    f"loss became {value} at step {result.steps + i + 1}; lower the learning "
+                    "rates (--lr / --dense-lr) or check the input data"
+                )
         result.losses += losses
         result.steps += len(outputs)
         bar.update(len(outputs))

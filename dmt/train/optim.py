@@ -47,8 +47,10 @@ class OptimConfig:
         if self.dense not in DENSE_OPTIMIZERS:
             raise DmtError(f"dense optimizer {self.dense!r} is not one of {sorted(DENSE_OPTIMIZERS)}")
         if min(self.sparse_lr, self.dense_lr, self.tower_lr) <= 0:
-            raise DmtError(f"learning rates must be > 0, got sparse_lr={self.sparse_lr}, dense_lr={self.dense_lr}, "
-                           f"tower_lr={self.tower_lr}")
+            raise DmtError(
+                f"learning rates must be > 0, got sparse_lr={self.sparse_lr}, dense_lr={self.dense_lr}, "
+                f"tower_lr={self.tower_lr}"
+            )
 
 
 def _kwargs(name: str, lr: float) -> dict:
@@ -88,6 +90,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> CombinedOptimiz
     the embedding optimizer over the tables + the dense ones over everything else. Tower-module
     parameters get the dense optimizer at ``cfg.tower_lr`` (see :class:`OptimConfig`).
     """
+
     def dense_factory(lr: float):
         return lambda params: DENSE_OPTIMIZERS[cfg.dense](params, **_kwargs(cfg.dense, lr))
 
@@ -103,9 +106,13 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> CombinedOptimiz
         )
         rest = {n: p for n, p in params.items() if n not in tables}
     towers = {n: p for n, p in rest.items() if is_tower_module_parameter(n)}
-    parts = [("sparse", sparse),
-             ("dense", KeyedOptimizerWrapper({n: p for n, p in rest.items() if n not in towers},
-                                             dense_factory(cfg.dense_lr)))]  # fmt: skip
+    parts = [
+        ("sparse", sparse),
+        (
+            "dense",
+            KeyedOptimizerWrapper({n: p for n, p in rest.items() if n not in towers}, dense_factory(cfg.dense_lr)),
+        ),
+    ]
     if towers:  # flat models have none; an empty optimizer would still be a checkpoint key
         parts.append(("towers", KeyedOptimizerWrapper(towers, dense_factory(cfg.tower_lr))))
     return CombinedOptimizer(parts)

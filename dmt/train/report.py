@@ -25,8 +25,11 @@ def results_table(runs: dict[str, dict]) -> str:
     ]
     for name, m in runs.items():
         cross = m.get("cross_host_bytes_per_sample", 0.0)
-        ratio = f" ({cross / base['cross_host_bytes_per_sample']:.2f}x)" if base.get(
-            "cross_host_bytes_per_sample") and m is not base else ""
+        ratio = (
+            f" ({cross / base['cross_host_bytes_per_sample']:.2f}x)"
+            if base.get("cross_host_bytes_per_sample") and m is not base
+            else ""
+        )
         rows.append(
             f"| {name} | {m['auc']:.4f} | {m['logloss']:.4f} | {m['ne']:.4f} | {m['steps']} "
             f"| {m['samples_per_s']:,.0f} | {cross:,.0f}{ratio} | {m.get('intra_host_bytes_per_sample', 0.0):,.0f} |"
@@ -49,7 +52,7 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 
 def plot_curves(runs: dict[str, dict], path: Path) -> None:
-    import matplotlib.pyplot as plt  # noqa: PLC0415 (plotting only when reporting)
+    import matplotlib.pyplot as plt  # plotting only when reporting
 
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))
     for name, m in runs.items():
@@ -67,7 +70,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> None:
 
 
 def plot_bytes(runs: dict[str, dict], path: Path) -> None:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     names = list(runs)
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 4, 4))
@@ -81,8 +84,9 @@ def plot_bytes(runs: dict[str, dict], path: Path) -> None:
         if cross.any():
             ax.bar(x - 0.2, cross, 0.38, bottom=bottom_cross, color=color, label=kind)
         if intra.any():
-            ax.bar(x + 0.2, intra, 0.38, bottom=bottom_intra, color=color, hatch="//",
-                   label=None if cross.any() else kind)
+            ax.bar(
+                x + 0.2, intra, 0.38, bottom=bottom_intra, color=color, hatch="//", label=None if cross.any() else kind
+            )
         bottom_cross += cross
         bottom_intra += intra
     ax.set_xticks(x, [f"{n}\ncross | intra" for n in names])
@@ -94,7 +98,7 @@ def plot_bytes(runs: dict[str, dict], path: Path) -> None:
 
 
 def plot_towers(plan: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     towers = plan["towers"]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(towers) + 2), 3.5))
@@ -118,18 +122,34 @@ def write_report(runs: dict[str, dict], out_dir: str | os.PathLike, title: str =
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "curves.png")
     plot_bytes(runs, out / "bytes.png")
-    lines = [f"# {title}", "", results_table(runs), "", "![loss and AUC](curves.png)", "",
-             "![bytes per sample](bytes.png)", ""]
+    lines = [
+        f"# {title}",
+        "",
+        results_table(runs),
+        "",
+        "![loss and AUC](curves.png)",
+        "",
+        "![bytes per sample](bytes.png)",
+        "",
+    ]
     for name, m in runs.items():
         towers = (m.get("config") or {}).get("towers")
         if towers:
             png = f"towers_{name.replace(' ', '_').replace('/', '_')}.png"
             plot_towers(towers["plan"], out / png)
             module = towers["module"]
-            lines += [f"## {name}: {len(towers['plan']['towers'])} towers, module {module['kind']} "
-                      f"(c={module['compression']:g})", "", f"![tower loads]({png})", ""]
-    lines += ["Bytes are logical bytes per training sample summed over ranks (dmt.perf.comm_counter); cross-host ratios "
-              "are against the first run.", ""]
+            lines += [
+                f"## {name}: {len(towers['plan']['towers'])} towers, module {module['kind']} "
+                f"(c={module['compression']:g})",
+                "",
+                f"![tower loads]({png})",
+                "",
+            ]
+    lines += [
+        "Bytes are logical bytes per training sample summed over ranks (dmt.perf.comm_counter); cross-host ratios "
+        "are against the first run.",
+        "",
+    ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

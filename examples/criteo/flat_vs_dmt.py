@@ -45,8 +45,19 @@ def prepare(args: argparse.Namespace) -> int:
             return 2
     if args.plan is None:  # 2. towers: learn feature interactions, group them, balance the hosts
         args.plan = os.path.join(args.out, "plan.json")
-        if dmt(["partition", "--data", args.data, "--num-towers", str(args.towers),
-                "--hosts", str(args.hosts), "--out", args.plan]):  # fmt: skip
+        if dmt(
+            [
+                "partition",
+                "--data",
+                args.data,
+                "--num-towers",
+                str(args.towers),
+                "--hosts",
+                str(args.hosts),
+                "--out",
+                args.plan,
+            ]
+        ):
             return 2
     argv = [a for kv in vars(args).items() for a in (f"--{kv[0].replace('_', '-')}", str(kv[1]))]
     return launch_local(argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, target=[__file__])
@@ -57,15 +68,15 @@ def run_rank(args: argparse.Namespace) -> None:
     from dmt import shard, transform
     from dmt.data.batching import iter_batches
     from dmt.data.criteo import read_criteo
-    from dmt.model.flat import ModelConfig, build_flat_model
     from dmt.distributed.env import init_distributed
     from dmt.distributed.flat import shard_flat
+    from dmt.model.flat import ModelConfig, build_flat_model
     from dmt.plan import TowerPlan
     from dmt.quiet import quiet_third_party
-    from dmt.train.report import write_report
     from dmt.train.job import split_train_eval
     from dmt.train.loop import LoopConfig, train
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+    from dmt.train.report import write_report
     from towers import TowerModuleConfig
 
     quiet_third_party()
@@ -75,16 +86,34 @@ def run_rank(args: argparse.Namespace) -> None:
     train_rows, eval_rows = split_train_eval(read_criteo(args.data, progress=False)[0], 0.2)
 
     def batches(rows, shuffle: bool):
-        return iter_batches(rows, batch_size=args.batch_size, num_embeddings=model_cfg.num_embeddings,
-                            rank=rank, world_size=world, shuffle=shuffle, seed=0)  # fmt: skip
+        return iter_batches(
+            rows,
+            batch_size=args.batch_size,
+            num_embeddings=model_cfg.num_embeddings,
+            rank=rank,
+            world_size=world,
+            shuffle=shuffle,
+            seed=0,
+        )
 
     def fit(model) -> dict:  # 6. train one epoch, then 7. evaluate on the held-out rows
         steps = len(train_rows) // (args.batch_size * world)
-        result = train(model, build_optimizer(model, optim_cfg), batches(train_rows, True),
-                       lambda: batches(eval_rows, False), LoopConfig(steps=steps, progress=env.is_main),
-                       device=env.device, is_main=env.is_main)  # fmt: skip
-        return {**result.evals[-1], "steps": result.steps, "losses": result.losses, "evals": result.evals,
-                "samples_per_s": result.steps * args.batch_size * world / result.train_seconds}
+        result = train(
+            model,
+            build_optimizer(model, optim_cfg),
+            batches(train_rows, True),
+            lambda: batches(eval_rows, False),
+            LoopConfig(steps=steps, progress=env.is_main),
+            device=env.device,
+            is_main=env.is_main,
+        )
+        return {
+            **result.evals[-1],
+            "steps": result.steps,
+            "losses": result.losses,
+            "evals": result.evals,
+            "samples_per_s": result.steps * args.batch_size * world / result.train_seconds,
+        }
 
     # 3. the flat model: torchrec's DLRM over one global EmbeddingBagCollection, sharded table-wise
     torch.manual_seed(0)
@@ -95,8 +124,9 @@ def run_rank(args: argparse.Namespace) -> None:
     # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host
     torch.manual_seed(0)
     plan = TowerPlan.from_json(args.plan)
-    dmt_model = transform(build_flat_model(model_cfg), plan,
-                          tower_module=TowerModuleConfig(kind="linear", compression=args.compression))
+    dmt_model = transform(
+        build_flat_model(model_cfg), plan, tower_module=TowerModuleConfig(kind="linear", compression=args.compression)
+    )
     # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers
     apply_sparse_optimizer(dmt_model, optim_cfg)
     runs[f"dmt linear c={args.compression:g}"] = fit(shard(dmt_model, plan, env))
