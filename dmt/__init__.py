@@ -13,6 +13,7 @@ models, bench), ``cli`` (the ``dmt`` command).
 from importlib import import_module
 from typing import Any
 
+from dmt.atomic import atomic_open, atomic_write_text
 from dmt.errors import DataFormatError, DmtError, TopologyError
 from dmt.plan import PlanError, Tower, TowerPlan
 
@@ -37,7 +38,17 @@ _LAZY = {
     "build_model": "dmt.train.build",
 }
 
-__all__ = ["DataFormatError", "DmtError", "PlanError", "TopologyError", "Tower", "TowerPlan", *_LAZY]
+__all__ = [
+    "DataFormatError",
+    "DmtError",
+    "PlanError",
+    "TopologyError",
+    "Tower",
+    "TowerPlan",
+    "atomic_open",
+    "atomic_write_text",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from partitioner.errors import PartitionError, PartitionErrorReason
 
 if TYPE_CHECKING:
-    from dmt.data.criteo import CriteoArrays
+    from dmt.data import CriteoArrays
 
 # Above this many features a dense affinity is cut to its k nearest neighbours per feature: the
 # clustering and the refinement then cost O(F * k), not O(F^2).
@@ -84,7 +84,7 @@ class FeatureRepresentation:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an ``.npz`` (atomically) that :meth:`load` reads back; the affinity is stored dense."""
-        from dmt.atomic import atomic_open
+        from dmt import atomic_open
 
         meta = json.dumps({"source": self.source, "info": self.info})
         arrays = {"names": np.array(self.names), "meta": np.array(meta)}

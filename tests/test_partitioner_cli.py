@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -35,23 +37,31 @@ def _args(d, *extra):
     ]
 
 
-def test_tp_writes_plan_table_png_and_ari(data, capsys):
-    rc = main(
-        _args(
-            data,
-            "--hosts",
-            "2",
-            "--steps",
-            "150",
-            "--plot",
-            str(data / "towers.png"),
-            "--truth",
-            str(data / "truth.json"),
-            "--representation",
-            str(data / "rep.npz"),
+@pytest.fixture(scope="module")
+def tp_run(data):
+    """One TP partition, run once: its output, and its cached representation for the baseline tests."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(
+            _args(
+                data,
+                "--hosts",
+                "2",
+                "--steps",
+                "150",
+                "--plot",
+                str(data / "towers.png"),
+                "--truth",
+                str(data / "truth.json"),
+                "--representation",
+                str(data / "rep.npz"),
+            )
         )
-    )
-    out = capsys.readouterr().out
+    return rc, stdout.getvalue()
+
+
+def test_tp_writes_plan_table_png_and_ari(data, tp_run):
+    rc, out = tp_run
     assert rc == 0
     assert "intra-tower affinity" in out and "tower_3" in out
     ari = float(out.split("adjusted Rand index")[1].split(":")[1].split()[0])
@@ -64,9 +74,8 @@ def test_tp_writes_plan_table_png_and_ari(data, capsys):
 
 
 @pytest.mark.parametrize("method", ["random", "round_robin", "greedy"])
-def test_baselines_reuse_the_cached_representation(data, capsys, method):
-    if not (data / "rep.npz").exists():
-        pytest.skip("needs the representation cached by the tp test")
+def test_baselines_reuse_the_cached_representation(data, tp_run, capsys, method):
+    assert tp_run[0] == 0 and (data / "rep.npz").exists()
     assert (
         main(_args(data, "--method", method, "--representation", str(data / "rep.npz"), "--balance-tolerance", "0.0"))
         == 0

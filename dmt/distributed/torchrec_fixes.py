@@ -3,16 +3,16 @@
 Each fix is the smallest change that makes torchrec's own path work (a subclass, a swap limited
 to one constructor call, environment variables pinned while torchrec reads them); none forks a
 torchrec module. All were verified on torchrec 1.8.0 (CPU, gloo) and torchrec 1.6.1 (H200, NCCL)
-unless a docstring says otherwise. ``shared/research/TORCHREC_FINDINGS.md`` measured the traps.
+unless a docstring says otherwise.
 
-| fix | torchrec problem | used by |
+| fix | torchrec problem | test |
 |---|---|---|
-| :class:`CpuRowWiseEBCSharder` | the EBC sharder offers row-wise types only on CUDA | flat sharding |
-| :func:`exact_resume_ddp_kwargs` | DDP rebuilds buckets after step 1: a resumed run rounds differently | both |
-| :func:`pin_torchrec_pod_size` | host groups are LOCAL_WORLD_SIZE x pod size (1.8) / domain multiple (1.6) | both |
-| :func:`torchrec_host_size` | the same, pinned to a topology while torchrec builds its groups | tower sharding |
-| :func:`tower_process_groups` | the intra-/cross-host groups are cached for the process | tower sharding |
-| :func:`safe_tower_sharding` | the tower sharder's intra-host DDP and intra-host ShardingEnv (below) | tower sharding |
+| :class:`CpuRowWiseEBCSharder` | the EBC sharder offers row-wise types only on CUDA | test_flat_training |
+| :func:`exact_resume_ddp_kwargs` | DDP re-buckets after step 1: a resumed run rounds apart | test_checkpoint |
+| :func:`pin_torchrec_pod_size` | host groups are LOCAL_WORLD_SIZE x pod size (1.8) / domain multiple (1.6) | - |
+| :func:`torchrec_host_size` | the same, pinned to a topology while torchrec builds its groups | test_tower_sharding |
+| :func:`tower_process_groups` | the intra-/cross-host groups are cached for the process | test_tower_sharding |
+| :func:`safe_tower_sharding` | intra-host DDP and ShardingEnv of the tower sharder (below) | test_tower_sharding |
 
 ``safe_tower_sharding``: torchrec's tower sharder wraps each tower module in intra-host DDP, which
 rejects CPU ``device_ids`` and modules without parameters, and builds its intra-host ShardingEnv

@@ -3,7 +3,7 @@
 torchrec's ``EmbeddingTowerCollectionSharder`` already implements SPTT's communication: a
 cross-host all-to-all of each tower's ids to the tower's host (peers only), an intra-host sharded
 lookup, the tower module under intra-host DDP, and a cross-host all-to-all of the tower outputs.
-Used as is, it has traps (``shared/research/TORCHREC_FINDINGS.md``); this module fixes each with a
+Used as is, it has traps (each shown by a test in tests/test_tower_sharding.py); this module fixes each with a
 small subclass rather than a fork:
 
 (a) outputs come back in *host* order, not the collection's tower order -> the collections
