@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dmt.distributed.topology import Topology
-from dmt.perf.comm_counter import PHASES, CommKey, CommStats, CommSummary, group_label
+from dmt.perf.comm_sizers import group_label
+from dmt.perf.comm_summary import PHASES, CommKey, CommStats, CommSummary
 
 # ----------------------------------------------------------------------------------------------
 # Analytic model. Everything is in bytes per sample of the global batch, summed over all ranks,
@@ -22,7 +23,7 @@ from dmt.perf.comm_counter import PHASES, CommKey, CommStats, CommSummary, group
 # Not modelled: the per-step all-to-all of split sizes ahead of each KJT all-to-all (a few int64
 # per rank pair: ~k*8*(W-1)/B bytes per sample, k = 2 or 3), and weighted features' weights.
 
-FLAT_SHARDINGS = ("table_wise", "row_wise")
+MODELLED_FLAT_SHARDINGS = ("table_wise", "row_wise")  # the flat shardings whose bytes are modelled
 INTRA_SHARDINGS = ("row_wise", "table_wise", "column_wise")
 
 
@@ -158,8 +159,8 @@ def analytic_flat(shape: CommShape, sharding: str, *, dense_params: int = 0) -> 
         >>> analytic_flat(sh, "row_wise").total(phase="forward", payload="float").cross_host  # x (W-L)
         64.0
     """
-    if sharding not in FLAT_SHARDINGS:
-        raise ValueError(f"sharding={sharding!r} is not one of {FLAT_SHARDINGS}")
+    if sharding not in MODELLED_FLAT_SHARDINGS:
+        raise ValueError(f"sharding={sharding!r} is not one of {MODELLED_FLAT_SHARDINGS}")
     sh = shape
     W, L = sh.world_size, sh.ranks_per_host
     terms = _Terms(sh)
