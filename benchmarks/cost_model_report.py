@@ -14,7 +14,7 @@ Machine classes and what is fitted (constants per class or link, never per confi
   one loopback efficiency (intra-host links, and the inter-host link of the loopback run) and the
   efficiency of each shaped link. Overlap is fixed at 0 (gloo collectives block the CPU ranks).
 
-``--write-presets`` writes the fitted constants into dmt/perf/topologies/*.json, and the H200 class's
+``--write-presets`` writes the fitted constants into dmt/perf/clusters/*.json, and the H200 class's
 machine constants plus its NVLink efficiency into the h100-nvlink-400g projection preset.
 """
 
@@ -29,7 +29,7 @@ import statistics
 
 from dmt.atomic import atomic_open, atomic_write_text
 from dmt.perf.calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
-from dmt.perf.cost_model import TOPOLOGY_DIR, load_topology, predict_step, topology_to_dict
+from dmt.perf.cost_model import CLUSTER_DIR, cluster_to_dict, load_cluster, predict_step
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 GPU = ("h200x2-emulated-fast", "h200x2-emulated-slow")
@@ -116,18 +116,18 @@ def out_of_sample_2x2(fit_h200x2: Fit, ms: list[Measurement]) -> list[tuple[Meas
     """The 2x2 runs predicted by the constants fitted on the 2x H200 box (1 GPU per host) before
     they ran: same machine and link constants, 2 GPUs per host (benchmarks/results/gpu_h200x4/
     predicted_before_run.md); sockets carry the intra-host collectives too."""
-    fast, slow = fit_h200x2.topologies[GPU[0]], fit_h200x2.topologies[GPU[1]]
+    fast, slow = fit_h200x2.clusters[GPU[0]], fit_h200x2.clusters[GPU[1]]
     topos = {
         GPU4[2]: dataclasses.replace(fast, gpus_per_host=2, intra_host=fast.inter_host),
         GPU4[3]: dataclasses.replace(slow, gpus_per_host=2, intra_host=slow.inter_host),
     }
     # (as predicted then: intra- and inter-host bytes assumed to travel at once, not shared_medium)
-    return [(m, predict_ms(m, topos)) for m in ms if m.topology in topos]
+    return [(m, predict_ms(m, topos)) for m in ms if m.cluster in topos]
 
 
 def cpu_params() -> list[Param]:
     loop = [Param("loopback efficiency", "intra_host.efficiency", CPU, bounds=(1e-3, 100.0))]
-    loop = [*loop, dataclasses.replace(loop[0], field="inter_host.efficiency", topologies=CPU[:1])]
+    loop = [*loop, dataclasses.replace(loop[0], field="inter_host.efficiency", clusters=CPU[:1])]
     return [
         Param("step overhead ms", "machine.step_overhead_ms", CPU),
         # at most the per-rank share of 2 cores' fp32 FMA peak (~2 x 80 GFLOP/s over 4 ranks)
@@ -141,14 +141,14 @@ def cpu_params() -> list[Param]:
 
 def fit_class(ms: list[Measurement], names: tuple[str, ...], params: list[Param]) -> Fit:
     """Fit one machine class; the loopback pair of params is one value (tied by the second's name)."""
-    topos = {n: load_topology(n) for n in names}
+    topos = {n: load_cluster(n) for n in names}
     tied = [p for p in params if p.name == "loopback efficiency"]
     if len(tied) == 2:  # one parameter, two fields: fit the first, copy to the second
         params = [p for p in params if p is not tied[1]]
         fit = calibrate(ms, topos, params)
         from dmt.perf.calibration import apply_params
 
-        return dataclasses.replace(fit, topologies=apply_params(fit.topologies, [tied[1]], [fit.values[tied[0].name]]))
+        return dataclasses.replace(fit, clusters=apply_params(fit.clusters, [tied[1]], [fit.values[tied[0].name]]))
     return calibrate(ms, topos, params)
 
 
@@ -161,7 +161,7 @@ def table(rows: list[tuple[Measurement, float]]) -> str:
         err = pred / m.step_ms - 1
         note = f" (not fitted: {m.excluded})" if m.excluded else ""
         lines.append(
-            f"| {m.topology} | {m.source}{note} | {m.setup.label()} | {m.step_ms:.2f} "
+            f"| {m.cluster} | {m.source}{note} | {m.setup.label()} | {m.step_ms:.2f} "
             f"({m.p10_ms:.2f}-{m.p90_ms:.2f}) | {pred:.2f} | {err:+.1%} |"
         )
     return "\n".join(lines)
@@ -169,12 +169,12 @@ def table(rows: list[tuple[Measurement, float]]) -> str:
 
 def by_configuration(rows: list[tuple[Measurement, float]]) -> list[tuple[str, str, int, float, float, float]]:
     """Repeated runs of one configuration (machine/link, setup, batch; fitted runs only) merged:
-    (topology, setup, runs, min ms, median ms, predicted ms). The same configuration measured
+    (cluster, setup, runs, min ms, median ms, predicted ms). The same configuration measured
     6.3-10.5 ms on the H200 box across invocations, so one run is not "the" measurement."""
     groups: dict[tuple, list[tuple[Measurement, float]]] = {}
     for m, p in rows:
         if not m.excluded:
-            groups.setdefault((m.topology, m.setup.label(), m.batch_size, m.model), []).append((m, p))
+            groups.setdefault((m.cluster, m.setup.label(), m.batch_size, m.model), []).append((m, p))
     out = []
     for (topo, label, _, _), ms in groups.items():
         times = [m.step_ms for m, _ in ms]
@@ -201,7 +201,7 @@ def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 6))
     colors = {n: f"C{i}" for i, n in enumerate(GPU + GPU4 + CPU)}
     for topo in GPU + GPU4 + CPU:
-        pts = [(m, p) for m, p in rows if m.topology == topo]
+        pts = [(m, p) for m, p in rows if m.cluster == topo]
         for excluded in (False, True):
             sel = [(m, p) for m, p in pts if bool(m.excluded) == excluded]
             if sel:
@@ -230,26 +230,23 @@ def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
 
 
 def write_presets(fits: list[Fit]) -> None:
-    """Fitted topologies into their preset files; the 4x H200 box's machine (the current code, hosts
+    """Fitted clusters into their preset files; the 4x H200 box's machine (the current code, hosts
     of 2 GPUs) + its NVLink efficiency into the H100 projection preset."""
     for fit in fits:
-        for name, topo in fit.topologies.items():
-            atomic_write_text(TOPOLOGY_DIR / f"{name}.json", json.dumps(topology_to_dict(topo), indent=2) + "\n")
-    gpu = fits[1].topologies[GPU4[2]]
-    h100 = load_topology("h100-nvlink-400g")
+        for name, topo in fit.clusters.items():
+            atomic_write_text(CLUSTER_DIR / f"{name}.json", json.dumps(cluster_to_dict(topo), indent=2) + "\n")
+    gpu = fits[1].clusters[GPU4[2]]
+    h100 = load_cluster("h100-nvlink-400g")
     machine = dataclasses.replace(
         gpu.machine, name=h100.machine.name, memory_gbytes_per_s=h100.machine.memory_gbytes_per_s
     )
     intra = dataclasses.replace(h100.intra_host, efficiency=gpu.inter_host.efficiency)  # NVLink, measured
     h100 = dataclasses.replace(h100, machine=machine, intra_host=intra)
-    atomic_write_text(TOPOLOGY_DIR / "h100-nvlink-400g.json", json.dumps(topology_to_dict(h100), indent=2) + "\n")
+    atomic_write_text(CLUSTER_DIR / "h100-nvlink-400g.json", json.dumps(cluster_to_dict(h100), indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="directory for report.md + PNG")
-    ap.add_argument("--write-presets", action="store_true")
-    args = ap.parse_args(argv)
+def fit_classes() -> tuple[list, list, list[str]]:
+    """Fit every machine class; returns the fits, (measurement, prediction) rows and the constants' text."""
     classes = [
         ("h200x2", gpu_measurements(), GPU, gpu_params()),
         ("h200x4", gpu4_measurements(), GPU4, gpu4_params()),
@@ -259,57 +256,65 @@ def main(argv: list[str] | None = None) -> int:
     for label, ms, names, params in classes:
         fit = fit_class(ms, names, params)
         fits.append(fit)
-        rows += [(m, predict_ms(m, fit.topologies)) for m in ms]
+        rows += [(m, predict_ms(m, fit.clusters)) for m in ms]
         consts = ", ".join(f"{k} = {v:.4g}" for k, v in fit.values.items())
         text.append(
             f"- **{label}** ({len(params)} constants, {sum(not m.excluded for m in ms)} fitted runs, "
             f"RMS log error {fit.rms_log_error:.3f}): {consts}"
         )
         for n in names:
-            t = fit.topologies[n]
+            t = fit.clusters[n]
             text.append(
                 f"  - {n}: inter-host {t.inter_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g} GB/s "
                 f"per rank effective, intra-host {t.intra_host.rank_bytes_per_s(t.gpus_per_host) / 1e9:.3g}"
             )
-    os.makedirs(args.out, exist_ok=True)
-    plot(rows, os.path.join(args.out, "predicted_vs_measured.png"))
+    return fits, rows, text
+
+
+def report_text(fits: list, rows: list, text: list[str]) -> str:
+    """The markdown report: constants, the out-of-sample check, per configuration, every run."""
     within = sum(abs(p / m.step_ms - 1) <= 0.15 for m, p in rows)
     configs = by_configuration(rows)
     config_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in configs)
     blind = by_configuration(out_of_sample_2x2(fits[0], gpu4_measurements()))
     blind_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in blind)
-    report = "\n".join(
-        [
-            "# dmt.perf.cost_model: predicted vs measured step time",
-            "",
-            "Fitted constants:",
-            "",
-            *text,
-            "",
-            "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
-            "1 GPU per host runs only, older code); the prediction written before the runs, from the "
-            "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "
-            f"{blind_within} of {len(blind)} within 15%.",
-            "",
-            configuration_table(blind),
-            "",
-            f"Per configuration (median of its runs): {config_within} of {len(configs)} within 15%.",
-            "",
-            configuration_table(configs),
-            "",
-            f"Every run: {within} of {len(rows)} within 15%.",
-            "",
-            table(rows),
-            "",
-        ]
-    )
+    lines = ["# dmt.perf.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, ""]
+    lines += [
+        "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
+        "1 GPU per host runs only, older code); the prediction written before the runs, from the "
+        "fit of that time, is in benchmarks/results/gpu_h200x4/predicted_before_run.md: "
+        f"{blind_within} of {len(blind)} within 15%.",
+        "",
+        configuration_table(blind),
+        "",
+        f"Per configuration (median of its runs): {config_within} of {len(configs)} within 15%.",
+        "",
+        configuration_table(configs),
+        "",
+        f"Every run: {within} of {len(rows)} within 15%.",
+        "",
+        table(rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="directory for report.md + PNG")
+    ap.add_argument("--write-presets", action="store_true")
+    args = ap.parse_args(argv)
+    fits, rows, text = fit_classes()
+    os.makedirs(args.out, exist_ok=True)
+    plot(rows, os.path.join(args.out, "predicted_vs_measured.png"))
+    report = report_text(fits, rows, text)
     atomic_write_text(os.path.join(args.out, "report.md"), report)
     print(report)
     if args.write_presets:
         write_presets(fits)
     # parts of the first fitted row, to sanity-check the decomposition
     m, _ = rows[0]
-    print(predict_step(m.model, m.setup, fits[0].topologies[m.topology], m.batch_size))
+    print(predict_step(m.model, m.setup, fits[0].clusters[m.cluster], m.batch_size))
     return 0
 
 

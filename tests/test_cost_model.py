@@ -16,28 +16,28 @@ from dmt.perf.calibration import Measurement, Param, calibrate, codec_of, measur
 from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 from dmt.perf.cost_model import (
     CODECS,
-    ClusterTopology,
+    Cluster,
+    ClusterFileError,
     Link,
     Machine,
     ModelShape,
     Setup,
-    TopologyFileError,
+    cluster_from_dict,
+    cluster_to_dict,
     collective_times,
     dense_sizes,
-    load_topology,
+    load_cluster,
     num_tower_outputs,
     predict_step,
     preset_names,
-    topology_from_dict,
-    topology_to_dict,
 )
 
 GPU_JSON = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "gpu_h200x2", "bench_fast_lossy.json")
 
 
-def _topo(hosts: int = 2, gpus: int = 1, **machine: float) -> ClusterTopology:
+def _topo(hosts: int = 2, gpus: int = 1, **machine: float) -> Cluster:
     m = dict(name="toy", memory_gbytes_per_s=1000.0, effective_tflops=1.0) | machine
-    return ClusterTopology(
+    return Cluster(
         name="toy",
         hosts=hosts,
         gpus_per_host=gpus,
@@ -108,7 +108,7 @@ def test_measured_gpu_bytes_and_sizes():
         v = report["variants"][name]
         d = dense_sizes(m.model, m.setup)
         assert (d.dense_params, d.tower_params) == (v["dense_params"], v["tower_params"])
-        pred = predict_step(m.model, m.setup, load_topology("h200x2-emulated-fast"), m.batch_size)
+        pred = predict_step(m.model, m.setup, load_cluster("h200x2-emulated-fast"), m.batch_size)
         # the unmodelled split-size all-to-all is < 0.01 B/sample here
         assert pred.cross_host_bytes_per_sample == pytest.approx(v["cross_host_bytes_per_sample"], abs=0.01)
 
@@ -126,7 +126,7 @@ def test_codec_of_bench_config():
     assert codec_of({"forward": "fp16", "backward": "fp16"}).name == "fp16"
 
 
-def _synthetic(truth: dict[str, ClusterTopology]) -> list[Measurement]:
+def _synthetic(truth: dict[str, Cluster]) -> list[Measurement]:
     out = []
     model = ModelShape(embedding_dim=64)
     setups = [
@@ -183,8 +183,8 @@ def test_calibration_recovers_known_constants():
 def test_presets_load_and_round_trip():
     assert {"h100-nvlink-400g", "h200x2-emulated-fast", "cpu-shaped-1gbit"} <= set(preset_names())
     for name in preset_names():
-        t = load_topology(name)
-        assert topology_from_dict(topology_to_dict(t)) == t
+        t = load_cluster(name)
+        assert cluster_from_dict(cluster_to_dict(t)) == t
 
 
 @pytest.mark.parametrize(
@@ -192,10 +192,10 @@ def test_presets_load_and_round_trip():
     [
         ("{not json", "not valid JSON"),
         ('{"name": "x"}', "missing field"),
-        (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
-        (json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
+        (json.dumps(cluster_to_dict(load_cluster("cpu-2x2-loopback")) | {"gpus": 3}), "unknown field"),
+        (json.dumps(cluster_to_dict(load_cluster("cpu-2x2-loopback")) | {"hosts": "two"}), "expected a number"),
         (
-            json.dumps(topology_to_dict(load_topology("cpu-2x2-loopback")) | {"shared_medium": 1}),
+            json.dumps(cluster_to_dict(load_cluster("cpu-2x2-loopback")) | {"shared_medium": 1}),
             "expected true or false",
         ),
     ],
@@ -203,8 +203,8 @@ def test_presets_load_and_round_trip():
 def test_bad_topology_json_is_one_error(tmp_path, text, needle):
     path = tmp_path / "t.json"
     path.write_text(text)
-    with pytest.raises(TopologyFileError, match=needle):
-        load_topology(path)
+    with pytest.raises(ClusterFileError, match=needle):
+        load_cluster(path)
 
 
 def test_plan_cluster_cli(tmp_path, capsys):
@@ -213,7 +213,7 @@ def test_plan_cluster_cli(tmp_path, capsys):
         main(
             [
                 "plan-cluster",
-                "--topology",
+                "--cluster",
                 "h100-nvlink-400g",
                 "--hosts",
                 "2",
@@ -237,17 +237,17 @@ def test_plan_cluster_cli(tmp_path, capsys):
 def test_plan_cluster_bad_topology_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "bad", "hosts": 2}')
-    assert main(["plan-cluster", "--topology", str(bad)]) == 2
+    assert main(["plan-cluster", "--cluster", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing field" in err[0]
-    assert main(["plan-cluster", "--topology", "no-such-preset"]) == 2
-    assert "no topology preset" in capsys.readouterr().err
+    assert main(["plan-cluster", "--cluster", "no-such-preset"]) == 2
+    assert "no cluster preset" in capsys.readouterr().err
 
 
 def test_recommendation_prefers_dmt_on_a_slow_link():
     from dmt.cli.plan_cluster import recommend, sweep
 
-    rows = sweep(ModelShape(embedding_dim=128), load_topology("h200x2-emulated-slow"), 8192)
+    rows = sweep(ModelShape(embedding_dim=128), load_cluster("h200x2-emulated-slow"), 8192)
     pick = recommend(rows)
     assert pick.setup.is_dmt and pick.speedup > 2 and math.isfinite(pick.step_ms)
 

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dmt.cli.args import add_tower_compression_argument
 from dmt.errors import DmtError
 
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="per rank (128)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--towers", type=int, default=4, help="towers for DMT (4)")
-    p.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4)")
+    add_tower_compression_argument(p, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -46,68 +47,60 @@ def run(args: argparse.Namespace) -> int:
     if args.rows < 1000:
         raise DmtError(f"--rows={args.rows} is too small for a demo; use at least 1000")
     work = Path(args.workdir)
-    data, truth = work / "data" / "synthetic.tsv", work / "data" / "truth.json"
-    if data.is_file() and truth.is_file():
-        print(f"[demo] using existing data {data}")
-    else:
-        print(f"[demo] generating {args.rows:,} rows -> {data}")
-        _run_dmt(
-            ["gen-data", "--rows", str(args.rows), "--out", str(data), "--truth", str(truth), "--seed", str(args.seed)]
-        )
-    plan = work / "plan.json"
-    print(f"[demo] partitioning {args.towers} towers over {args.hosts} hosts -> {plan}")
-    _run_dmt(
-        [
-            "partition",
-            "--data",
-            str(data),
-            "--num-towers",
-            str(args.towers),
-            "--hosts",
-            str(args.hosts),
-            "--out",
-            str(plan),
-            "--truth",
-            str(truth),
-            "--plot",
-            str(work / "towers.png"),
-            "--seed",
-            str(args.seed),
-        ]
-    )
-    common = [
-        "--data",
-        str(data),
-        "--model",
-        "dlrm",
-        "--hosts",
-        str(args.hosts),
-        "--ranks-per-host",
-        str(args.ranks_per_host),
-        "--batch-size",
-        str(args.batch_size),
-        "--epochs",
-        str(args.epochs),
-        "--seed",
-        str(args.seed),
-        "--eval-every",
-        "200",
-    ]
+    data, truth = _generate(args, work / "data")
+    plan = _partition(args, data, truth, work)
     runs = {
         "flat DLRM": (work / "flat", []),
-        f"DMT (TP towers, linear c={args.compression:g})": (
+        f"DMT (TP towers, linear c={args.tower_compression:g})": (
             work / "dmt",
-            ["--plan", str(plan), "--tower-module", "linear", "--compression", str(args.compression)],
+            [f"--plan={plan}", "--tower-module=linear", f"--tower-compression={args.tower_compression}"],
         ),
     }
     for name, (out, extra) in runs.items():
         print(f"[demo] training {name} on {args.hosts} hosts x {args.ranks_per_host} ranks -> {out}")
-        _run_dmt(["train", *common, "--out", str(out), *extra])
+        _run_dmt(["train", *_train_arguments(args, data), f"--out={out}", *extra])
+    _report({name: out for name, (out, _) in runs.items()}, work)
+    return 0
+
+
+def _generate(args: argparse.Namespace, directory: Path) -> tuple[Path, Path]:
+    """The demo's rows and their planted groups, generated once."""
+    data, truth = directory / "synthetic.tsv", directory / "truth.json"
+    if data.is_file() and truth.is_file():
+        print(f"[demo] using existing data {data}")
+    else:
+        print(f"[demo] generating {args.rows:,} rows -> {data}")
+        _run_dmt(["gen-data", f"--rows={args.rows}", f"--out={data}", f"--truth={truth}", f"--seed={args.seed}"])
+    return data, truth
+
+
+def _partition(args: argparse.Namespace, data: Path, truth: Path, work: Path) -> Path:
+    plan = work / "plan.json"
+    print(f"[demo] partitioning {args.towers} towers over {args.hosts} hosts -> {plan}")
+    where = [f"--data={data}", f"--out={plan}", f"--truth={truth}", f"--plot={work / 'towers.png'}"]
+    _run_dmt(["partition", *where, f"--num-towers={args.towers}", f"--hosts={args.hosts}", f"--seed={args.seed}"])
+    return plan
+
+
+def _train_arguments(args: argparse.Namespace, data: Path) -> list[str]:
+    """What the flat and the DMT run share."""
+    return [
+        f"--data={data}",
+        "--model=dlrm",
+        f"--hosts={args.hosts}",
+        f"--ranks-per-host={args.ranks_per_host}",
+        f"--batch-size={args.batch_size}",
+        f"--epochs={args.epochs}",
+        f"--seed={args.seed}",
+        "--eval-every=200",
+    ]
+
+
+def _report(outs: dict[str, Path], work: Path) -> None:
     from dmt.train.report import results_table, write_report
 
-    metrics = {name: json.loads((out / "metrics.json").read_text()) for name, (out, _) in runs.items()}
+    metrics = {name: json.loads((out / "metrics.json").read_text()) for name, out in outs.items()}
     report = write_report(metrics, work / "report", title="DMT demo: flat DLRM vs DMT on generated data")
     print()
     print(results_table(metrics))
     print(f"\n[demo] report: {report} (plots beside it); tower plot: {work / 'towers.png'}")
-    return 0

@@ -1,6 +1,6 @@
-"""``dmt plan-cluster``: predicted flat vs DMT step time on a cluster topology, and a recommendation.
+"""``dmt plan-cluster``: predicted flat vs DMT step time on a cluster, and a recommendation.
 
-    dmt plan-cluster --topology h100-nvlink-400g --hosts 8 --embedding-dim 128 --batch-size 8192 \
+    dmt plan-cluster --cluster h100-nvlink-400g --hosts 8 --embedding-dim 128 --batch-size 8192 \
         --plot speedup.png --report plan_cluster.md
 
 Sweeps towers (H and 2H), intra-host sharding (row-wise, column-wise "cw"), tower compression c
@@ -26,17 +26,19 @@ PAPER_RANGE = "up to 1.9x at 16-512 GPUs (DMT paper, MLSys'24; the 1.9x reported
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan-cluster",
-        help="predict flat vs DMT step time on a cluster topology and recommend towers/c/codec",
+        help="predict flat vs DMT step time on a cluster and recommend towers/c/codec",
         description="Sweep towers, tower compression and codec through the calibrated cost model "
-        "(dmt.perf.cost_model) for a topology preset or JSON, print predicted step time, cross-host bytes "
+        "(dmt.perf.cost_model) for a cluster preset or JSON, print predicted step time, cross-host bytes "
         "per sample and speed-up vs flat, and recommend one configuration.",
     )
     p.add_argument(
+        "--cluster",
         "--topology",
+        dest="cluster",
         default="h100-nvlink-400g",
-        help="preset name (dmt/perf/topologies/*.json) or a JSON path (h100-nvlink-400g)",
+        help="preset name (dmt/perf/clusters/*.json) or a JSON path (h100-nvlink-400g; --topology is the old spelling)",
     )
-    p.add_argument("--hosts", type=int, help="override the topology's host count")
+    p.add_argument("--hosts", type=int, help="override the cluster's host count")
     p.add_argument("--num-tables", type=int, default=26, help="sparse features, one table each (26)")
     p.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
     p.add_argument("--embedding-dim", type=int, default=64, help="(64)")
@@ -148,7 +150,7 @@ def plot_projection(points, topo, path: str) -> None:
 def assumptions(topo, model, batch_size: int) -> list[str]:
     m, a, e = topo.machine, topo.intra_host, topo.inter_host
     return [
-        f"topology {topo.name}: {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {topo.description}",
+        f"cluster {topo.name}: {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {topo.description}",
         f"machine {m.name}: {m.effective_tflops:g} effective TFLOP/s, HBM {m.memory_gbytes_per_s:g} GB/s, "
         f"step overhead {m.step_overhead_ms:.2f} ms, overlap {m.overlap:.2f}, codec {m.codec_ms:.2f} ms/collective, "
         f"DMT tower path {m.tower_path_ms:+.2f} ms + {m.tower_ms:.2f} ms per tower on a host "
@@ -170,9 +172,9 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
 
 def run_command(args: argparse.Namespace) -> int:
     from dmt.atomic import atomic_write_text
-    from dmt.perf.cost_model import ModelShape, load_topology
+    from dmt.perf.cost_model import ModelShape, load_cluster
 
-    topo = load_topology(args.topology)
+    topo = load_cluster(args.cluster)
     if args.hosts is not None:
         if args.hosts < 1:
             raise DmtError(f"--hosts={args.hosts} must be >= 1")

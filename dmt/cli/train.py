@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dmt.cli.args import add_tower_sharding_argument
+from dmt.cli.args import add_flat_sharding_argument, add_tower_compression_argument, add_tower_sharding_argument
 from dmt.errors import DmtError
 
 
@@ -40,7 +40,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default="identity",
         help="module per tower (identity: exactly the flat model)",
     )
-    tw.add_argument("--compression", type=float, default=1.0, help="tower output compression ratio c (1)")
+    add_tower_compression_argument(tw, default=1.0)
     tw.add_argument("--tower-hidden", default="", help="hidden widths of the tower MLP, e.g. 64,32 (mlp: required)")
     tw.add_argument(
         "--global-interaction",
@@ -71,12 +71,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     dist = p.add_argument_group("distribution")
     dist.add_argument("--hosts", type=int, default=1, help="emulated hosts on this machine (1)")
     dist.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
-    dist.add_argument(
-        "--sharding",
-        default="table_wise",
-        choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
-        help="flat model sharding type (table_wise)",
-    )
+    add_flat_sharding_argument(dist)
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
     ck.add_argument(
@@ -121,7 +116,9 @@ def job_config(args: argparse.Namespace):
         from towers import TowerModuleConfig
 
         try:
-            module = TowerModuleConfig(kind=args.tower_module, compression=args.compression, hidden=args.tower_hidden)
+            module = TowerModuleConfig(
+                kind=args.tower_module, compression=args.tower_compression, hidden=args.tower_hidden
+            )
         except ValueError as e:
             raise DmtError(f"bad tower module: {e}") from None
         towers = TowerSpec(
@@ -130,8 +127,8 @@ def job_config(args: argparse.Namespace):
             sharding=args.tower_sharding,
             global_interaction=global_interaction_config(args.global_interaction),
         )
-    elif args.tower_module != "identity" or args.compression != 1.0:
-        raise DmtError("--tower-module/--compression need --plan (a TowerPlan from `dmt partition`)")
+    elif args.tower_module != "identity" or args.tower_compression != 1.0:
+        raise DmtError("--tower-module/--tower-compression need --plan (a TowerPlan from `dmt partition`)")
     return JobConfig(
         data=args.data,
         out=args.out,
@@ -148,7 +145,7 @@ def job_config(args: argparse.Namespace):
         epochs=args.epochs,
         max_steps=args.max_steps,
         eval_every=args.eval_every,
-        sharding=args.sharding,
+        sharding=args.flat_sharding,
         seed=args.seed,
         skip_bad_rows=args.skip_bad_rows,
         progress=not args.no_progress,

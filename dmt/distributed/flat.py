@@ -14,13 +14,12 @@ from torchrec.distributed.planner import Topology as PlannerTopology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv
 
+from dmt.choices import FlatSharding
 from dmt.distributed.env import DistEnv
 from dmt.distributed.qcomm import CommCompression, comm_codecs_registry, largest_table_rows
 from dmt.distributed.torchrec_fixes import CpuRowWiseEBCSharder, exact_resume_ddp_wrapper
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig, table_name
-
-FLAT_SHARDINGS = ("table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
 
 
 def shard_flat(
@@ -38,8 +37,7 @@ def shard_flat(
     :func:`dmt.distributed.qcomm.comm_codecs_registry`) compresses the embedding comms, all of them: a flat
     model's all-to-alls mix intra- and cross-host destinations.
     """
-    if sharding not in FLAT_SHARDINGS:
-        raise DmtError(f"sharding={sharding!r} is not one of {FLAT_SHARDINGS}")
+    sharding = FlatSharding.parse(sharding, "flat sharding").value
     if comm_compression is not None:
         if qcomm_codecs_registry is not None:
             raise DmtError("pass qcomm_codecs_registry or comm_compression to shard_flat, not both")

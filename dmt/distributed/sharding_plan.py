@@ -18,13 +18,13 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan, Sharding
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
+from dmt.choices import USER_TOWER_SHARDINGS, TowerSharding
 from dmt.distributed.topology import Topology
 from dmt.errors import DmtError
 from dmt.model.transform import tables_in_lookup_order
 from dmt.plan import PlanError, TowerPlan
 
 __all__ = [
-    "SHARDINGS",
     "SMALL_TABLE_ROWS",
     "TWCW",
     "TWRW",
@@ -33,9 +33,10 @@ __all__ = [
     "tower_feature_names",
 ]
 
+# torchrec's names for the two ways a host shards its tables (the same strings as TowerSharding's).
 TWRW = ShardingType.TABLE_ROW_WISE.value
 TWCW = ShardingType.TABLE_COLUMN_WISE.value
-SHARDINGS = ("auto", TWRW, TWCW)
+assert (TWRW, TWCW) == (TowerSharding.TABLE_ROW_WISE, TowerSharding.TABLE_COLUMN_WISE)
 # "auto" shards a tower column-wise when all its tables have at most this many rows (see
 # build_sharding_plan): below it, hot rows would pile row-wise lookups onto one rank.
 SMALL_TABLE_ROWS = 65_536
@@ -163,9 +164,10 @@ def build_sharding_plan(
     unknown = sorted(set(choices) - {t.name for t in plan.towers})
     if unknown:
         raise DmtError(f"sharding names towers {unknown} that are not in the plan")
-    bad = sorted({c for c in choices.values() if c not in SHARDINGS})
+    allowed = [s.value for s in USER_TOWER_SHARDINGS]
+    bad = sorted({c for c in choices.values() if c not in allowed})
     if bad:
-        raise DmtError(f"sharding {bad} is not one of {list(SHARDINGS)}")
+        raise DmtError(f"sharding {bad} is not one of {allowed}")
     per_table: dict[str, Any] = {}
     for configs, planned in zip(tower_tables, plan.towers):
         kind = _tower_sharding_type(configs, rowwise, choices.get(planned.name, "auto"), topology.local_world_size)

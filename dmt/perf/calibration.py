@@ -2,7 +2,7 @@
 
 Every variant of a bench JSON is one :class:`Measurement` (its median step time and the setup the
 cost model needs, read from the JSON's own config). :func:`calibrate` fits a few named
-:class:`Param` s -- each a constant of the machine class (shared by all its topologies) or of one
+:class:`Param` s -- each a constant of the machine class (shared by all its clusters) or of one
 link class -- by least squares on ``log(predicted / measured)``, so every configuration weighs
 the same in relative error. Constants are never per configuration.
 """
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmt.errors import DmtError
-from dmt.perf.cost_model import CODECS, ClusterTopology, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
+from dmt.perf.cost_model import CODECS, Cluster, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One variant of one ``dmt bench`` run, on the topology preset it ran on."""
+    """One variant of one ``dmt bench`` run, on the cluster preset it ran on."""
 
     source: str  # "file.json:variant"
-    topology: str  # key into the topologies mapping
+    cluster: str  # key into the clusters mapping
     model: ModelShape
     setup: Setup
     batch_size: int
@@ -40,10 +40,10 @@ def _codec_factor(name: str, cfg: dict) -> float:
     """Bytes factor of one direction of ``dmt.distributed.qcomm.CommCompression``."""
     if name in ("fp16", "bf16"):
         return 0.5
-    if name == "lossy":  # smallest width in (4, 8, 16) whose levels hold the bound (dmt.distributed.qcomm)
-        eb = cfg["lossy_eb"]
-        width = next(w for w in (4, 8, 16) if 2**w - 1 >= 2 * 1.001 / eb)
-        return lossy_bytes_factor(width, cfg["lossy_block"])
+    if name == "lossy":  # the width the codec itself picks for the bound
+        from dmt.distributed.qcomm.lossy import lossy_width  # torch, only for lossy runs
+
+        return lossy_bytes_factor(lossy_width(cfg["lossy_eb"]), cfg["lossy_block"])
     if name in ("int8", "fp8"):
         return 0.25
     return 1.0
@@ -59,7 +59,7 @@ def codec_of(comm: dict | None) -> Codec:
 
 
 def measurements_from_bench(
-    path: str | os.PathLike[str], topology: str, *, excluded: str | None = None
+    path: str | os.PathLike[str], cluster: str, *, excluded: str | None = None
 ) -> list[Measurement]:
     """Every variant of a ``dmt bench --out`` JSON (flat, dmt, stock, +comm; plain or pipelined)."""
     report = json.loads(Path(path).read_text())
@@ -87,7 +87,7 @@ def measurements_from_bench(
         out.append(
             Measurement(
                 f"{os.path.basename(path)}:{name}",
-                topology,
+                cluster,
                 model,
                 setup,
                 cfg["batch_size"],
@@ -102,7 +102,7 @@ def measurements_from_bench(
 
 @dataclass(frozen=True)
 class Param:
-    """A fitted constant: ``field`` ("machine.overlap", "inter_host.efficiency", ...) of ``topologies``.
+    """A fitted constant: ``field`` ("machine.overlap", "inter_host.efficiency", ...) of ``clusters``.
 
     ``field`` may name several fields joined by "+" ("intra_host.efficiency+inter_host.efficiency":
     one link carrying both, e.g. NCCL sockets for every collective); they get the same value.
@@ -111,52 +111,50 @@ class Param:
 
     name: str
     field: str
-    topologies: tuple[str, ...]
+    clusters: tuple[str, ...]
     log: bool = True
     bounds: tuple[float, float] = (1e-6, 1e6)
 
 
-def _get(topo: ClusterTopology, field: str) -> float:
+def _get(topo: Cluster, field: str) -> float:
     part, attr = field.split("+")[0].split(".")
     return getattr(getattr(topo, part), attr)
 
 
-def _set(topo: ClusterTopology, field: str, value: float) -> ClusterTopology:
+def _set(topo: Cluster, field: str, value: float) -> Cluster:
     part, attr = field.split(".")
     return dataclasses.replace(topo, **{part: dataclasses.replace(getattr(topo, part), **{attr: value})})
 
 
 def apply_params(
-    topologies: Mapping[str, ClusterTopology], params: Sequence[Param], values: Sequence[float]
-) -> dict[str, ClusterTopology]:
-    """The topologies with each parameter's value written into each of its topologies."""
-    out = dict(topologies)
+    clusters: Mapping[str, Cluster], params: Sequence[Param], values: Sequence[float]
+) -> dict[str, Cluster]:
+    """The clusters with each parameter's value written into each of its clusters."""
+    out = dict(clusters)
     for p, v in zip(params, values):
-        for name in p.topologies:
+        for name in p.clusters:
             for field in p.field.split("+"):
                 out[name] = _set(out[name], field, v)
     return out
 
 
-def predict_ms(m: Measurement, topologies: Mapping[str, ClusterTopology]) -> float:
-    return predict_step(m.model, m.setup, topologies[m.topology], m.batch_size).step_ms
+def predict_ms(m: Measurement, clusters: Mapping[str, Cluster]) -> float:
+    return predict_step(m.model, m.setup, clusters[m.cluster], m.batch_size).step_ms
 
 
 @dataclass(frozen=True)
 class Fit:
-    """Fitted topologies, the parameter values, and the RMS of log(pred/meas) over fitted rows."""
+    """Fitted clusters, the parameter values, and the RMS of log(pred/meas) over fitted rows."""
 
-    topologies: dict[str, ClusterTopology]
+    clusters: dict[str, Cluster]
     values: dict[str, float]
     rms_log_error: float
 
 
-def calibrate(
-    measurements: Sequence[Measurement], topologies: Mapping[str, ClusterTopology], params: Sequence[Param]
-) -> Fit:
+def calibrate(measurements: Sequence[Measurement], clusters: Mapping[str, Cluster], params: Sequence[Param]) -> Fit:
     """Least squares on log(predicted / measured) over the non-excluded measurements.
 
-    Starts from the topologies' current values. Raises DmtError when there are fewer measurements
+    Starts from the clusters' current values. Raises DmtError when there are fewer measurements
     than parameters (the fit would be underdetermined).
     """
     from scipy.optimize import least_squares  # only calibration needs scipy
@@ -166,7 +164,7 @@ def calibrate(
         raise DmtError(f"{len(rows)} measurements cannot determine {len(params)} parameters")
     x0, lo, hi = [], [], []
     for p in params:
-        v = min(max(_get(topologies[p.topologies[0]], p.field), p.bounds[0]), p.bounds[1])
+        v = min(max(_get(clusters[p.clusters[0]], p.field), p.bounds[0]), p.bounds[1])
         x0.append(math.log(v) if p.log else v)
         lo.append(math.log(p.bounds[0]) if p.log else p.bounds[0])
         hi.append(math.log(p.bounds[1]) if p.log else p.bounds[1])
@@ -175,10 +173,10 @@ def calibrate(
         return [math.exp(xi) if p.log else float(xi) for p, xi in zip(params, x)]
 
     def residuals(x) -> list[float]:
-        topos = apply_params(topologies, params, values(x))
+        topos = apply_params(clusters, params, values(x))
         return [math.log(predict_ms(m, topos) / m.step_ms) for m in rows]
 
     res = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale=1.0, diff_step=1e-4)
     best = values(res.x)
     rms = math.sqrt(sum(r * r for r in res.fun) / len(rows))
-    return Fit(apply_params(topologies, params, best), {p.name: v for p, v in zip(params, best)}, rms)
+    return Fit(apply_params(clusters, params, best), {p.name: v for p, v in zip(params, best)}, rms)

@@ -9,8 +9,8 @@ The cost model's free constants, grouped by what they describe:
 * :class:`Link`, one per link class (intra-host, inter-host): nominal bandwidth, the efficiency a
   collective reaches on it, and the latency alpha of one collective call.
 
-:class:`ClusterTopology` bundles hosts x GPUs with one machine and two links; presets live in
-``dmt/perf/topologies/*.json`` (see :func:`load_topology`). ``dmt.perf.calibration`` fits the free
+:class:`Cluster` bundles hosts x GPUs with one machine and two links; presets live in
+``dmt/perf/clusters/*.json`` (see :func:`load_cluster`). ``dmt.perf.calibration`` fits the free
 constants from measured ``dmt bench`` JSONs.
 """
 
@@ -25,11 +25,11 @@ from typing import Any
 
 from dmt.errors import DmtError
 
-TOPOLOGY_DIR = Path(__file__).with_name("topologies")
+CLUSTER_DIR = Path(__file__).with_name("clusters")
 
 
-class TopologyFileError(DmtError):
-    """A topology JSON that cannot be read or has a bad field."""
+class ClusterFileError(DmtError):
+    """A cluster JSON that cannot be read or has a bad field."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +96,7 @@ class Machine:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClusterTopology:
+class Cluster:
     """Hosts x GPUs per host, one machine class, an intra-host and an inter-host link class."""
 
     name: str
@@ -115,41 +115,41 @@ class ClusterTopology:
     def world_size(self) -> int:
         return self.hosts * self.gpus_per_host
 
-    def with_hosts(self, hosts: int) -> ClusterTopology:
+    def with_hosts(self, hosts: int) -> Cluster:
         return dataclasses.replace(self, hosts=hosts)
 
 
 def _build(cls: type, data: dict, where: str, nested: dict | None = None) -> Any:
-    """``cls(**data)`` with unknown / missing / mistyped fields reported as one TopologyFileError."""
+    """``cls(**data)`` with unknown / missing / mistyped fields reported as one ClusterFileError."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise TopologyFileError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+        raise ClusterFileError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
     missing = [
         n
         for n, f in names.items()
         if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise TopologyFileError(f"{where}: missing field(s) {missing}")
+        raise ClusterFileError(f"{where}: missing field(s) {missing}")
     kwargs = dict(data)
     for key, sub in (nested or {}).items():
         if not isinstance(kwargs[key], dict):
-            raise TopologyFileError(f"{where}.{key}: expected an object, got {type(kwargs[key]).__name__}")
+            raise ClusterFileError(f"{where}.{key}: expected an object, got {type(kwargs[key]).__name__}")
         kwargs[key] = _build(sub, kwargs[key], f"{where}.{key}")
     for key, value in kwargs.items():
         if key in (nested or {}):
             continue
         if names[key].type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise TopologyFileError(f"{where}.{key}: expected a number, got {value!r}")
+            raise ClusterFileError(f"{where}.{key}: expected a number, got {value!r}")
         if names[key].type == "bool" and not isinstance(value, bool):
-            raise TopologyFileError(f"{where}.{key}: expected true or false, got {value!r}")
+            raise ClusterFileError(f"{where}.{key}: expected true or false, got {value!r}")
         if names[key].type == "str" and not isinstance(value, str):
-            raise TopologyFileError(f"{where}.{key}: expected a string, got {value!r}")
+            raise ClusterFileError(f"{where}.{key}: expected a string, got {value!r}")
     return cls(**kwargs)
 
 
-def _check(topo: ClusterTopology, where: str) -> ClusterTopology:
+def _check(topo: Cluster, where: str) -> Cluster:
     """Ranges a JSON can get wrong while still having the right types."""
     bad = []
     if topo.hosts < 1 or topo.gpus_per_host < 1 or int(topo.hosts) != topo.hosts:
@@ -168,41 +168,41 @@ def _check(topo: ClusterTopology, where: str) -> ClusterTopology:
     if not (0 <= m.overlap <= 1 and 0 <= m.pipeline_overlap <= 1):
         bad.append(f"machine.overlap={m.overlap} and .pipeline_overlap={m.pipeline_overlap} must be within [0, 1]")
     if bad:
-        raise TopologyFileError(f"{where}: " + "; ".join(bad))
+        raise ClusterFileError(f"{where}: " + "; ".join(bad))
     return topo
 
 
-def topology_from_dict(data: object, where: str = "topology") -> ClusterTopology:
-    """A :class:`ClusterTopology` from its JSON object; any problem is one :class:`TopologyFileError`."""
+def cluster_from_dict(data: object, where: str = "cluster") -> Cluster:
+    """A :class:`Cluster` from its JSON object; any problem is one :class:`ClusterFileError`."""
     if not isinstance(data, dict):
-        raise TopologyFileError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    topo = _build(ClusterTopology, data, where, {"machine": Machine, "intra_host": Link, "inter_host": Link})
+        raise ClusterFileError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    topo = _build(Cluster, data, where, {"machine": Machine, "intra_host": Link, "inter_host": Link})
     return _check(topo, where)
 
 
-def topology_to_dict(topo: ClusterTopology) -> dict:
+def cluster_to_dict(topo: Cluster) -> dict:
     return dataclasses.asdict(topo)
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.json"))
+    return sorted(p.stem for p in CLUSTER_DIR.glob("*.json"))
 
 
-def load_topology(name_or_path: str | os.PathLike[str]) -> ClusterTopology:
-    """A preset name (``dmt/perf/topologies/<name>.json``) or the path of a user JSON of the same form.
+def load_cluster(name_or_path: str | os.PathLike[str]) -> Cluster:
+    """A preset name (``dmt/perf/clusters/<name>.json``) or the path of a user JSON of the same form.
 
     Example:
-        >>> t = load_topology("h100-nvlink-400g")
+        >>> t = load_cluster("h100-nvlink-400g")
         >>> t.gpus_per_host, t.inter_host.gbytes_per_s
         (8, 50.0)
     """
     path = Path(name_or_path)
-    if not path.suffix and (TOPOLOGY_DIR / f"{path}.json").exists():
-        path = TOPOLOGY_DIR / f"{path}.json"
+    if not path.suffix and (CLUSTER_DIR / f"{path}.json").exists():
+        path = CLUSTER_DIR / f"{path}.json"
     if not path.exists():
-        raise TopologyFileError(f"no topology preset or file {str(name_or_path)!r}; presets: {preset_names()}")
+        raise ClusterFileError(f"no cluster preset or file {str(name_or_path)!r}; presets: {preset_names()}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TopologyFileError(f"{path}: not valid JSON ({e})") from None
-    return topology_from_dict(data, str(path))
+        raise ClusterFileError(f"{path}: not valid JSON ({e})") from None
+    return cluster_from_dict(data, str(path))

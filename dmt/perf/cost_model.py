@@ -1,4 +1,4 @@
-"""Topology cost model: predicted step time of flat and DMT training on a cluster.
+"""Cost model: predicted step time of flat and DMT training on a cluster.
 
 A step on one rank is modelled as::
 
@@ -9,8 +9,8 @@ A step on one rank is modelled as::
 Bytes per collective come from :mod:`dmt.perf.comm_model` (the same numbers ``dmt bench`` counts and
 checks), so the model never disagrees with the byte counters; only the conversion of bytes and
 FLOPs into time has free constants. Those belong to the cluster (:mod:`dmt.perf.cluster`: a
-:class:`Machine` class and two :class:`Link` classes in a :class:`ClusterTopology`, presets in
-``dmt/perf/topologies/*.json``); ``dmt.perf.calibration`` fits them from measured ``dmt bench`` JSONs.
+:class:`Machine` class and two :class:`Link` classes in a :class:`Cluster`, presets in
+``dmt/perf/clusters/*.json``); ``dmt.perf.calibration`` fits them from measured ``dmt bench`` JSONs.
 
 Assumptions (also in ``dmt plan-cluster``'s report): lookups and tower modules are balanced over
 ranks (towers spread evenly; a flat table-wise model with fewer tables than ranks is *not*
@@ -32,27 +32,28 @@ from dataclasses import dataclass, field
 
 from dmt.errors import DmtError
 from dmt.perf.cluster import (
-    TOPOLOGY_DIR,
-    ClusterTopology,
+    CLUSTER_DIR,
+    Cluster,
+    ClusterFileError,
     Link,
     Machine,
-    TopologyFileError,
-    load_topology,
+    cluster_from_dict,
+    cluster_to_dict,
+    load_cluster,
     preset_names,
-    topology_from_dict,
-    topology_to_dict,
 )
 from dmt.plan import contiguous_sizes
 from towers.config import num_tower_outputs
 
 __all__ = [
+    "CLUSTER_DIR",
     "CODECS",
     "DDP_BUCKET_BYTES",
     "ELEMENT_BYTES",
     "KJT_INT_CALLS",
     "MODELLED_TOWER_KINDS",
-    "TOPOLOGY_DIR",
-    "ClusterTopology",
+    "Cluster",
+    "ClusterFileError",
     "Codec",
     "CollectiveTime",
     "Dense",
@@ -61,16 +62,15 @@ __all__ = [
     "ModelShape",
     "Setup",
     "StepPrediction",
-    "TopologyFileError",
+    "cluster_from_dict",
+    "cluster_to_dict",
     "collective_times",
     "comm_summary",
     "dense_sizes",
-    "load_topology",
+    "load_cluster",
     "lossy_bytes_factor",
     "predict_step",
     "preset_names",
-    "topology_from_dict",
-    "topology_to_dict",
 ]
 
 MODELLED_TOWER_KINDS = ("linear", "identity")  # tower modules whose FLOPs and outputs are modelled
@@ -295,11 +295,11 @@ class CollectiveTime:
     ms: float
 
 
-def collective_times(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_size: int) -> list[CollectiveTime]:
+def collective_times(model: ModelShape, setup: Setup, topo: Cluster, batch_size: int) -> list[CollectiveTime]:
     """alpha-beta time of every collective of a step on one rank.
 
     ``calls * alpha + max(cross / inter bw, intra / intra bw)``: a rank's cross- and intra-host
-    bytes travel on different links at once (their sum, when the topology's ``shared_medium``).
+    bytes travel on different links at once (their sum, when the cluster's ``shared_medium``).
     alpha is the inter-host link's when the group spans hosts, plus ``latency_per_peer_us`` per remote
     peer for all-to-alls.
     """
@@ -347,11 +347,11 @@ class StepPrediction:
     collectives: tuple[CollectiveTime, ...] = field(default=(), repr=False)
 
 
-def predict_step(model: ModelShape, setup: Setup, topo: ClusterTopology, batch_size: int) -> StepPrediction:
+def predict_step(model: ModelShape, setup: Setup, topo: Cluster, batch_size: int) -> StepPrediction:
     """Predicted step time of ``setup`` on ``topo`` with ``batch_size`` samples per rank.
 
     Example:
-        >>> topo = load_topology("h100-nvlink-400g")
+        >>> topo = load_cluster("h100-nvlink-400g")
         >>> flat = predict_step(ModelShape(embedding_dim=128), Setup(), topo, 8192)
         >>> dmt = predict_step(ModelShape(embedding_dim=128), Setup(num_towers=8, compression=4), topo, 8192)
         >>> dmt.cross_host_bytes_per_sample < flat.cross_host_bytes_per_sample

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dmt.choices import CommPrecision
 from dmt.distributed.qcomm.lossy import lossy_width
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "lossy")
+PRECISIONS = CommPrecision.names()
 
 
 def _optional(cast: Any) -> Any:
