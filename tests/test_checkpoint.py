@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _fault import kill_rank_after_checkpoint, stop_killing
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dmt.cli import main
@@ -96,12 +97,12 @@ def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_pa
         dist += _dmt_plan(tmp_path)
     assert _train(synthetic_criteo, tmp_path / "full", *dist) == 0
     # Rank 1 SIGKILLs itself right after the step-20 checkpoint; its peers die with it.
-    monkeypatch.setenv("DMT_FAULT", "1:20")
+    kill_rank_after_checkpoint(monkeypatch, rank=1, step=20)
     if model == "flat":
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--max-restarts", "1") == 0
     else:
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--resume") != 0
-        monkeypatch.delenv("DMT_FAULT")
+        stop_killing(monkeypatch)
         assert latest_checkpoint(tmp_path / "killed/checkpoints").name == "step_00000020"
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--resume") == 0
     full = json.loads((tmp_path / "full/metrics.json").read_text())

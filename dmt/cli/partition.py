@@ -117,72 +117,18 @@ def run(args: argparse.Namespace) -> int:
     groups = _read_truth(args.truth) if args.truth else None  # fail before the slow part
 
     # Heavy imports only now: `dmt --help` and the other commands stay fast and sklearn-free.
-    import numpy as np
-
-    from dmt.data.criteo import SPARSE_NAMES, read_criteo
-    from partitioner import METHODS, FeatureRepresentation, measure_costs
     from partitioner.metrics import ari_vs_groups
-    from partitioner.report import format_table, human_bytes, plot_partition
+    from partitioner.report import format_tower_table, human_bytes, plot_partition
 
     progress = not args.no_progress
-    arrays, read = read_criteo(args.data, skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows, progress=progress)
-    print(
-        f"read {read.rows:,} rows from {args.data}"
-        + (f" ({read.bad_rows_skipped:,} bad rows skipped)" if read.bad_rows_skipped else "")
-    )
-    names = tuple(SPARSE_NAMES)
-    costs = measure_costs(
-        arrays.sparse,
-        names,
-        embedding_dim=args.embedding_dim,
-        batch_size=args.batch_size,
-        num_embeddings=[args.num_embeddings] * len(names),
-        optimizer=args.sparse_optimizer,
-    )
-
-    t0 = time.perf_counter()
-    source = {"data": os.path.abspath(args.data), "rows": read.rows}
-    if _cached(args):
-        rep = FeatureRepresentation.load(args.representation)
-        if rep.names != names or rep.info.get("source_data", source) != source:
-            raise DmtError(
-                f"--representation {args.representation} was learned from "
-                f"{rep.info.get('source_data')}, not {source}; delete it to re-learn"
-            )
-        if rep.source != f"learned:{args.score}":
-            raise DmtError(
-                f"--representation {args.representation} holds {rep.source} scores, not "
-                f"--score {args.score}; use another cache file"
-            )
-        print(f"representation: {rep.source} from {args.representation}")
-    elif args.steps > 0:
-        rep = _learn(arrays, args, progress)
-        rep = dataclasses.replace(rep, info={**rep.info, "source_data": source})
-        info = rep.info
-        print(
-            f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
-            f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
-            f"{time.perf_counter() - t0:.1f} s)"
-        )
-        if args.representation:
-            rep.save(args.representation)
-    else:
-        # Baselines without a probe: no affinity is known, every pair counts the same.
-        rep = FeatureRepresentation(names=names, affinity=np.ones((len(names), len(names))), source="none")
-
-    estimator = METHODS[args.method](args.num_towers, balance_tolerance=args.balance_tolerance, random_state=args.seed)
-    memory = None if args.host_memory_gb is None else args.host_memory_gb * 2**30
-    t1 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        estimator.fit(rep, costs=costs, num_hosts=args.hosts, host_memory_bytes=memory)
-    fit_s = time.perf_counter() - t1
-    for w in caught:  # baselines report a broken balance instead of refusing: say it plainly
-        print(f"warning: {w.message}")
+    arrays, rows = _read(args, progress)
+    costs = _measure(arrays, args)
+    rep = _representation(arrays, rows, args, progress)
+    estimator, fit_s = _fit(rep, costs, args)
     estimator.plan_.to_json(args.out)
 
     print()
-    print(format_table(estimator))
+    print(format_tower_table(estimator))
     host_share = 100 * estimator.host_loads_ / max(float(estimator.host_loads_.sum()), 1e-300)
     print(
         f"\nmethod {args.method}: max/mean tower cost {estimator.imbalance_:.3f} (limit "
@@ -198,6 +144,102 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _read(args: argparse.Namespace, progress: bool):
+    """The rows of ``--data`` (at most ``--max-rows``) and how many were read."""
+    from dmt.data.criteo import read_criteo
+
+    arrays, read = read_criteo(args.data, skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows, progress=progress)
+    print(
+        f"read {read.rows:,} rows from {args.data}"
+        + (f" ({read.bad_rows_skipped:,} bad rows skipped)" if read.bad_rows_skipped else "")
+    )
+    return arrays, read.rows
+
+
+def _measure(arrays, args: argparse.Namespace):
+    """Per-feature lookup cost and table memory (``partitioner.FeatureCosts``) of the model ``dmt train`` builds."""
+    from dmt.data.criteo import SPARSE_NAMES
+    from partitioner import measure_costs
+
+    names = tuple(SPARSE_NAMES)
+    return measure_costs(
+        arrays.sparse,
+        names,
+        embedding_dim=args.embedding_dim,
+        batch_size=args.batch_size,
+        num_embeddings=[args.num_embeddings] * len(names),
+        optimizer=args.sparse_optimizer,
+    )
+
+
+def _representation(arrays, rows: int, args: argparse.Namespace, progress: bool):
+    """How the features interact: the ``--representation`` cache, a probe model's, or none (baselines)."""
+    import numpy as np
+
+    from dmt.data.criteo import SPARSE_NAMES
+    from partitioner import FeatureRepresentation
+
+    names = tuple(SPARSE_NAMES)
+    source = {"data": os.path.abspath(args.data), "rows": rows}
+    if _cached(args):
+        return _load_representation(args, names, source)
+    if args.steps > 0:
+        return _learn_representation(arrays, args, progress, source)
+    # Baselines without a probe: no affinity is known, every pair counts the same.
+    return FeatureRepresentation(names=names, affinity=np.ones((len(names), len(names))), source="none")
+
+
+def _load_representation(args: argparse.Namespace, names: tuple[str, ...], source: dict):
+    """The cached representation, refused if it was learned from other data or with another ``--score``."""
+    from partitioner import FeatureRepresentation
+
+    rep = FeatureRepresentation.load(args.representation)
+    if rep.names != names or rep.info.get("source_data", source) != source:
+        raise DmtError(
+            f"--representation {args.representation} was learned from "
+            f"{rep.info.get('source_data')}, not {source}; delete it to re-learn"
+        )
+    if rep.source != f"learned:{args.score}":
+        raise DmtError(
+            f"--representation {args.representation} holds {rep.source} scores, not "
+            f"--score {args.score}; use another cache file"
+        )
+    print(f"representation: {rep.source} from {args.representation}")
+    return rep
+
+
+def _learn_representation(arrays, args: argparse.Namespace, progress: bool, source: dict):
+    """Train the probe model, report how well it learned, and write ``--representation`` if given."""
+    t0 = time.perf_counter()
+    rep = _learn(arrays, args, progress)
+    rep = dataclasses.replace(rep, info={**rep.info, "source_data": source})
+    info = rep.info
+    print(
+        f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
+        f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
+    if args.representation:
+        rep.save(args.representation)
+    return rep
+
+
+def _fit(rep, costs, args: argparse.Namespace):
+    """Fit the ``--method`` partitioner; returns it and the seconds the fit took. Prints its warnings."""
+    from partitioner import METHODS
+
+    estimator = METHODS[args.method](args.num_towers, balance_tolerance=args.balance_tolerance, random_state=args.seed)
+    memory = None if args.host_memory_gb is None else args.host_memory_gb * 2**30
+    t1 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        estimator.fit(rep, costs=costs, num_hosts=args.hosts, host_memory_bytes=memory)
+    fit_s = time.perf_counter() - t1
+    for w in caught:  # baselines report a broken balance instead of refusing: say it plainly
+        print(f"warning: {w.message}")
+    return estimator, fit_s
 
 
 def _learn(arrays, args: argparse.Namespace, progress: bool):

@@ -37,7 +37,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
 from dmt.errors import DmtError
-from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks
+from dmt.model.dmt import ColumnBlocks, DMTModel, DMTTrain, index_to_blocks
 from dmt.plan import PlanError, TowerPlan
 from towers import (
     GlobalInteractionConfig,
@@ -97,20 +97,9 @@ def transform(
         DmtError: the model is not a supported torchrec DLRM, or its tables are weighted or of
             different widths.
     """
-    dlrm = model.model if isinstance(model, DLRMTrain) else model
-    if not isinstance(dlrm, DLRM):
-        raise DmtError(
-            f"transform expects a torchrec DLRMTrain, DLRM or DLRM_DCN, got {type(model).__name__}"
-            + (f" wrapping {type(dlrm).__name__}" if dlrm is not model else "")
-        )
+    dlrm = _unwrap_dlrm(model)
     ebc: EmbeddingBagCollection = dlrm.sparse_arch.embedding_bag_collection
-    if ebc.is_weighted():
-        raise DmtError("transform does not support weighted EmbeddingBagCollections (id scores) yet")
-    configs = ebc.embedding_bag_configs()
-    dims = sorted({c.embedding_dim for c in configs})
-    if len(dims) != 1:
-        raise DmtError(f"every table must have the same embedding_dim for DLRM, got dims {dims}")
-    dim = dims[0]
+    dim = _embedding_dim(ebc)
     flat_features = list(dlrm.sparse_arch.sparse_feature_names)
     plan.validate_features(flat_features)
 
@@ -127,37 +116,75 @@ def transform(
     dense_device = next(dlrm.dense_arch.parameters()).device
 
     towers, tower_features = _build_towers(plan, ebc, tower_module, dim, table_device, dense_device)
-    tower_arch = EmbeddingTowerCollection(towers)
     num_outputs = sum(t.interaction.num_outputs for t in towers)
-    with torch.device(dense_device):
-        inter_arch = build_global_interaction(global_cfg, num_tower_outputs=num_outputs, embedding_dim=dim)
-        if exact:
-            over_arch = copy.deepcopy(dlrm.over_arch)
-            if isinstance(dlrm.inter_arch, InteractionDCNArch):
-                _copy_params(dlrm.inter_arch.crossnet, inter_arch.arch.crossnet)
-        else:
-            over_arch = OverArch(inter_arch.output_dim, _layer_sizes(dlrm.over_arch), device=dense_device)
-
-    column_blocks = None
-    if tower_module.kind == "identity":
-        # Identity towers emit their features' embeddings; put them back in flat order so the
-        # global interaction pairs (and the over-arch's input columns) line up with the flat model.
-        index = feature_order_permutation(tower_features, flat_features, dim).tolist()
-        column_blocks = index_to_blocks(index)
-        if column_blocks == ((0, len(index)),):
-            column_blocks = None
-
+    inter_arch, over_arch = _build_head(dlrm, global_cfg, num_outputs, dim, dense_device, copy_flat=exact)
     dmt_model = DMTModel(
         dense_arch=copy.deepcopy(dlrm.dense_arch),
-        tower_arch=tower_arch,
+        tower_arch=EmbeddingTowerCollection(towers),
         inter_arch=inter_arch,
         over_arch=over_arch,
         plan=plan,
-        column_blocks=column_blocks,
+        column_blocks=_flat_order_blocks(tower_module, tower_features, flat_features, dim),
     )
     if isinstance(model, DLRMTrain):
         return DMTTrain(dmt_model, loss_fn=copy.deepcopy(model.loss_fn))
     return dmt_model
+
+
+def _unwrap_dlrm(model: DLRMTrain | DLRM) -> DLRM:
+    """The ``DLRM`` (or ``DLRM_DCN``) itself, inside a ``DLRMTrain`` or bare; DmtError for anything else."""
+    dlrm = model.model if isinstance(model, DLRMTrain) else model
+    if not isinstance(dlrm, DLRM):
+        raise DmtError(
+            f"transform expects a torchrec DLRMTrain, DLRM or DLRM_DCN, got {type(model).__name__}"
+            + (f" wrapping {type(dlrm).__name__}" if dlrm is not model else "")
+        )
+    return dlrm
+
+
+def _embedding_dim(ebc: EmbeddingBagCollection) -> int:
+    """The one width of all of ``ebc``'s tables; DmtError if they differ or the EBC is weighted."""
+    if ebc.is_weighted():
+        raise DmtError("transform does not support weighted EmbeddingBagCollections (id scores) yet")
+    dims = sorted({c.embedding_dim for c in ebc.embedding_bag_configs()})
+    if len(dims) != 1:
+        raise DmtError(f"every table must have the same embedding_dim for DLRM, got dims {dims}")
+    return dims[0]
+
+
+def _build_head(
+    dlrm: DLRM,
+    global_cfg: GlobalInteractionConfig,
+    num_tower_outputs: int,
+    dim: int,
+    device: torch.device,
+    *,
+    copy_flat: bool,
+) -> tuple[nn.Module, nn.Module]:
+    """The global interaction and the over-arch on ``device``: copies of the flat model's
+    (``copy_flat``: the DCN weights and the over-arch) or freshly built with the flat hidden sizes."""
+    with torch.device(device):
+        inter_arch = build_global_interaction(global_cfg, num_tower_outputs=num_tower_outputs, embedding_dim=dim)
+        if copy_flat:
+            over_arch = copy.deepcopy(dlrm.over_arch)
+            if isinstance(dlrm.inter_arch, InteractionDCNArch):
+                _copy_params(dlrm.inter_arch.crossnet, inter_arch.arch.crossnet)
+        else:
+            over_arch = OverArch(inter_arch.output_dim, _layer_sizes(dlrm.over_arch), device=device)
+    return inter_arch, over_arch
+
+
+def _flat_order_blocks(
+    tower_module: TowerModuleConfig, tower_features: list[str], flat_features: list[str], dim: int
+) -> ColumnBlocks | None:
+    """``DMTModel.column_blocks`` putting identity towers' outputs back in flat order; None if no reorder."""
+    if tower_module.kind != "identity":
+        return None
+    # Identity towers emit their features' embeddings; put them back in flat order so the
+    # global interaction pairs (and the over-arch's input columns) line up with the flat model.
+    index = feature_order_permutation(tower_features, flat_features, dim).tolist()
+    column_blocks = index_to_blocks(index)
+    return None if column_blocks == ((0, len(index)),) else column_blocks
 
 
 def flat_global_interaction(dlrm: DLRM) -> GlobalInteractionConfig | None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,10 +21,13 @@ from dmt.data.criteo import CriteoArrays, read_criteo
 from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig
+from dmt.train import checkpoint
 from dmt.train.build import TowerSpec, build_model
-from dmt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.optim import OptimConfig
+
+if TYPE_CHECKING:
+    from dmt.distributed.env import DistEnv
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,26 +83,74 @@ def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, 
 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
-    if distributed:
-        from dmt.distributed.env import init_distributed  # keeps 1-process start light
+    place = _join(distributed)
+    data = _load_data(cfg, place)
+    model, optimizer, counter = _build(cfg, place)
+    checkpoints = _Checkpoints(
+        os.path.join(cfg.out, "checkpoints"), model, optimizer, _fingerprint(cfg, place.world, data)
+    )
+    history = checkpoints.restore(cfg.resume, place.is_main)
+    start = time.perf_counter()
+    result = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
+    wall = time.perf_counter() - start
+    metrics = _metrics(cfg, place, data, result, history, model, counter, wall)
+    if place.is_main:
+        atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    _leave(place)
+    return metrics
 
-        env = init_distributed()
-        rank, world, device, is_main = env.topology.rank, env.topology.world_size, env.device, env.is_main
-    else:
-        rank, world, device, is_main = 0, 1, torch.device("cpu"), True
 
-    arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and is_main)
+@dataclass(frozen=True)
+class _Place:
+    """Where this process trains: rank ``rank`` of ``world`` on ``device`` (``env`` None: one process, no group)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    is_main: bool
+    env: DistEnv | None
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The data split for this job, and how many global steps it trains (epochs, capped by max_steps)."""
+
+    train: CriteoArrays
+    eval: CriteoArrays
+    steps: int
+    bad_rows_skipped: int
+
+
+def _join(distributed: bool) -> _Place:
+    """Join the torchrun process group (``distributed``), or stand alone as rank 0 of 1 on the CPU."""
+    if not distributed:
+        return _Place(rank=0, world=1, device=torch.device("cpu"), is_main=True, env=None)
+    from dmt.distributed.env import init_distributed  # keeps 1-process start light
+
+    env = init_distributed()
+    return _Place(
+        rank=env.topology.rank, world=env.topology.world_size, device=env.device, is_main=env.is_main, env=env
+    )
+
+
+def _load_data(cfg: JobConfig, place: _Place) -> _Data:
+    """Read the data, hold out the eval rows and count the training steps; fail if no global batch fits."""
+    arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and place.is_main)
     train_arrays, eval_arrays = split_train_eval(arrays, cfg.eval_fraction)
-    steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, world)
+    steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, place.world)
     if steps_per_epoch == 0:
         raise DmtError(
-            f"{len(train_arrays)} training rows cannot fill one global batch of {cfg.batch_size * world} "
-            f"({cfg.batch_size} per rank x {world} ranks); use more data or a smaller --batch-size"
+            f"{len(train_arrays)} training rows cannot fill one global batch of {cfg.batch_size * place.world} "
+            f"({cfg.batch_size} per rank x {place.world} ranks); use more data or a smaller --batch-size"
         )
     steps = cfg.epochs * steps_per_epoch
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    return _Data(train=train_arrays, eval=eval_arrays, steps=steps, bad_rows_skipped=report.bad_rows_skipped)
 
-    if cfg.comm is not None and not distributed:
+
+def _build(cfg: JobConfig, place: _Place):
+    """The model (sharded under torchrun), its optimizer and, under torchrun, the comm byte counter."""
+    if cfg.comm is not None and place.env is None:
         raise DmtError(
             "--comm-compression compresses the collectives of a sharded run; "
             "add --hosts/--ranks-per-host (one process has no comms to compress)"
@@ -109,53 +160,83 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         cfg.optim,
         seed=cfg.seed,
         towers=cfg.towers,
-        env=env if distributed else None,
+        env=place.env,
         flat_sharding=cfg.sharding,
         comm=cfg.comm,
     )
-    counter = _comm_counter(model, env) if distributed else None
+    counter = _comm_counter(model, place.env) if place.env is not None else None
+    return model, optimizer, counter
 
-    def eval_batches():
-        return iter_batches(
-            eval_arrays,
-            batch_size=cfg.batch_size,
-            num_embeddings=cfg.model.num_embeddings,
-            rank=rank,
-            world_size=world,
-            shuffle=False,
-        )
 
-    ckpt_root = os.path.join(cfg.out, "checkpoints")
-    fingerprint = json.loads(
+def _fingerprint(cfg: JobConfig, world: int, data: _Data) -> dict:
+    """What a checkpoint must share with this run to be resumed by it (as JSON reads it back)."""
+    return json.loads(
         json.dumps(
             {
                 "global_batch": cfg.batch_size * world,
                 "seed": cfg.seed,
-                "train_rows": len(train_arrays),
+                "train_rows": len(data.train),
                 "model": cfg.model.to_dict(),
                 "towers": _towers_dict(cfg.towers),
             }
         )
     )
-    # A torchrun restart (--max-restarts) is a resume: the previous attempt's checkpoints are ours.
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    history = _resume(ckpt_root, model, optimizer, fingerprint, is_main) if cfg.resume or restarted else None
 
-    saved_at: list[int] = []
 
-    def save(progress: LoopResult) -> None:
-        save_checkpoint(
-            ckpt_root, progress.steps, model, optimizer, {"fingerprint": fingerprint, "progress": asdict(progress)}
+class _Checkpoints:
+    """This run's checkpoints under ``root``: restore the newest, save new ones, remember which steps were saved.
+
+    Saves go through the module (``checkpoint.save_checkpoint``), not a name bound at import, so a
+    wrapper set on ``dmt.train.checkpoint`` sees every save (tests/_fault_site kills a rank that way).
+    """
+
+    def __init__(self, root: str, model, optimizer, fingerprint: dict) -> None:
+        self.root, self.model, self.optimizer, self.fingerprint = root, model, optimizer, fingerprint
+        self.saved_at: list[int] = []
+
+    def restore(self, resume: bool, is_main: bool) -> LoopResult | None:
+        """Load the newest checkpoint if asked to resume; the progress it recorded, or None to start afresh."""
+        # A torchrun restart (--max-restarts) is a resume: the previous attempt's checkpoints are ours.
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if not (resume or restarted):
+            return None
+        return _resume(self.root, self.model, self.optimizer, self.fingerprint, is_main)
+
+    def save(self, progress: LoopResult) -> None:
+        checkpoint.save_checkpoint(
+            self.root,
+            progress.steps,
+            self.model,
+            self.optimizer,
+            {"fingerprint": self.fingerprint, "progress": asdict(progress)},
         )
-        saved_at.append(progress.steps)
+        self.saved_at.append(progress.steps)
 
-    def on_checkpoint(progress: LoopResult) -> None:
-        save(progress)
-        _maybe_inject_fault(progress.steps)
 
-    start = time.perf_counter()
+def _train(
+    cfg: JobConfig,
+    place: _Place,
+    data: _Data,
+    model,
+    optimizer,
+    counter,
+    history: LoopResult | None,
+    checkpoints: _Checkpoints,
+) -> LoopResult:
+    """Train from ``history`` (or step 0) to ``data.steps``, checkpointing every ``cfg.checkpoint_every`` steps."""
+
+    def eval_batches():
+        return iter_batches(
+            data.eval,
+            batch_size=cfg.batch_size,
+            num_embeddings=cfg.model.num_embeddings,
+            rank=place.rank,
+            world_size=place.world,
+            shuffle=False,
+        )
+
     first_step = history.steps if history else 0
-    batches = _epoch_batches(train_arrays, cfg, rank, world, first_step)
+    batches = _epoch_batches(data.train, cfg, place.rank, place.world, first_step)
     if cfg.comm is not None and cfg.comm.uses_lossy:
         batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
     result = train(
@@ -163,32 +244,46 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         optimizer,
         batches,
         eval_batches,
-        LoopConfig(steps=steps, eval_every=cfg.eval_every, progress=cfg.progress),
-        device=device,
-        is_main=is_main,
+        LoopConfig(steps=data.steps, eval_every=cfg.eval_every, progress=cfg.progress),
+        device=place.device,
+        is_main=place.is_main,
         history=history,
         checkpoint_every=cfg.checkpoint_every,
-        on_checkpoint=on_checkpoint,
+        on_checkpoint=checkpoints.save,
         counter=counter,
     )
-    if cfg.checkpoint_every and result.steps not in saved_at:  # the data ran out between checkpoints
-        save(result)
-    wall = time.perf_counter() - start
+    if cfg.checkpoint_every and result.steps not in checkpoints.saved_at:  # the data ran out between checkpoints
+        checkpoints.save(result)
+    return result
+
+
+def _metrics(
+    cfg: JobConfig,
+    place: _Place,
+    data: _Data,
+    result: LoopResult,
+    history: LoopResult | None,
+    model,
+    counter,
+    wall: float,
+) -> dict:
+    """The content of metrics.json: the final evaluation, throughput, comm bytes, curves and the config."""
     final = result.evals[-1]
-    metrics = {
+    global_batch = cfg.batch_size * place.world
+    return {
         "model": cfg.model.arch if cfg.towers is None else f"dmt({cfg.model.arch})",
         "auc": final["auc"],
         "logloss": final["logloss"],
         "ne": final["ne"],
         "steps": result.steps,
-        "world_size": world,
-        "global_batch": cfg.batch_size * world,
-        "samples_per_s": result.steps * cfg.batch_size * world / max(result.train_seconds, 1e-9),
+        "world_size": place.world,
+        "global_batch": global_batch,
+        "samples_per_s": result.steps * cfg.batch_size * place.world / max(result.train_seconds, 1e-9),
         "wall_seconds": wall,
-        "train_rows": len(train_arrays),
+        "train_rows": len(data.train),
         "eval_rows": final["num_samples"],
-        "bad_rows_skipped": report.bad_rows_skipped,
-        **_comm_metrics(counter, result.steps - (history.steps if history else 0), cfg.batch_size * world),
+        "bad_rows_skipped": data.bad_rows_skipped,
+        **_comm_metrics(counter, result.steps - (history.steps if history else 0), global_batch),
         **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),
         "losses": result.losses,
         "evals": result.evals,
@@ -197,14 +292,16 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
             "towers": cfg.towers and {**_towers_dict(cfg.towers), "sharding": cfg.towers.sharding},
         },
     }
-    if is_main:
-        atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
-    if distributed:
-        # Leave together and tear the groups down: a rank that exits with live gloo threads can
-        # abort in C++ ("terminate called without an active exception", seen once in CI-like runs).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return metrics
+
+
+def _leave(place: _Place) -> None:
+    """Leave the process group together (no-op for one process)."""
+    if place.env is None:
+        return
+    # Leave together and tear the groups down: a rank that exits with live gloo threads can
+    # abort in C++ ("terminate called without an active exception", seen once in CI-like runs).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _driving_codec_schedule(batches, schedules, first_step: int):
@@ -269,7 +366,7 @@ def _comm_metrics(counter, steps: int, global_batch: int) -> dict:
 
 
 def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> LoopResult | None:
-    path = latest_checkpoint(root)
+    path = checkpoint.latest_checkpoint(root)
     if path is None:
         if is_main:
             print(f"[dmt] --resume: no checkpoint in {root} yet, starting from step 0")
@@ -282,20 +379,7 @@ def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> Lo
             f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
             "the same data, model, seed and global batch, or use a new --out"
         )
-    load_checkpoint(path, model, optimizer)
+    checkpoint.load_checkpoint(path, model, optimizer)
     if is_main:
         print(f"[dmt] resumed from {path} at step {meta['step']}")
     return LoopResult(**meta["progress"])
-
-
-def _maybe_inject_fault(step: int) -> None:
-    """Test hook: DMT_FAULT="rank:step" SIGKILLs that rank after the checkpoint at that step.
-
-    Fires once per run: an attempt resumed from that checkpoint never writes it again, and a
-    torchrun restart (TORCHELASTIC_RESTART_COUNT > 0) is skipped too."""
-    spec = os.environ.get("DMT_FAULT")
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
-    rank, at = (int(x) for x in spec.split(":"))
-    if step == at and int(os.environ.get("RANK", "0")) == rank:
-        os.kill(os.getpid(), signal.SIGKILL)
