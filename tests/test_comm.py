@@ -138,12 +138,9 @@ def _flat_table_wise(env, rank: int) -> dict:
 
 def _dmt_linear_towers(env, rank: int) -> dict:
     """One counted step of a 2-tower DMT model (linear towers, c=2): tower DDPs are found and counted."""
-    try:
-        from dmt.distributed.tower_sharding import shard
-        from dmt.model.transform import transform
-    except ImportError as e:
-        return {"skipped": f"dmt.sharding / dmt.model.transform not importable: {e}"}
+    from dmt.distributed.tower_sharding import shard
     from dmt.model.flat import ModelConfig, build_flat_model
+    from dmt.model.transform import transform
     from dmt.plan import TowerPlan
     from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
     from towers import TowerModuleConfig
@@ -276,8 +273,6 @@ def test_flat_table_wise_step_matches_analytic(runs) -> None:
 
 
 def test_dmt_tower_ddp_is_found_and_cross_host_floats_match_analytic(runs) -> None:
-    if "skipped" in runs[0]["dmt"]:
-        pytest.skip(runs[0]["dmt"]["skipped"])
     # DMP's DDP plus the host's tower DDP, which torchrec hides from named_modules()
     assert all(run["dmt"]["hooked"] == 2 for run in runs)
     measured = _load(runs[0]["dmt"]["reduced"]).per_sample(DLRM_BATCH * WORLD)

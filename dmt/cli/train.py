@@ -55,7 +55,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--comm-compression",
         metavar="SPEC",
         help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
-        "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm.py)",
+        "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm/config.py)",
     )
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
@@ -145,7 +145,7 @@ def job_config(args: argparse.Namespace):
         epochs=args.epochs,
         max_steps=args.max_steps,
         eval_every=args.eval_every,
-        sharding=args.flat_sharding,
+        flat_sharding=args.flat_sharding,
         seed=args.seed,
         skip_bad_rows=args.skip_bad_rows,
         progress=not args.no_progress,

@@ -41,7 +41,7 @@ class JobConfig:
     epochs: int = 1
     max_steps: int = 0  # 0: run ``epochs`` full epochs
     eval_every: int = 0
-    sharding: str = "table_wise"  # flat models under torchrun
+    flat_sharding: str = "table_wise"  # the flat model's tables over all ranks (dmt.choices.FlatSharding)
     seed: int = 0
     towers: TowerSpec | None = None  # None: the flat model; else DMT over these towers
     comm: CommCompression | None = None  # compressed embedding comms (sharded runs only)
@@ -161,7 +161,7 @@ def _build(cfg: JobConfig, place: _Place):
         seed=cfg.seed,
         towers=cfg.towers,
         env=place.env,
-        flat_sharding=cfg.sharding,
+        flat_sharding=cfg.flat_sharding,
         comm=cfg.comm,
     )
     counter = _comm_counter(model, place.env) if place.env is not None else None
