@@ -5,15 +5,16 @@ contiguous per host), builds a Criteo-shaped torchrec DLRM (13 dense + F sparse 
 table each), shards it, runs one warm-up step and then counts one training step (forward,
 backward, optimizer step) with :class:`dmt.perf.comm_counter.CommCounter`. Rank 0 prints a markdown table of
 bytes per sample of the global batch, summed over all ranks, by collective, next to
-:func:`dmt.perf.comm_counter.analytic_flat` / :func:`dmt.perf.comm_counter.analytic_dmt`.
+:func:`dmt.perf.comm_model.analytic_flat` / :func:`dmt.perf.comm_model.analytic_dmt`.
 
 Usage, from the repository root:
     python -m benchmarks.bench_comm_bytes                      # 26 x dim 64, p=1, B=256, 2 x 2
     python -m benchmarks.bench_comm_bytes --dim 16 --batch-size 64 --json out.json
 
-DMT rows (identity towers and linear towers of c=4, one tower per host, TWRW inside a host) need
-``dmt.distributed.tower_sharding`` and ``dmt.transform``; without them they are skipped with the reason.
-:func:`build_dmt_model` is the one place that builds them.
+DMT rows: identity towers and linear towers of c=4, one tower per host, TWRW inside a host
+(:func:`tower_spec`). Every model is built by ``dmt.train.build.build_model``, the recipe
+``dmt train`` and ``dmt bench`` use; the analytic formulas take their sizes from
+``dmt.perf.bench_sizes.model_sizes``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import tempfile
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
 
 # Cases: name -> how the flat model is sharded, or a DMT tower config.
 FLAT_CASES = ("table_wise", "row_wise")
@@ -101,91 +100,47 @@ def model_config(cfg: BenchConfig):
 
 def make_batch(cfg: BenchConfig, rank: int, step: int):
     """This rank's batch: exactly ``pooling`` uniform ids per (sample, feature)."""
-    from torchrec.datasets.utils import Batch
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from dmt.data.random_batches import random_batch
 
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 1009 + step)
-    B, F, p = cfg.batch_size, cfg.num_features, cfg.pooling
-    return Batch(
-        dense_features=torch.rand(B, 13, generator=g),
-        sparse_features=KeyedJaggedTensor(
-            keys=[f"cat_{i}" for i in range(F)],
-            values=torch.randint(cfg.num_embeddings, (F * B * p,), generator=g),
-            lengths=torch.full((F * B,), p, dtype=torch.int32),
-        ),
-        labels=torch.randint(2, (B,), generator=g).float(),
+    features = model_config(cfg).sparse_features
+    return random_batch(
+        cfg.batch_size, cfg.num_embeddings, features=features, pooling=cfg.pooling, seed=cfg.seed, rank=rank, step=step
     )
 
 
-def build_flat_model(cfg: BenchConfig, env, sharding: str):
-    """The flat DLRM sharded ``sharding`` by DMP (dmt.distributed.flat.shard_flat), plus its optimizer."""
-    from dmt.distributed.flat import shard_flat
-    from dmt.model.flat import build_flat_model as build
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
-
-    mcfg = model_config(cfg)
-    model = build(mcfg, device="meta")
-    optim = OptimConfig(sparse="sgd", dense="sgd")
-    apply_sparse_optimizer(model, optim)
-    model = shard_flat(model, mcfg, env, sharding)
-    return model, build_optimizer(model, optim)
-
-
-@dataclass(frozen=True)
-class DmtBuild:
-    """What a DMT case needs: the model (called as ``loss, _ = model(batch)``), its optimizer, and
-    the shapes the analytic formula takes."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    tower_features: tuple[int, ...]  # F_t per tower
-    tower_output_dims: tuple[int, ...]  # O_t per tower, floats per sample
-    tower_params: int  # tower-module parameters summed over all towers (intra-host DDP)
-    dense_params: int  # everything else that is not a table (world DDP)
-    intra_sharding: str = "row_wise"  # how a host shards its towers' tables: see analytic_dmt
-
-
-def build_dmt_model(cfg: BenchConfig, env, tower_kind: str, compression: float) -> DmtBuild:
-    """HOOK for the DMT rows: the flat model transformed into one tower per host and sharded.
-
-    Features are dealt round-robin into ``hosts`` towers (tower h on host h); tables are sharded
-    table-row-wise inside each host (torchrec's TWRW, the analytic "row_wise"). Raises
-    NotImplementedError (the rows are skipped) while ``dmt.distributed.tower_sharding`` / ``dmt.transform`` are absent.
-    """
-    try:
-        from dmt.distributed.sharding_plan import find_tower_collection
-        from dmt.distributed.tower_sharding import shard
-        from dmt.model.dmt import tower_output_dims
-        from dmt.model.transform import transform
-    except ImportError as e:
-        raise NotImplementedError(f"dmt.sharding / dmt.transform not available ({e})") from None
-    from dmt.model.flat import build_flat_model as build
+def tower_spec(cfg: BenchConfig, tower_kind: str, compression: float):
+    """The DMT rows' towers: features dealt round-robin into one tower per host (tower h on host h),
+    tables sharded table-row-wise inside each host (torchrec's TWRW, the analytic "row_wise")."""
     from dmt.plan import TowerPlan
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+    from dmt.train.build import TowerSpec
     from towers import TowerModuleConfig
 
-    mcfg = model_config(cfg)
-    features = mcfg.sparse_features
+    features = model_config(cfg).sparse_features
     plan = TowerPlan.from_groups([features[h :: cfg.hosts] for h in range(cfg.hosts)], num_hosts=cfg.hosts)
-    model = transform(
-        build(mcfg, device="meta"), plan, tower_module=TowerModuleConfig(kind=tower_kind, compression=compression)
-    )
-    fqn, collection = find_tower_collection(model)
-    tower_features = tuple(len(t.features) for t in plan.towers)
-    tower_outputs = tower_output_dims(collection)
-    tower_params = sum(p.numel() for t in collection.towers for p in t.interaction.parameters())
-    dense_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}."))
-    optim = OptimConfig(sparse="sgd", dense="sgd")
-    apply_sparse_optimizer(model, optim)
-    sharded = shard(model, plan, env, sharding="table_row_wise")
-    return DmtBuild(
-        model=sharded,
-        optimizer=build_optimizer(sharded, optim),
-        tower_features=tower_features,
-        tower_output_dims=tower_outputs,
-        tower_params=tower_params,
-        dense_params=dense_params,
-        intra_sharding="row_wise",
+    module = TowerModuleConfig(kind=tower_kind, compression=compression)
+    return TowerSpec(plan=plan, module=module, sharding="table_row_wise")
+
+
+def _optim():
+    """Plain SGD everywhere: no optimizer state to move, and bytes do not depend on it."""
+    from dmt.train.optim import OptimConfig  # workers import torchrec, the parent need not
+
+    return OptimConfig(sparse="sgd", dense="sgd")
+
+
+def build_sharded(cfg: BenchConfig, env, towers=None, flat_sharding: str = "table_wise"):
+    """The flat DLRM sharded ``flat_sharding`` by DMP (``towers`` None) or its DMT transform over
+    ``towers``, with plain SGD (``dmt.train.build``; tables initialised by torchrec, shard by shard)."""
+    from dmt.train.build import build_model
+
+    return build_model(
+        model_config(cfg),
+        _optim(),
+        seed=cfg.seed,
+        towers=towers,
+        env=env,
+        flat_sharding=flat_sharding,
+        table_init="local",
     )
 
 
@@ -208,13 +163,6 @@ def _count_step(model, optimizer, cfg: BenchConfig, topology, rank: int) -> dict
     return {"stats": [(asdict(k), asdict(s)) for k, s in total.stats.items()]}
 
 
-def _dense_params(cfg: BenchConfig) -> int:
-    from dmt.model.flat import build_flat_model as build
-
-    model = build(model_config(cfg), device="meta")
-    return sum(p.numel() for n, p in model.named_parameters() if "embedding_bag_collection" not in n)
-
-
 def _worker(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank),
@@ -230,30 +178,27 @@ def _worker(rank: int, cfg: BenchConfig, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from dmt.distributed.env import init_distributed
+    from dmt.perf.bench_sizes import model_sizes
 
     env = init_distributed("gloo")
-    results: dict = {"flat": {}, "dmt": {}, "skipped": {}}
+    results: dict = {"flat": {}, "dmt": {}}
     for sharding in FLAT_CASES:
-        torch.manual_seed(cfg.seed)
-        model, opt = build_flat_model(cfg, env, sharding)
+        model, opt = build_sharded(cfg, env, flat_sharding=sharding)
         results["flat"][sharding] = _count_step(model, opt, cfg, env.topology, rank)
     for kind, c in DMT_CASES:
-        name = f"dmt_{kind}_c{c:g}"
-        try:
-            built = build_dmt_model(cfg, env, kind, c)
-        except NotImplementedError as e:
-            results["skipped"][name] = str(e)
-            continue
-        results["dmt"][name] = {
-            **_count_step(built.model, built.optimizer, cfg, env.topology, rank),
-            "tower_features": list(built.tower_features),
-            "tower_outputs": list(built.tower_output_dims),
-            "tower_params": int(built.tower_params),
-            "dense_params": int(built.dense_params),
-            "intra_sharding": built.intra_sharding,
+        towers = tower_spec(cfg, kind, c)
+        model, opt = build_sharded(cfg, env, towers)
+        sizes = model_sizes(model_config(cfg), _optim(), towers, env.topology)
+        results["dmt"][f"dmt_{kind}_c{c:g}"] = {
+            **_count_step(model, opt, cfg, env.topology, rank),
+            "tower_features": list(sizes.tower_features),
+            "tower_outputs": list(sizes.tower_outputs),
+            "tower_params": sizes.tower_params,
+            "dense_params": sizes.dense_params,
+            "intra_sharding": sizes.intra_sharding,
         }
     if rank == 0:
-        results["dense_params"] = _dense_params(cfg)
+        results["dense_params"] = model_sizes(model_config(cfg), _optim()).dense_params
         Path(out_dir, "results.json").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()
@@ -367,8 +312,6 @@ def report(cfg: BenchConfig, results: dict) -> tuple[str, dict]:
         )
     for name, m, a in cases:
         text += ["", comparison_table(name, m, a)]
-    for name, why in results["skipped"].items():
-        text += ["", f"{name}: skipped: {why}"]
     data = {
         name: {
             "measured": [(asdict(k), asdict(s)) for k, s in m.stats.items()],

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from partitioner.errors import PartitionError, PartitionErrorReason
+from partitioner.refine import least_loaded
 
 
 def towers_per_host(num_towers: int, num_hosts: int) -> int:
@@ -26,7 +27,7 @@ def assign_hosts(
     num_hosts: int,
     host_memory_bytes: float | None = None,
 ) -> np.ndarray:
-    """LPT over towers: costliest first, to the least-loaded host that still has a free slot.
+    """LPT over towers: costliest first, to the least-loaded host that still has a free slot and room.
 
     Args:
         tower_cost: (K,) lookup cost per tower.
@@ -42,23 +43,15 @@ def assign_hosts(
     """
     cost = np.asarray(tower_cost, dtype=np.float64)
     mem = np.asarray(tower_memory, dtype=np.float64)
-    slots = towers_per_host(len(cost), num_hosts)
-    load, used, count = np.zeros(num_hosts), np.zeros(num_hosts), np.zeros(num_hosts, dtype=np.int64)
     cap = math.inf if host_memory_bytes is None else float(host_memory_bytes)
-    hosts = np.empty(len(cost), dtype=np.int64)
-    for t in np.argsort(-cost, kind="stable").tolist():
-        ok = (count < slots) & (used + mem[t] <= cap)
-        if not ok.any():
-            raise PartitionError(
-                f"tower {t} ({mem[t]:,.0f} bytes) fits on no host with a free slot "
-                f"(host memory {cap:,.0f} bytes); add hosts or host memory",
-                PartitionErrorReason.MEMORY,
-            )
-        key = np.where(ok, load, np.inf)
-        tied = np.flatnonzero(key == key.min())
-        h = int(tied[np.argmin(count[tied])])
-        hosts[t] = h
-        load[h] += cost[t]
-        used[h] += mem[t]
-        count[h] += 1
-    return hosts
+
+    def no_fit(t: int, _used: np.ndarray) -> PartitionError:
+        return PartitionError(
+            f"tower {t} ({mem[t]:,.0f} bytes) fits on no host with a free slot "
+            f"(host memory {cap:,.0f} bytes); add hosts or host memory",
+            PartitionErrorReason.MEMORY,
+        )
+
+    order = np.argsort(-cost, kind="stable")
+    slots = towers_per_host(len(cost), num_hosts)
+    return least_loaded(cost, mem, num_hosts, order, max_memory=cap, max_count=slots, no_fit=no_fit)

@@ -1,6 +1,6 @@
 """The probe: a flat DLRM trained briefly on the data, only to learn how features interact.
 
-It is dmt's flat model (``build_flat_model``: torchrec ``DLRM`` with the pairwise dot interaction)
+It is dmt's flat model (``dmt.build_model``: torchrec ``DLRM`` with the pairwise dot interaction)
 with dmt's optimizers (row-wise Adagrad in backward for the tables, here Adam for the dense part)
 and batches, in one process. What differs from a model trained for accuracy, and why:
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmt import DmtError, ModelConfig, OptimConfig, apply_sparse_optimizer, build_flat_model, build_optimizer
+from dmt import DmtError, ModelConfig, OptimConfig, apply_sparse_optimizer, build_model, build_optimizer
 from dmt.data import SPARSE_NAMES, CriteoArrays, iter_batches
 
 
@@ -156,8 +156,9 @@ def _forever(arrays: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> It
         epoch += 1
 
 
-def evaluate(model: torch.nn.Module, holdout: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> dict:
-    """Log loss and AUC of the probe over ``holdout``."""
+def heldout_metrics(model: torch.nn.Module, holdout: CriteoArrays, cfg: ProbeConfig, sizes: Sequence[int]) -> dict:
+    """Log loss and AUC of the probe over ``holdout`` (one process: not ``dmt.train.loop.evaluate``,
+    which gathers over ranks and reports NE too)."""
     from sklearn.metrics import roc_auc_score
 
     losses, logits, labels = [], [], []
@@ -176,6 +177,35 @@ def evaluate(model: torch.nn.Module, holdout: CriteoArrays, cfg: ProbeConfig, si
     return {"loss": sum(losses) / len(y), "auc": auc}
 
 
+def build_probe(sizes: Sequence[int], cfg: ProbeConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The probe and its optimizer: dmt's recipe for a seeded flat DLRM in one process
+    (``dmt.build_model``), then the one step dmt has no model option for (see the module docstring).
+
+    The step swaps torchrec's MLP over-arch for a linear one (FwFM, Pan et al. 2018: the logit is
+    ``w . [dense, z] + b``, so pair (i, j) adds exactly ``w_ij z_ij``; an MLP mixes pairs, which
+    makes attributions noisier and the probe slower) and re-draws the tables in
+    +-``cfg.init_scale``. The optimizer is then built again, over the new over-arch; the tables
+    step inside backward, as in sharded dmt training.
+    """
+    num, d = len(sizes), cfg.embedding_dim
+    mcfg = ModelConfig(
+        arch="dlrm",
+        embedding_dim=d,
+        num_embeddings=tuple(sizes),
+        sparse_features=tuple(SPARSE_NAMES[:num]),
+        dense_arch=(64, d),
+        over_arch=(2, 1),  # replaced below
+    )
+    ocfg = OptimConfig(sparse="rowwise_adagrad", sparse_lr=cfg.lr, dense="adam", dense_lr=cfg.dense_lr)
+    model, _ = build_model(mcfg, ocfg, seed=cfg.seed, towers=None)  # its optimizer predates the swap
+    model.model.over_arch = torch.nn.Linear(d + num * (num + 1) // 2, 1)
+    with torch.no_grad():
+        for table in model.model.sparse_arch.embedding_bag_collection.embedding_bags.values():
+            table.weight.uniform_(-cfg.init_scale, cfg.init_scale)
+    apply_sparse_optimizer(model, ocfg)
+    return model, build_optimizer(model, ocfg)
+
+
 def train_probe(
     train: CriteoArrays, holdout: CriteoArrays, sizes: Sequence[int], cfg: ProbeConfig, progress: bool = True
 ) -> tuple[torch.nn.Module, dict]:
@@ -190,33 +220,12 @@ def train_probe(
     Returns:
         The probe (best weights) and a summary: steps run, best step, held-out AUC and loss.
     """
-    torch.manual_seed(cfg.seed)
-    num = len(sizes)
-    d = cfg.embedding_dim
-    mcfg = ModelConfig(
-        arch="dlrm",
-        embedding_dim=d,
-        num_embeddings=tuple(sizes),
-        sparse_features=tuple(SPARSE_NAMES[:num]),
-        dense_arch=(64, d),
-        over_arch=(2, 1),
-    )
-    model = build_flat_model(mcfg)
-    # A linear over-arch (FwFM, Pan et al. 2018): the logit is w . [dense, z] + b, so pair (i, j)
-    # adds exactly w_ij z_ij. torchrec's OverArch must be an MLP, which mixes pairs: attributions
-    # get noisier and the probe learns slower.
-    model.model.over_arch = torch.nn.Linear(d + num * (num + 1) // 2, 1)
-    with torch.no_grad():
-        for table in model.model.sparse_arch.embedding_bag_collection.embedding_bags.values():
-            table.weight.uniform_(-cfg.init_scale, cfg.init_scale)
-    ocfg = OptimConfig(sparse="rowwise_adagrad", sparse_lr=cfg.lr, dense="adam", dense_lr=cfg.dense_lr)
-    apply_sparse_optimizer(model, ocfg)  # embeddings step inside backward, as in dmt training
-    optimizer = build_optimizer(model, ocfg)
+    model, optimizer = build_probe(sizes, cfg)
     batches = _forever(train, cfg, sizes)
     # At least four evaluations per pass over the data: small data is learnt (and then
     # memorised) within one pass, and the best moment must not fall between two evaluations.
     eval_every = max(1, min(cfg.eval_every, len(train) // cfg.batch_size // 4))
-    initial = evaluate(model, holdout, cfg, sizes)
+    initial = heldout_metrics(model, holdout, cfg, sizes)
     best = {**initial, "step": 0, "state": _snapshot(model)}
     stale, step = 0, 0
     model.train()
@@ -232,7 +241,7 @@ def train_probe(
                 raise DmtError(f"the probe diverged (loss {loss} at step {step}); lower the probe lr")
             if step % eval_every and step != cfg.steps:
                 continue
-            val = evaluate(model, holdout, cfg, sizes)
+            val = heldout_metrics(model, holdout, cfg, sizes)
             bar.set_postfix(train_loss=f"{loss:.4f}", heldout_auc=f"{val['auc']:.4f}")
             if val["auc"] > best["auc"] + 1e-4:
                 best, stale = {**val, "step": step, "state": _snapshot(model)}, 0

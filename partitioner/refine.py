@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,27 +97,63 @@ def lpt_assign(cons: Constraints, order: np.ndarray | None = None) -> np.ndarray
     Raises:
         PartitionError: MEMORY if some feature fits in no tower.
     """
-    k = cons.num_towers
     if order is None:
         order = np.argsort(-cons.cost, kind="stable")
-    load, mem, count = np.zeros(k), np.zeros(k), np.zeros(k, dtype=np.int64)
-    labels = np.empty(len(cons.cost), dtype=np.int64)
+
+    def no_fit(i: int, used: np.ndarray) -> PartitionError:
+        return PartitionError(
+            f"feature #{i} ({cons.memory[i]:,.0f} bytes) fits in no tower: the emptiest has "
+            f"{cons.max_memory - used.min():,.0f} bytes left; add hosts or host memory",
+            PartitionErrorReason.MEMORY,
+        )
+
+    return least_loaded(cons.cost, cons.memory, cons.num_towers, order, max_memory=cons.max_memory, no_fit=no_fit)
+
+
+def least_loaded(
+    cost: np.ndarray,
+    memory: np.ndarray,
+    num_bins: int,
+    order: np.ndarray,
+    *,
+    max_memory: float = math.inf,
+    max_count: float = math.inf,
+    no_fit: Callable[[int, np.ndarray], PartitionError],
+) -> np.ndarray:
+    """List scheduling: each item in ``order`` to the least-loaded bin it fits, ties to fewer items.
+
+    The one greedy behind :func:`lpt_assign` (features -> towers) and
+    :func:`partitioner.hosts.assign_hosts` (towers -> hosts).
+
+    Args:
+        cost: (N,) load of every item.
+        memory: (N,) bytes of every item.
+        num_bins: B.
+        order: the items to place, in placement order.
+        max_memory: bytes a bin holds at most.
+        max_count: items a bin holds at most.
+        no_fit: the error to raise for item ``i`` that fits in no bin, given the bins' (B,) bytes used.
+
+    Returns:
+        (N,) bin of every item (placed items only; others are undefined).
+
+    Raises:
+        PartitionError: ``no_fit``'s.
+    """
+    load, used, count = np.zeros(num_bins), np.zeros(num_bins), np.zeros(num_bins, dtype=np.int64)
+    bins = np.empty(len(cost), dtype=np.int64)
     for i in order.tolist():
-        fits = mem + cons.memory[i] <= cons.max_memory
+        fits = (count < max_count) & (used + memory[i] <= max_memory)
         if not fits.any():
-            raise PartitionError(
-                f"feature #{i} ({cons.memory[i]:,.0f} bytes) fits in no tower: the emptiest has "
-                f"{cons.max_memory - mem.min():,.0f} bytes left; add hosts or host memory",
-                PartitionErrorReason.MEMORY,
-            )
+            raise no_fit(i, used)
         key = np.where(fits, load, np.inf)
         tied = np.flatnonzero(key == key.min())
-        t = int(tied[np.argmin(count[tied])])
-        labels[i] = t
-        load[t] += cons.cost[i]
-        mem[t] += cons.memory[i]
-        count[t] += 1
-    return labels
+        b = int(tied[np.argmin(count[tied])])
+        bins[i] = b
+        load[b] += cost[i]
+        used[b] += memory[i]
+        count[b] += 1
+    return bins
 
 
 def objective(graph: sp.csr_array, labels: np.ndarray, num_towers: int, resolution: float) -> float:

@@ -5,7 +5,7 @@ Example:
     >>> from partitioner import FeatureRepresentation, TowerPartitioner
     >>> w = np.array([[0, 9, 1, 0], [9, 0, 0, 1], [1, 0, 0, 9], [0, 1, 9, 0]], float)
     >>> tp = TowerPartitioner(2, random_state=0).fit(FeatureRepresentation(names=tuple("abcd"), affinity=w))
-    >>> print(format_table(tp))  # doctest: +NORMALIZE_WHITESPACE
+    >>> print(format_tower_table(tp))  # doctest: +NORMALIZE_WHITESPACE
     tower    host  #features  cost share  memory  intra-tower affinity
     tower_0     0          2      50.0 %     0 B                45.0 %
     tower_1     0          2      50.0 %     0 B                45.0 %
@@ -31,7 +31,7 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def format_table(model) -> str:
+def format_tower_table(model) -> str:
     """One row per tower: host, #features, share of the lookup cost, memory, intra-tower affinity."""
     loads = model.tower_loads_
     total = float(loads.sum()) or 1.0
@@ -79,15 +79,28 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
 
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     from dmt.atomic import atomic_open
 
+    fig, (ax_m, ax_b) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.1, 1]})
+    _draw_affinity(fig, ax_m, model, rep)
+    _draw_loads(ax_b, model)
+    num, k = len(model.labels_), len(model.tower_loads_)
+    fig.suptitle(title or f"{model.plan_.method}: {num} features -> {k} towers on {model.plan_.num_hosts} hosts")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _draw_affinity(fig, ax_m, model, rep: FeatureRepresentation) -> None:
+    """Left panel: the affinity matrix, features ordered by tower, tower boundaries in white."""
     labels = model.labels_
     order = np.argsort(labels, kind="stable")
     num, k = len(labels), len(model.tower_loads_)
     graph = rep.affinity_graph()
-    fig, (ax_m, ax_b) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.1, 1]})
     if num <= 2000:
         mat = graph.toarray()[np.ix_(order, order)]
         im = ax_m.imshow(mat, cmap="viridis", interpolation="nearest")
@@ -107,6 +120,14 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
         ax_m.set_yticks(range(num), names, fontsize=7)
     ax_m.set_title(f"feature affinity ordered by tower ({k} towers; white lines = tower boundaries)")
 
+
+def _draw_loads(ax_b, model) -> None:
+    """Right panel: every tower's share of the lookup cost, coloured by host, with mean and cap."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    labels = model.labels_
+    k = len(model.tower_loads_)
     share = model.tower_loads_ / max(float(model.tower_loads_.sum()), 1e-300)
     hosts = model.tower_hosts_
     colors = plt.get_cmap("tab10")(hosts % 10)
@@ -129,10 +150,3 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
     )
     ax_b.set_ylim(0, 1.12 * max(cap, 100 * float(share.max())))
     ax_b.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8)
-    fig.suptitle(title or f"{model.plan_.method}: {num} features -> {k} towers on {model.plan_.num_hosts} hosts")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())

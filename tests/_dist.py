@@ -132,44 +132,10 @@ def run_distributed(
         )
         for rank in range(world_size)
     ]
-    old_omp = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # children inherit it before torch is imported
-    try:
-        for p in procs:
-            p.start()
-    finally:
-        if old_omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old_omp
+    _start_with_one_omp_thread(procs)
     outcome: dict[int, tuple[str, Any]] = {}
-    deadline = time.monotonic() + timeout
     try:
-        while len(outcome) < world_size:
-            try:
-                rank, status, value = results.get(timeout=0.5)
-                outcome[rank] = (status, value)
-                if status == "error":
-                    break  # the others are likely stuck in a collective with this rank
-                continue
-            except queue.Empty:
-                pass
-            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in outcome]
-            if dead:
-                time.sleep(0.5)  # let a last message arrive
-                while not results.empty():
-                    rank, status, value = results.get_nowait()
-                    outcome[rank] = (status, value)
-                dead = [r for r in dead if r not in outcome]
-                if dead:
-                    raise ChildError(
-                        "rank(s) died without reporting: "
-                        + ", ".join(f"{r} (exit code {procs[r].exitcode})" for r in dead)
-                    )
-            if time.monotonic() > deadline:
-                raise ChildError(
-                    f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}"
-                )
+        _collect(procs, results, outcome, timeout)
     finally:
         for p in procs:
             p.join(timeout=5 if len(outcome) == world_size else 0.1)
@@ -182,6 +148,51 @@ def run_distributed(
         first = min(errors)
         raise ChildError(f"rank {first} failed:\n{errors[first]}")
     return [outcome[r][1] for r in range(world_size)]
+
+
+def _start_with_one_omp_thread(procs: list[Any]) -> None:
+    """Start the children with OMP_NUM_THREADS=1 (they inherit it before torch is imported)."""
+    old_omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        if old_omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_omp
+
+
+def _collect(procs: list[Any], results: Any, outcome: dict[int, tuple[str, Any]], timeout: float) -> None:
+    """Fill ``outcome`` (rank -> (status, value)) until every rank reported or one failed.
+
+    Raises:
+        ChildError: a rank died without reporting, or ``timeout`` seconds passed.
+    """
+    deadline = time.monotonic() + timeout
+    while len(outcome) < len(procs):
+        try:
+            rank, status, value = results.get(timeout=0.5)
+            outcome[rank] = (status, value)
+            if status == "error":
+                return  # the others are likely stuck in a collective with this rank
+            continue
+        except queue.Empty:
+            pass
+        dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in outcome]
+        if dead:
+            time.sleep(0.5)  # let a last message arrive
+            while not results.empty():
+                rank, status, value = results.get_nowait()
+                outcome[rank] = (status, value)
+            dead = [r for r in dead if r not in outcome]
+            if dead:
+                raise ChildError(
+                    "rank(s) died without reporting: " + ", ".join(f"{r} (exit code {procs[r].exitcode})" for r in dead)
+                )
+        if time.monotonic() > deadline:
+            raise ChildError(f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}")
 
 
 # --------------------------------------------------------------------------- synthetic inputs
@@ -199,29 +210,18 @@ def make_batch(
     """Samples ``start:stop`` of a deterministic random global batch of ``batch_size`` samples.
 
     Every sample has 0..``max_ids`` ids per feature (empty bags included), dense features in [0, 1)
-    and a 0/1 label. Slicing the same global batch per rank gives each rank its share of exactly
-    the samples an unsharded run sees.
+    and a 0/1 label: :func:`dmt.data.random_batch`, in the argument order the parity tests use.
+    Slicing the same global batch per rank gives each rank its share of exactly the samples an
+    unsharded run sees.
     """
-    from torchrec.datasets.utils import Batch
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from dmt.data.random_batches import random_batch
 
-    stop = batch_size if stop is None else stop
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, max_ids + 1, (len(features), batch_size), generator=g)
-    values, local_lengths = [], []
-    for f, n in enumerate(num_embeddings):
-        ids = torch.randint(0, n, (int(lengths[f].sum()),), generator=g)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths[f].cumsum(0)])
-        values.append(ids[offsets[start] : offsets[stop]])
-        local_lengths.append(lengths[f, start:stop])
-    dense = torch.rand(batch_size, num_dense, generator=g)
-    labels = torch.randint(0, 2, (batch_size,), generator=g)
-    return Batch(
-        dense_features=dense[start:stop],
-        sparse_features=KeyedJaggedTensor(
-            keys=list(features),
-            values=torch.cat(values),
-            lengths=torch.cat(local_lengths).to(torch.int32),
-        ),
-        labels=labels[start:stop],
+    return random_batch(
+        batch_size,
+        num_embeddings,
+        features=features,
+        num_dense=num_dense,
+        pooling=range(max_ids + 1),
+        seed=seed,
+        samples=slice(start, stop),
     )

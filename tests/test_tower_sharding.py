@@ -13,7 +13,9 @@ import traceback
 
 import pytest
 import torch
-from _dist import make_batch, run_distributed
+from _dist import run_distributed
+
+from dmt.data import random_batch
 
 FEATURES = tuple(f"f{i}" for i in range(6))
 ROWS = (40, 30, 52, 20, 40, 30)
@@ -37,10 +39,9 @@ def _plan(groups_hosts, num_hosts):
     )
 
 
-def _batch(rank, world, seed, local=LOCAL_BATCH):
-    if rank is None:
-        return make_batch(FEATURES, ROWS, NUM_DENSE, local * world, seed=seed)
-    return make_batch(FEATURES, ROWS, NUM_DENSE, local * world, seed=seed, start=rank * local, stop=(rank + 1) * local)
+def _batch(rank, world, seed, local=LOCAL_BATCH):  # rank's share of the global batch (None: all of it)
+    share = slice(None) if rank is None else slice(rank * local, (rank + 1) * local)
+    return random_batch(local * world, ROWS, features=FEATURES, pooling=range(4), seed=seed, samples=share)
 
 
 def _flat(arch, seed=0):

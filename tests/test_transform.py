@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _dist import make_batch
 from torchrec.models.dlrm import DLRMTrain
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
+from dmt.data import random_batch
 from dmt.errors import DmtError
 from dmt.model.dmt import DMTModel, DMTTrain, index_to_blocks, permute_columns
 from dmt.model.flat import ModelConfig, build_flat_model
@@ -34,7 +34,7 @@ def _flat(arch: str = "dlrm", seed: int = 0, device=None) -> DLRMTrain:
 
 
 def _batch(seed: int = 1, batch_size: int = 16):
-    return make_batch(FEATURES, ROWS, 13, batch_size, seed=seed)
+    return random_batch(batch_size, ROWS, features=FEATURES, pooling=range(4), seed=seed)  # 0..3 ids per bag
 
 
 @pytest.mark.parametrize("arch", ["dlrm", "dlrm_dcn"])

@@ -25,12 +25,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and print step time, samples/s and cross-/intra-host bytes per sample side by side, with the "
         "DMT/flat ratios. A step is forward + backward (fused sparse optimizer) + dense optimizer step.",
     )
+    _add_model_arguments(p)
+    _add_tower_arguments(p)
+    _add_run_arguments(p)
+    _add_topology_arguments(p)
+    p.add_argument("--out", help="write every figure to this JSON file")
+    p.add_argument("--tf32", action="store_true", help="CUDA matmuls in TF32 (tensor cores)")
+    p.add_argument("--profile", metavar="DIR", help="also profile 5 steps per variant (torch.profiler) into DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model (26 Criteo-shaped tables)")
     model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
     model.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
     model.add_argument("--embedding-dim", type=int, default=64, help="(64)")
     model.add_argument("--batch-size", type=int, default=1024, help="per rank (1024; e.g. 8192 on GPU)")
     model.add_argument("--pooling", type=int, default=1, help="ids per sample and feature (1)")
+
+
+def _add_tower_arguments(p: argparse.ArgumentParser) -> None:
     tw = p.add_argument_group("towers (DMT)")
     plan = tw.add_mutually_exclusive_group()
     plan.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`)")
@@ -43,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tw.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4; 1 for identity)")
     add_tower_sharding_argument(tw)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what to run")
     what.add_argument(
         "--variants",
@@ -67,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     what.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
     what.add_argument("--seed", type=int, default=0)
+
+
+def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
     topo = p.add_argument_group("distribution")
     topo.add_argument("--hosts", type=int, default=2, help="emulated hosts on this machine (2)")
     topo.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
@@ -81,11 +102,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
         "link, e.g. 1gbit,0.5ms (see dmt/netns.py)",
     )
-    p.add_argument("--out", help="write every figure to this JSON file")
-    p.add_argument("--tf32", action="store_true", help="CUDA matmuls in TF32 (tensor cores)")
-    p.add_argument("--profile", metavar="DIR", help="also profile 5 steps per variant (torch.profiler) into DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_command)
 
 
 def comm_compression(spec: str | None):

@@ -1,4 +1,5 @@
-"""Criteo-format data: a vectorised TSV reader and a synthetic generator with planted groups."""
+"""Criteo-format data: a vectorised TSV reader, a synthetic generator with planted groups, and
+random batches (benchmarks, tests)."""
 
 from dmt.data.batching import iter_batches, num_global_batches
 from dmt.data.criteo import (
@@ -11,6 +12,7 @@ from dmt.data.criteo import (
     iter_criteo_chunks,
     read_criteo,
 )
+from dmt.data.random_batches import random_batch
 from dmt.data.synthetic import SyntheticSpec, generate_criteo
 
 __all__ = [
@@ -25,5 +27,6 @@ __all__ = [
     "iter_batches",
     "iter_criteo_chunks",
     "num_global_batches",
+    "random_batch",
     "read_criteo",
 ]

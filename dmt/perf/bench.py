@@ -34,9 +34,11 @@ import torch
 import torch.distributed as dist
 
 from dmt.atomic import atomic_write_text
+from dmt.data.random_batches import random_batch
 from dmt.distributed.qcomm import CommCompression
 from dmt.errors import DmtError
-from dmt.plan import TowerPlan
+from dmt.perf.bench_sizes import ModelSizes, model_sizes
+from dmt.plan import TowerPlan, contiguous_sizes
 from dmt.train.optim import OptimConfig
 
 # "+comm": the same variant with --comm-compression on its embedding exchange (dmt.distributed.qcomm).
@@ -100,8 +102,7 @@ def contiguous_plan(num_towers: int, num_hosts: int) -> TowerPlan:
     """
     if not 1 <= num_towers <= NUM_TABLES:
         raise DmtError(f"--towers={num_towers} must be between 1 and {NUM_TABLES} (one feature per tower at most)")
-    size, extra = divmod(NUM_TABLES, num_towers)
-    bounds = list(itertools.accumulate([0] + [size + (i < extra) for i in range(num_towers)]))
+    bounds = itertools.accumulate(contiguous_sizes(NUM_TABLES, num_towers), initial=0)
     groups = [FEATURES[a:b] for a, b in itertools.pairwise(bounds)]
     return TowerPlan.from_groups(groups, num_hosts=num_hosts, method="contiguous")
 
@@ -120,130 +121,53 @@ def model_config(cfg: BenchConfig):
     )
 
 
-@dataclass
-class Built:
-    """One variant, sharded, with the sizes the analytic byte model needs."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    dense_params: int  # replicated over the world (world DDP)
-    tower_params: int = 0  # tower modules, replicated per host (intra-host DDP)
-    tower_features: tuple[int, ...] = ()
-    tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
-    intra_sharding: str | None = None  # the analytic model's name, when every tower uses one type
-
-
-def build_variant(name: str, cfg: BenchConfig, env) -> Built:
-    """Build, shard and equip with optimizers the ``name`` variant; collective (every rank)."""
-    torch.manual_seed(cfg.seed)  # same dense init for every variant
-    comm = cfg.comm if name.endswith("+comm") else None
-    if name.startswith("flat"):
-        return _build_flat(cfg, env, comm)
-    return _build_towers(cfg, env, stock=name == "stock", comm=comm)
-
-
-def _build_flat(cfg: BenchConfig, env, comm: CommCompression | None = None) -> Built:
-    from dmt.distributed.flat import shard_flat
-    from dmt.model.flat import build_flat_model
-    from dmt.train.optim import apply_sparse_optimizer, build_optimizer
-
-    mcfg = model_config(cfg)
-    model = build_flat_model(mcfg, device="meta")  # tables on meta: DMP materialises the local shards
-    dense = sum(p.numel() for n, p in model.named_parameters() if "embedding_bag_collection" not in n)
-    apply_sparse_optimizer(model, cfg.optim)
-    sharded = shard_flat(model, mcfg, env, cfg.flat_sharding, comm_compression=comm)
-    return Built(model=sharded, optimizer=build_optimizer(sharded, cfg.optim), dense_params=dense)
-
-
-def _build_towers(cfg: BenchConfig, env, *, stock: bool, comm: CommCompression | None = None) -> Built:
-    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection
-    from dmt.distributed.tower_sharding import shard
-    from dmt.model.dmt import tower_output_dims
-    from dmt.model.flat import build_flat_model
-    from dmt.model.transform import transform
-    from dmt.train.optim import apply_sparse_optimizer, build_optimizer
+def tower_spec(cfg: BenchConfig):
+    """The :class:`dmt.train.build.TowerSpec` of the DMT variants."""
+    from dmt.train.build import TowerSpec
     from towers import TowerModuleConfig
 
     try:
         module = TowerModuleConfig(kind=cfg.tower_module, compression=cfg.compression)
     except ValueError as e:
         raise DmtError(f"bad tower module: {e}") from None
-    model = transform(build_flat_model(model_config(cfg), device="meta"), cfg.plan, tower_module=module)
-    fqn, collection = find_tower_collection(model)
-    sizes = dict(
-        dense_params=sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}.")),
-        tower_params=sum(p.numel() for t in collection.towers for p in t.interaction.parameters()),
-        tower_features=tuple(len(t.features) for t in cfg.plan.towers),
-        tower_outputs=tower_output_dims(collection),
-    )
-    apply_sparse_optimizer(model, cfg.optim)
-    # The plan both shardings follow (pure: read before torchrec consumes and rewrites it).
-    plan = build_sharding_plan(model, cfg.plan, env.topology, sharding=cfg.tower_sharding, device_type=env.device.type)
-    if stock:
-        sharded = _shard_stock(model, plan, env)
-    else:
-        sharded = shard(model, cfg.plan, env, sharding=cfg.tower_sharding, comm_compression=comm)
-    return Built(
-        model=sharded, optimizer=build_optimizer(sharded, cfg.optim), intra_sharding=_intra_sharding(plan), **sizes
-    )
+    return TowerSpec(plan=cfg.plan, module=module, sharding=cfg.tower_sharding)
 
 
-def _shard_stock(model: torch.nn.Module, plan, env):
-    """torchrec's DMP + EmbeddingTowerCollectionSharder on the sharding plan dmt.shard would use.
+def build_variant(name: str, cfg: BenchConfig, env) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The ``name`` variant, sharded, and its optimizer (``dmt.train.build``); collective (every rank).
 
-    Only what it cannot run without is added: on CPU its intra-host DDP rejects CPU
-    ``device_ids`` (the swap of ``dmt.distributed.tower_sharding``), and its process groups need torchrec's
-    host-size variables pinned. torchrec mutates the plan, so it gets a copy.
+    Every variant starts from the same seed. Tables stay on the meta device until torchrec
+    initialises each rank's own shards: no rank ever holds a full copy of the (large) tables.
     """
-    import contextlib
-    import copy
+    from dmt.train.build import build_model
 
-    from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder
-    from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.types import ShardingEnv
-
-    from dmt.distributed import torchrec_fixes as ds
-
-    ds.tower_process_groups(env.topology, env.device)
-    cpu_fix = ds.safe_tower_sharding() if env.device.type == "cpu" else contextlib.nullcontext()
-    with cpu_fix, ds.torchrec_host_size(env.topology.local_world_size):
-        return DistributedModelParallel(
-            module=model,
-            env=ShardingEnv.from_process_group(dist.group.WORLD),
-            device=env.device,
-            plan=copy.deepcopy(plan),
-            sharders=[EmbeddingTowerCollectionSharder()],
-        )
+    return build_model(
+        model_config(cfg),
+        cfg.optim,
+        seed=cfg.seed,
+        towers=None if name.startswith("flat") else tower_spec(cfg),
+        env=env,
+        flat_sharding=cfg.flat_sharding,
+        comm=cfg.comm if name.endswith("+comm") else None,
+        table_init="local",
+        tower_sharder="stock" if name == "stock" else "dmt",
+    )
 
 
-def _intra_sharding(plan) -> str | None:
-    """The analytic model's name for the tower tables' sharding, when all tables share one type."""
-    kinds = {ps.sharding_type for module_plan in plan.plan.values() for ps in module_plan.values()}
-    names = {"table_row_wise": "row_wise", "table_column_wise": "column_wise", "table_wise": "table_wise"}
-    return names.get(kinds.pop()) if len(kinds) == 1 else None
+def variant_sizes(name: str, cfg: BenchConfig, env) -> ModelSizes:
+    """The sizes of the ``name`` variant that :func:`analytic` needs (from a meta model, no comms)."""
+    towers = None if name.startswith("flat") else tower_spec(cfg)
+    return model_sizes(model_config(cfg), cfg.optim, towers, env.topology, env.device.type)
 
 
-# -------------------------------------------------------------------------------------- batches
 def make_batches(cfg: BenchConfig, rank: int, count: int, device: torch.device) -> list:
     """``count`` random Criteo-shaped batches of this rank, on ``device``; identical for every variant."""
-    from torchrec.datasets.utils import Batch
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-    B, F, p = cfg.batch_size, NUM_TABLES, cfg.pooling
-    out = []
-    for i in range(count):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + i)
-        batch = Batch(
-            dense_features=torch.rand(B, 13, generator=g),
-            sparse_features=KeyedJaggedTensor(
-                keys=list(FEATURES),
-                values=torch.randint(cfg.num_embeddings, (F * B * p,), generator=g),
-                lengths=torch.full((F * B,), p, dtype=torch.int32),
-            ),
-            labels=torch.randint(2, (B,), generator=g).float(),
-        )
-        out.append(batch.to(device))
-    return out
+    return [
+        random_batch(
+            cfg.batch_size, cfg.num_embeddings, features=FEATURES, pooling=cfg.pooling, seed=cfg.seed, rank=rank, step=i
+        ).to(device)
+        for i in range(count)
+    ]
 
 
 # --------------------------------------------------------------------------------------- timing
@@ -303,17 +227,17 @@ def _end_step(clock: _Clock) -> None:
         clock.mark()
 
 
-def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
+def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
     """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
     from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks
 
-    register_ddp_counting_hooks(built.model)  # as training does: the hook runs in timed steps too
+    register_ddp_counting_hooks(model)  # as training does: the hook runs in timed steps too
     source = itertools.cycle(batches)
     clock = _Clock(env.device)
     if cfg.pipeline:
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-        pipeline = TrainPipelineSparseDist(built.model, built.optimizer, env.device)
+        pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
 
         def one(timed: bool) -> None:
             pipeline.progress(source)
@@ -321,15 +245,15 @@ def run_variant(name: str, built: Built, cfg: BenchConfig, env, batches: list, *
                 _mark(clock if clock.cuda else None)
                 _end_step(clock)
     else:
-        timed_step = _plain_step(built.model, built.optimizer, clock)
-        step = _plain_step(built.model, built.optimizer, None)
+        timed_step = _plain_step(model, optimizer, clock)
+        step = _plain_step(model, optimizer, None)
 
         def one(timed: bool) -> None:
             (timed_step if timed else step)(next(source))
             if timed:
                 _end_step(clock)
 
-    built.model.train()
+    model.train()
     for _ in range(cfg.warmup):
         one(False)
         bar.update(1)
@@ -417,7 +341,7 @@ def _quantile(xs: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- analytic
-def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None:
+def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict | None:
     """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model."""
     from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 
@@ -432,18 +356,18 @@ def analytic(built: Built, name: str, cfg: BenchConfig, topology) -> dict | None
     if name.startswith("flat"):
         if cfg.flat_sharding not in ("table_wise", "row_wise"):
             return None
-        total = analytic_flat(shape, cfg.flat_sharding, dense_params=built.dense_params).total()
+        total = analytic_flat(shape, cfg.flat_sharding, dense_params=sizes.dense_params).total()
         return {"cross_host": total.cross_host, "intra_host": total.intra_host}
     total = analytic_dmt(
         shape,
-        built.tower_features,
-        built.tower_outputs,
-        intra_sharding=built.intra_sharding or "row_wise",
-        dense_params=built.dense_params,
-        tower_params=built.tower_params,
+        sizes.tower_features,
+        sizes.tower_outputs,
+        intra_sharding=sizes.intra_sharding or "row_wise",
+        dense_params=sizes.dense_params,
+        tower_params=sizes.tower_params,
     ).total()
     # Cross-host bytes do not depend on how a host shards its tables; intra-host bytes do.
-    return {"cross_host": total.cross_host, "intra_host": total.intra_host if built.intra_sharding else None}
+    return {"cross_host": total.cross_host, "intra_host": total.intra_host if sizes.intra_sharding else None}
 
 
 # ------------------------------------------------------------------------------------------ job
@@ -465,19 +389,20 @@ def run_bench(cfg: BenchConfig) -> dict:
     results: dict = {}
     for name in cfg.variants:
         bar.set_description(name)
-        built = build_variant(name, cfg, env)
+        sizes = variant_sizes(name, cfg, env)
+        model, optimizer = build_variant(name, cfg, env)
         results[name] = {
-            **run_variant(name, built, cfg, env, batches, bar=bar),
-            "analytic": analytic(built, name, cfg, topo),
-            "dense_params": built.dense_params,
-            "tower_params": built.tower_params,
+            **run_variant(name, model, optimizer, cfg, env, batches, bar=bar),
+            "analytic": analytic(sizes, name, cfg, topo),
+            "dense_params": sizes.dense_params,
+            "tower_params": sizes.tower_params,
         }
-        del built
+        del model, optimizer
         _release(env.device)
     bar.close()
     report = _report(cfg, env, results)
     if env.is_main:
-        print(format_table(report), flush=True)
+        print(format_bench_table(report), flush=True)
         if cfg.out:
             atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
     dist.barrier()  # leave together (see dmt.train.job)
@@ -529,7 +454,7 @@ def _torchrec_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------- table
-def format_table(report: dict) -> str:
+def format_bench_table(report: dict) -> str:
     """The printed comparison: one row per variant, then one ratio row per non-flat variant."""
     cfg = report["config"]
     head = (

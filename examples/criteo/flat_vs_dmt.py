@@ -64,43 +64,46 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- steps 3-7: every rank
-def run_rank(args: argparse.Namespace) -> None:
-    from dmt import shard, transform
+def rank_batches(rows, batch_size: int, num_embeddings, env, *, shuffle: bool):
+    """This rank's ``batch_size`` rows of every global batch of ``rows`` (what `dmt train` feeds a rank)."""
     from dmt.data.batching import iter_batches
+
+    topo = env.topology
+    return iter_batches(
+        rows,
+        batch_size=batch_size,
+        num_embeddings=num_embeddings,
+        rank=topo.rank,
+        world_size=topo.world_size,
+        shuffle=shuffle,
+        seed=0,
+    )
+
+
+def run_rank(args: argparse.Namespace) -> None:
+    from dmt import ModelConfig, OptimConfig, TowerPlan, TowerSpec, build_model
     from dmt.data.criteo import read_criteo
     from dmt.distributed.env import init_distributed
-    from dmt.distributed.flat import shard_flat
-    from dmt.model.flat import ModelConfig, build_flat_model
-    from dmt.plan import TowerPlan
     from dmt.quiet import quiet_third_party
     from dmt.train.job import split_train_eval
     from dmt.train.loop import LoopConfig, train
-    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
     from dmt.train.report import write_report
     from towers import TowerModuleConfig
 
     quiet_third_party()
     env = init_distributed()
-    rank, world = env.topology.rank, env.topology.world_size
+    world = env.topology.world_size
     model_cfg, optim_cfg = ModelConfig.preset("small"), OptimConfig()
     train_rows, eval_rows = split_train_eval(read_criteo(args.data, progress=False)[0], 0.2)
 
-    def batches(rows, shuffle: bool):
-        return iter_batches(
-            rows,
-            batch_size=args.batch_size,
-            num_embeddings=model_cfg.num_embeddings,
-            rank=rank,
-            world_size=world,
-            shuffle=shuffle,
-            seed=0,
-        )
+    def batches(rows, shuffle: bool):  # this rank's share of every global batch
+        return rank_batches(rows, args.batch_size, model_cfg.num_embeddings, env, shuffle=shuffle)
 
-    def fit(model) -> dict:  # 6. train one epoch, then 7. evaluate on the held-out rows
+    def fit(model, optimizer) -> dict:  # 6. train one epoch, then 7. evaluate on the held-out rows
         steps = len(train_rows) // (args.batch_size * world)
         result = train(
             model,
-            build_optimizer(model, optim_cfg),
+            optimizer,
             batches(train_rows, True),
             lambda: batches(eval_rows, False),
             LoopConfig(steps=steps, progress=env.is_main),
@@ -115,21 +118,17 @@ def run_rank(args: argparse.Namespace) -> None:
             "samples_per_s": result.steps * args.batch_size * world / result.train_seconds,
         }
 
-    # 3. the flat model: torchrec's DLRM over one global EmbeddingBagCollection, sharded table-wise
-    torch.manual_seed(0)
-    flat = build_flat_model(model_cfg)
-    apply_sparse_optimizer(flat, optim_cfg)
-    runs = {"flat": fit(shard_flat(flat, model_cfg, env))}
+    # 3. the flat model: torchrec's DLRM over one global EmbeddingBagCollection, sharded table-wise.
+    #    build_model is `dmt train`'s recipe: the seeded flat model, its tables sharded by torchrec's
+    #    DMP (dmt.shard_flat) and loaded with the seeded weights, and its optimizers.
+    runs = {"flat": fit(*build_model(model_cfg, optim_cfg, seed=0, towers=None, env=env))}
 
-    # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host
-    torch.manual_seed(0)
-    plan = TowerPlan.from_json(args.plan)
-    dmt_model = transform(
-        build_flat_model(model_cfg), plan, tower_module=TowerModuleConfig(kind="linear", compression=args.compression)
-    )
-    # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers
-    apply_sparse_optimizer(dmt_model, optim_cfg)
-    runs[f"dmt linear c={args.compression:g}"] = fit(shard(dmt_model, plan, env))
+    # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host;
+    # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers.
+    #    With towers, build_model does both: dmt.transform of the same seeded flat model, then dmt.shard.
+    module = TowerModuleConfig(kind="linear", compression=args.compression)
+    towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module)
+    runs[f"dmt linear c={args.compression:g}"] = fit(*build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env))
 
     if env.is_main:  # the report: AUC, log loss, curves (bytes per sample: see `dmt train`)
         print(f"report: {write_report(runs, os.path.join(args.out, 'report'), title='flat vs DMT')}")
