@@ -110,7 +110,7 @@ def make_batch(cfg: BenchConfig, rank: int, step: int):
 
 def tower_spec(cfg: BenchConfig, tower_kind: str, compression: float):
     """The DMT rows' towers: features dealt round-robin into one tower per host (tower h on host h),
-    tables sharded table-row-wise inside each host (torchrec's TWRW, the analytic "row_wise")."""
+    tables sharded table-row-wise inside each host (TWRW)."""
     from dmt.plan import TowerPlan
     from dmt.train.build import TowerSpec
     from towers import TowerModuleConfig

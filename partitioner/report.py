@@ -80,7 +80,7 @@ def plot_partition(model, rep: FeatureRepresentation, path: str | os.PathLike[st
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
 
-    from dmt.atomic import atomic_open
+    from dmt import atomic_open
 
     fig, (ax_m, ax_b) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.1, 1]})
     _draw_affinity(fig, ax_m, model, rep)

@@ -290,7 +290,7 @@ def test_dmt_tower_ddp_is_found_and_cross_host_floats_match_analytic(runs) -> No
         pooling_factor=DLRM_POOLING,
     )
     # Linear(2*8 -> 1*8) per tower: 136 parameters each
-    expected = analytic_dmt(shape, [2, 2], [8, 8], intra_sharding="row_wise", tower_params=2 * 136)
+    expected = analytic_dmt(shape, [2, 2], [8, 8], intra_sharding="table_row_wise", tower_params=2 * 136)
     for phase in ("forward", "backward"):
         m, e = (
             s.total(phase=phase, payload="float", op=["all_to_all_single", "reduce_scatter", "all_gather"])

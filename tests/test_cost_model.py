@@ -257,7 +257,7 @@ def test_shared_medium_adds_intra_and_cross_host_time():
     behind each other: beta is their sum, not the larger one."""
     apart = _topo(hosts=2, gpus=2)
     shared = dataclasses.replace(apart, shared_medium=True)
-    setup = Setup(num_towers=2, compression=2, intra_sharding="row_wise")
+    setup = Setup(num_towers=2, compression=2, intra_sharding="table_row_wise")
     for a, b in zip(collective_times(TINY, setup, apart, 1000), collective_times(TINY, setup, shared, 1000)):
         alpha = a.calls * 1e-3 * (100.0 if a.group != "intra_host" else 10.0)
         beta_apart = max(a.cross_bytes / 1e9, a.intra_bytes / 1e10) * 1e3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from dmt.cli.args import add_tower_sharding_argument
+from dmt.cli.args import add_flat_sharding_argument, add_tower_compression_argument, add_tower_sharding_argument
 from dmt.errors import DmtError
 
 # NCCL without NVLink/PCIe peer copies or shared memory: every byte between ranks goes through
@@ -56,7 +56,7 @@ def _add_tower_arguments(p: argparse.ArgumentParser) -> None:
         default="linear",
         help="module per tower (linear)",
     )
-    tw.add_argument("--compression", type=float, default=4.0, help="tower output compression c (4; 1 for identity)")
+    add_tower_compression_argument(tw, default=4.0)
     add_tower_sharding_argument(tw)
 
 
@@ -67,12 +67,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default="flat,dmt",
         help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)",
     )
-    what.add_argument(
-        "--sharding",
-        default="table_wise",
-        choices=["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"],
-        help="flat model sharding type (table_wise)",
-    )
+    add_flat_sharding_argument(what)
     what.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
     what.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported (20)")
     what.add_argument("--count-steps", type=int, default=2, help="extra steps whose bytes are counted (2)")
@@ -130,9 +125,9 @@ def bench_config(args: argparse.Namespace, hosts: int):
         steps=args.steps,
         count_steps=args.count_steps,
         tower_module=args.tower_module,
-        compression=args.compression,
+        compression=args.tower_compression,
         tower_sharding=args.tower_sharding,
-        flat_sharding=args.sharding,
+        flat_sharding=args.flat_sharding,
         pipeline=args.pipeline,
         optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer),
         seed=args.seed,

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from dmt.choices import TowerSharding
 from dmt.errors import DmtError
 
 COMPRESSIONS = (1.0, 2.0, 4.0, 8.0)
-INTRA = ("row_wise", "column_wise")  # tower tables inside a host: TWRW or TWCW (label "cw")
+INTRA = (TowerSharding.TABLE_ROW_WISE.value, TowerSharding.TABLE_COLUMN_WISE.value)  # label "cw" for the second
 GPU_COUNTS = (8, 16, 32, 64, 128, 256, 512)
 PAPER_RANGE = "up to 1.9x at 16-512 GPUs (DMT paper, MLSys'24; the 1.9x reportedly on 64 H100)"
 

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from dmt.atomic import atomic_write_text
+from dmt.choices import TowerSharding
 from dmt.data.random_batches import random_batch
 from dmt.distributed.qcomm import CommCompression
 from dmt.errors import DmtError
@@ -343,7 +344,7 @@ def _quantile(xs: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------- analytic
 def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict | None:
     """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model."""
-    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
+    from dmt.perf.comm_model import MODELLED_FLAT_SHARDINGS, CommShape, analytic_dmt, analytic_flat
 
     shape = CommShape(
         num_features=NUM_TABLES,
@@ -354,7 +355,7 @@ def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict |
         pooling_factor=cfg.pooling,
     )
     if name.startswith("flat"):
-        if cfg.flat_sharding not in ("table_wise", "row_wise"):
+        if cfg.flat_sharding not in MODELLED_FLAT_SHARDINGS:
             return None
         total = analytic_flat(shape, cfg.flat_sharding, dense_params=sizes.dense_params).total()
         return {"cross_host": total.cross_host, "intra_host": total.intra_host}
@@ -362,7 +363,7 @@ def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict |
         shape,
         sizes.tower_features,
         sizes.tower_outputs,
-        intra_sharding=sizes.intra_sharding or "row_wise",
+        intra_sharding=sizes.intra_sharding or TowerSharding.TABLE_ROW_WISE,
         dense_params=sizes.dense_params,
         tower_params=sizes.tower_params,
     ).total()

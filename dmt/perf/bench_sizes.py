@@ -15,7 +15,7 @@ Example:
     >>> spec = TowerSpec(plan=TowerPlan.from_groups([cfg.sparse_features[:13], cfg.sparse_features[13:]], 2))
     >>> sizes = model_sizes(cfg, optim, spec, Topology(world_size=4, local_world_size=2))
     >>> sizes.tower_features, sizes.tower_outputs, sizes.intra_sharding
-    ((13, 13), (104, 104), 'row_wise')
+    ((13, 13), (104, 104), 'table_row_wise')
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 
 # The analytic model's names for torchrec's sharding types of the tower tables.
-_ANALYTIC_SHARDING = {"table_row_wise": "row_wise", "table_column_wise": "column_wise", "table_wise": "table_wise"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +35,7 @@ class ModelSizes:
     tower_params: int = 0  # tower modules, replicated per host (intra-host DDP)
     tower_features: tuple[int, ...] = ()  # F_t per tower, plan order
     tower_outputs: tuple[int, ...] = ()  # floats per sample per tower
-    intra_sharding: str | None = None  # the analytic model's name, when every tower table uses one type
+    intra_sharding: str | None = None  # a TowerSharding value, when every tower table uses one type
 
 
 def model_sizes(model_cfg, optim_cfg, towers=None, topology=None, device_type: str = "cpu") -> ModelSizes:
@@ -82,5 +81,5 @@ def _tower_sizes(model: torch.nn.Module, towers, topology, device_type: str) -> 
         tower_params=sum(p.numel() for t in collection.towers for p in t.interaction.parameters()),
         tower_features=tuple(len(t.features) for t in towers.plan.towers),
         tower_outputs=tower_output_dims(collection),
-        intra_sharding=_ANALYTIC_SHARDING.get(kinds.pop()) if len(kinds) == 1 else None,
+        intra_sharding=kinds.pop() if len(kinds) == 1 else None,
     )

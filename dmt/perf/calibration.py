@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmt.choices import TowerSharding
 from dmt.errors import DmtError
 from dmt.perf.cost_model import CODECS, Cluster, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
 
@@ -67,7 +68,8 @@ def measurements_from_bench(
     model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"], pooling=cfg["pooling"])
     towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
     # "auto" inside a host of several GPUs is TWRW for these runs (row-wise Adagrad, 200k-row tables).
-    intra = "column_wise" if cfg.get("tower_sharding") == "table_column_wise" else "row_wise"
+    cw = cfg.get("tower_sharding") == TowerSharding.TABLE_COLUMN_WISE
+    intra = TowerSharding.TABLE_COLUMN_WISE if cw else TowerSharding.TABLE_ROW_WISE
     out = []
     for name, v in report["variants"].items():
         codec = codec_of(cfg["comm"]) if name.endswith("+comm") else CODECS["fp32"]

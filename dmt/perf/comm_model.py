@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dmt.choices import TowerSharding
 from dmt.distributed.topology import Topology
 from dmt.perf.comm_sizers import group_label
 from dmt.perf.comm_summary import PHASES, CommKey, CommStats, CommSummary
@@ -24,7 +25,12 @@ from dmt.perf.comm_summary import PHASES, CommKey, CommStats, CommSummary
 # per rank pair: ~k*8*(W-1)/B bytes per sample, k = 2 or 3), and weighted features' weights.
 
 MODELLED_FLAT_SHARDINGS = ("table_wise", "row_wise")  # the flat shardings whose bytes are modelled
-INTRA_SHARDINGS = ("row_wise", "table_wise", "column_wise")
+# How a host's lookup exchanges bytes for each tower sharding: the flat formulas' pattern over L ranks.
+_INTRA_PATTERN = {
+    TowerSharding.TABLE_ROW_WISE: "row_wise",
+    TowerSharding.TABLE_COLUMN_WISE: "column_wise",
+    TowerSharding.TABLE_WISE: "table_wise",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,7 +188,7 @@ def analytic_dmt(
     tower_features: Sequence[int],
     tower_output_dims: Sequence[int],
     *,
-    intra_sharding: str = "row_wise",
+    intra_sharding: str = TowerSharding.TABLE_ROW_WISE,
     dense_params: int = 0,
     tower_params: int = 0,
 ) -> CommSummary:
@@ -193,8 +199,8 @@ def analytic_dmt(
     1. cross-host input all-to-all over the peers: the sample's lengths and ids of tower t go to
        peer (g, r): ``F_t*(l + p*i)``, remote when g != h, i.e. with probability (H-1)/H;
     2. intra-host lookup on host g, ``intra_sharding`` over its L ranks, all same-host: the
-       formulas of :func:`analytic_flat` with W -> L (row_wise is torchrec's TWRW; column_wise
-       assumes L column shards per table);
+       formulas of :func:`analytic_flat` with W -> L (table_row_wise: the row-wise formula;
+       table_column_wise assumes L column shards per table; table_wise: whole tables);
     3. the tower module: no communication forward; its DDP all-reduce stays on the host;
     4. cross-host output all-to-all over the peers: ``O_t*s`` back to (h, r), remote with
        probability (H-1)/H; backward sends the output gradient the same way.
@@ -208,7 +214,8 @@ def analytic_dmt(
         shape: the sizes; ``num_features`` must equal ``sum(tower_features)``.
         tower_features: F_t per tower.
         tower_output_dims: O_t per tower, elements per sample.
-        intra_sharding: "row_wise", "table_wise" or "column_wise" within a host.
+        intra_sharding: a :class:`dmt.choices.TowerSharding` other than auto: "table_row_wise",
+            "table_column_wise" or "table_wise" (whole tables).
         dense_params: elements the world DDP all-reduces (dense arch, global interaction, over arch).
         tower_params: tower-module parameters summed over all towers (each host all-reduces its own).
 
@@ -219,8 +226,8 @@ def analytic_dmt(
         >>> flat, dmt  # c = 4: each 2-feature tower outputs 2 floats instead of 8
         (32.0, 8.0)
     """
-    if intra_sharding not in INTRA_SHARDINGS:
-        raise ValueError(f"intra_sharding={intra_sharding!r} is not one of {INTRA_SHARDINGS}")
+    if intra_sharding not in _INTRA_PATTERN:
+        raise ValueError(f"intra_sharding={intra_sharding!r} is not one of {[s.value for s in _INTRA_PATTERN]}")
     if len(tower_features) != len(tower_output_dims):
         raise ValueError(f"{len(tower_features)} tower feature counts but {len(tower_output_dims)} output dims")
     sh = shape
@@ -231,7 +238,12 @@ def analytic_dmt(
     terms = _Terms(sh)
     terms.lookup("cross_host", "table_wise", features=F, out_bytes=K * sh.element_bytes, n=H, remote=H - 1)
     terms.lookup(
-        "intra_host", intra_sharding, features=F, out_bytes=F * sh.embedding_dim * sh.element_bytes, n=L, remote=0
+        "intra_host",
+        _INTRA_PATTERN[intra_sharding],
+        features=F,
+        out_bytes=F * sh.embedding_dim * sh.element_bytes,
+        n=L,
+        remote=0,
     )
     if tower_params:
         terms.allreduce("intra_host", tower_params)

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dmt.choices import TowerSharding
 from dmt.errors import DmtError
 from dmt.perf.cluster import (
     CLUSTER_DIR,
@@ -154,8 +155,8 @@ class Setup:
         codec: the embedding exchange's codec (cross-host for DMT, the world all-to-all for flat).
         tower_features: F_t per tower; None: contiguous split of the tables, sizes within one.
         pipeline: torchrec's TrainPipelineSparseDist (input all-to-alls off the critical path).
-        intra_sharding: the tower tables inside a host: "row_wise" (torchrec's TWRW: a
-            reduce-scatter of partial sums, L-1 pooled vectors per sample) or "column_wise" (TWCW:
+        intra_sharding: the tower tables inside a host: "table_row_wise" (TWRW: a
+            reduce-scatter of partial sums, L-1 pooled vectors per sample) or "table_column_wise" (TWCW:
             an all-to-all of D/L columns; ``dmt bench --tower-sharding table_column_wise``).
     """
 
@@ -165,14 +166,14 @@ class Setup:
     codec: Codec = CODECS["fp32"]
     tower_features: tuple[int, ...] | None = None
     pipeline: bool = False
-    intra_sharding: str = "row_wise"
+    intra_sharding: str = TowerSharding.TABLE_ROW_WISE.value
 
     @property
     def is_dmt(self) -> bool:
         return self.num_towers > 0
 
     def label(self) -> str:
-        cw = " cw" if self.intra_sharding == "column_wise" else ""
+        cw = " cw" if self.intra_sharding == TowerSharding.TABLE_COLUMN_WISE else ""
         base = "flat" if not self.is_dmt else f"dmt T={self.num_towers} c={self.compression:g}{cw}"
         return f"{base} {self.codec.name}" + (" pipelined" if self.pipeline else "")
 
