@@ -22,7 +22,7 @@ import queue
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -193,35 +193,3 @@ def _collect(procs: list[Any], results: Any, outcome: dict[int, tuple[str, Any]]
                 )
         if time.monotonic() > deadline:
             raise ChildError(f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}")
-
-
-# --------------------------------------------------------------------------- synthetic inputs
-def make_batch(
-    features: Sequence[str],
-    num_embeddings: Sequence[int],
-    num_dense: int,
-    batch_size: int,
-    *,
-    seed: int,
-    start: int = 0,
-    stop: int | None = None,
-    max_ids: int = 3,
-):
-    """Samples ``start:stop`` of a deterministic random global batch of ``batch_size`` samples.
-
-    Every sample has 0..``max_ids`` ids per feature (empty bags included), dense features in [0, 1)
-    and a 0/1 label: :func:`dmt.data.random_batch`, in the argument order the parity tests use.
-    Slicing the same global batch per rank gives each rank its share of exactly the samples an
-    unsharded run sees.
-    """
-    from dmt.data.random_batches import random_batch
-
-    return random_batch(
-        batch_size,
-        num_embeddings,
-        features=features,
-        num_dense=num_dense,
-        pooling=range(max_ids + 1),
-        seed=seed,
-        samples=slice(start, stop),
-    )

@@ -91,20 +91,10 @@ def _hand_made(topology: Topology, rank: int) -> dict:
 
 
 def _dlrm_batch(rank: int, step: int, features: tuple[str, ...] = DLRM_FEATURES):
-    from torchrec.datasets.utils import Batch
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    """This rank's batch: exactly ``DLRM_POOLING`` ids per (sample, feature) from 50-row tables."""
+    from dmt.data import random_batch
 
-    g = torch.Generator().manual_seed(100 * rank + step)
-    n = len(features) * DLRM_BATCH
-    return Batch(
-        dense_features=torch.rand(DLRM_BATCH, 13, generator=g),
-        sparse_features=KeyedJaggedTensor(
-            keys=list(features),
-            values=torch.randint(50, (n * DLRM_POOLING,), generator=g),
-            lengths=torch.full((n,), DLRM_POOLING, dtype=torch.int32),
-        ),
-        labels=torch.randint(2, (DLRM_BATCH,), generator=g).float(),
-    )
+    return random_batch(DLRM_BATCH, 50, features=features, pooling=DLRM_POOLING, rank=rank, step=step)
 
 
 def _flat_table_wise(env, rank: int) -> dict:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _dist import make_batch, run_distributed
+from _dist import run_distributed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from dmt.data import random_batch
 from dmt.distributed.qcomm import (
     CommCodecError,
     CommCompression,
@@ -294,14 +295,14 @@ def _train(rank, world, compression):
     with CommCounter(topology) as comm:
         for step in range(STEPS):
             set_iteration(sharded, step)
-            batch = make_batch(
-                FEATURES,
-                ROWS,
-                13,
+            # every rank draws the same global batch and keeps its share of it
+            batch = random_batch(
                 LOCAL_BATCH * world,
+                ROWS,
+                features=FEATURES,
+                pooling=range(4),
                 seed=100 + step,
-                start=rank * LOCAL_BATCH,
-                stop=(rank + 1) * LOCAL_BATCH,
+                samples=slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH),
             )
             opt.zero_grad()
             loss, _ = sharded(batch)
