@@ -22,7 +22,7 @@ $py -c "import torch, torchrec; from importlib.metadata import version; print('t
 if [ "$part" = train ]; then
   $py -m dmt.cli gen-data --rows 400000 --out /tmp/d.tsv --seed 0
   $py -m dmt.cli partition --data /tmp/d.tsv --num-towers 4 --hosts 2 --out /tmp/plan.json --truth /tmp/d.tsv.truth.json 2>&1 | tail -3
-  for run in "flat" "dmt --plan /tmp/plan.json --tower-module identity" "dmt_c4 --plan /tmp/plan.json --tower-module linear --compression 4"; do
+  for run in "flat" "dmt --plan /tmp/plan.json --tower-module identity" "dmt_c4 --plan /tmp/plan.json --tower-module linear --tower-compression 4"; do
     set -- $run; name=$1; shift
     $py -m dmt.cli train --data /tmp/d.tsv "$@" --hosts 2 --ranks-per-host ${RANKS_PER_HOST:-1} --batch-size 1024 --eval-every 100 \
         --no-progress --out "$out/train_$name" 2>&1 | grep -v -i "warn" | tail -4
@@ -32,7 +32,7 @@ fi
 
 if [ "$part" = bench ]; then
   common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192 --towers 2
-          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+          --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for link in fast slow; do
     flag=""; [ $link = slow ] && flag="--slow-link"
     $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
@@ -44,7 +44,7 @@ fi
 
 if [ "$part" = tp ]; then
   common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
-          --plan benchmarks/plans/tp_4towers_2hosts.json --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+          --plan benchmarks/plans/tp_4towers_2hosts.json --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for link in fast slow; do
     flag=""; [ $link = slow ] && flag="--slow-link"
     $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
@@ -54,14 +54,14 @@ fi
 
 if [ "$part" = profile ]; then
   $py -m dmt.cli bench --hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192 \
-      --towers 2 --tower-module linear --compression 4 --warmup 10 --steps 20 --variants flat,dmt,stock \
+      --towers 2 --tower-module linear --tower-compression 4 --warmup 10 --steps 20 --variants flat,dmt,stock \
       --profile "$out/profile" --out "$out/bench_fast_profiled.json" --no-progress 2>&1 | grep -v -i "warn" | tail -7
   rm -f "$out"/profile/*rank1.trace.json
 fi
 
 if [ "$part" = tf32 ]; then
   common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
-          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress --tf32"
+          --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress --tf32"
   for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
     name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
     for link in fast slow; do
@@ -75,7 +75,7 @@ fi
 if [ "$part" = 2x2 ] || [ "$part" = 2x1 ]; then
   L=${part:2:1}; sfx=${SUFFIX:-}  # SUFFIX=_r2: a repeat of the same runs in new files
   common="--hosts 2 --ranks-per-host $L --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
-          --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress"
+          --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
     name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
     for link in fast slow; do
@@ -91,7 +91,7 @@ if [ "$part" = 2x2cw ]; then  # towers column-wise inside the host (exact for Ad
   for link in fast slow; do
     flag=""; [ $link = slow ] && flag="--slow-link"
     timeout 170 $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --num-embeddings 200000 --embedding-dim 128 \
-        --batch-size 8192 --towers 2 --tower-module linear --compression 4 --warmup 10 --steps 30 --no-progress $flag \
+        --batch-size 8192 --towers 2 --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress $flag \
         --tower-sharding table_column_wise --variants flat,dmt,stock --out "$out/bench_2x2_towers2_cw_$link${SUFFIX:-}.json" \
         2>&1 | grep -v -i "warn" | tail -6
     sleep 3

@@ -70,7 +70,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, dict, list[str]]
         for module in args.modules:
             hidden = MODULES[module]
             for c in args.compressions:
-                extra = ["--plan", plan, "--tower-module", module, "--compression", str(c)]
+                extra = ["--plan", plan, "--tower-module", module, "--tower-compression", str(c)]
                 extra += ["--tower-hidden", hidden] if hidden else []
                 configs.append((f"{towers}_{module}_c{c:g}", {"towers": towers, "module": module, "c": c}, extra))
     return configs

@@ -25,7 +25,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--plan", help="TowerPlan JSON (default: partition the data into --towers towers)")
     p.add_argument("--towers", type=int, default=4)
-    p.add_argument("--compression", type=float, default=4.0)
+    p.add_argument("--tower-compression", type=float, default=4.0, help="tower output compression c (4)")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128, help="per rank")
@@ -126,9 +126,9 @@ def run_rank(args: argparse.Namespace) -> None:
     # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host;
     # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers.
     #    With towers, build_model does both: dmt.transform of the same seeded flat model, then dmt.shard.
-    module = TowerModuleConfig(kind="linear", compression=args.compression)
+    module = TowerModuleConfig(kind="linear", compression=args.tower_compression)
     towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module)
-    runs[f"dmt linear c={args.compression:g}"] = fit(*build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env))
+    runs[f"dmt linear c={args.tower_compression:g}"] = fit(*build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env))
 
     if env.is_main:  # the report: AUC, log loss, curves (bytes per sample: see `dmt train`)
         print(f"report: {write_report(runs, os.path.join(args.out, 'report'), title='flat vs DMT')}")
