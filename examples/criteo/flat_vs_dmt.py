@@ -128,7 +128,9 @@ def run_rank(args: argparse.Namespace) -> None:
     #    With towers, build_model does both: dmt.transform of the same seeded flat model, then dmt.shard.
     module = TowerModuleConfig(kind="linear", compression=args.tower_compression)
     towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module)
-    runs[f"dmt linear c={args.tower_compression:g}"] = fit(*build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env))
+    runs[f"dmt linear c={args.tower_compression:g}"] = fit(
+        *build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env)
+    )
 
     if env.is_main:  # the report: AUC, log loss, curves (bytes per sample: see `dmt train`)
         print(f"report: {write_report(runs, os.path.join(args.out, 'report'), title='flat vs DMT')}")
