@@ -172,8 +172,8 @@ def test_resume_with_a_different_sharding_reshards(synthetic_criteo, tmp_path, m
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     moved = json.loads((tmp_path / "moved/metrics.json").read_text())
     assert (
-        moved["config"]["sharding" if model == "flat" else "towers"]
-        != full["config"]["sharding" if model == "flat" else "towers"]
+        moved["config"]["flat_sharding" if model == "flat" else "towers"]
+        != full["config"]["flat_sharding" if model == "flat" else "towers"]
     )
     # Another sharding sums partial results in another order: equal up to float rounding.
     assert moved["losses"][:20] == full["losses"][:20]
