@@ -225,47 +225,16 @@ class ShapedNetwork:
         # Downlink: the root end's egress is what the host receives.
         _run("tc", "qdisc", "add", "dev", outer, "root", *_tbf(self.shape.rate_bits))
         # Uplink: rate, then the one-way delay in a netem child of the token bucket.
-        _run(
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            inner,
-            "root",
-            "handle",
-            "1:",
-            *_tbf(self.shape.rate_bits),
-        )
+        uplink = ["dev", inner, "root", "handle", "1:", *_tbf(self.shape.rate_bits)]
+        _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", *uplink)
         if self.shape.delay_ms > 0:
             self._add_delay(ns, inner)
 
     def _add_delay(self, ns: str, inner: str) -> None:
         try:
             delay = f"{self.shape.delay_ms * 1000:.0f}us"
-            _run(
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                inner,
-                "parent",
-                "1:1",
-                "handle",
-                "10:",
-                "netem",
-                "delay",
-                delay,
-                "limit",
-                "100000",
-            )
+            netem = ["dev", inner, "parent", "1:1", "handle", "10:", "netem", "delay", delay, "limit", "100000"]
+            _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", *netem)
         except NetnsError as e:
             if "unknown" in str(e).lower():
                 raise NetnsError(
