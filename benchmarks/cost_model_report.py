@@ -13,9 +13,19 @@ Machine classes and what is fitted (constants per class or link, never per confi
 * cpu-2x2 (benchmarks/results/cpu_2x2): machine step overhead, effective TFLOP/s, codec cost;
   one loopback efficiency (intra-host links, and the inter-host link of the loopback run) and the
   efficiency of each shaped link. Overlap is fixed at 0 (gloo collectives block the CPU ranks).
+* h200x4 with the hierarchical link (benchmarks/results/gpu_h200x4_hier, ``dmt bench --link
+  hierarchical``): part of the h200x4 class (same machine constants; its intra-host link is the
+  class's NVLink efficiency); once its runs exist, the socket link between hosts gets its own
+  efficiency and ring efficiency (NCCL's reduce-scatter / all-gather / all-reduce against the
+  all-to-all). Before they exist the preset keeps its assumed values (predicted_before_run.md).
 
 ``--write-presets`` writes the fitted constants into dmt/perf/clusters/*.json, and the H200 class's
 machine constants plus its NVLink efficiency into the h100-nvlink-400g projection preset.
+
+The projection (projection.md + PNG): the best DMT configuration against the best flat baseline
+(fp32, row-wise Adagrad's exact shardings, c <= 4) on 16-512 GPUs of 8-GPU hosts, with the fitted
+constants, for the 400G RDMA projection preset and for the same hosts joined by the measured
+socket link (``dmt.perf.planning.projection``).
 """
 
 from __future__ import annotations
@@ -28,13 +38,16 @@ import os
 import statistics
 
 from dmt.atomic import atomic_open, atomic_write_text
-from dmt.perf.calibration import Fit, Measurement, Param, calibrate, measurements_from_bench, predict_ms
+from dmt.perf.calibration import Fit, Measurement, Param, calibrate, link_kind, measurements_from_bench, predict_ms
 from dmt.perf.cost_model import CLUSTER_DIR, cluster_to_dict, load_cluster, predict_step
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 GPU = ("h200x2-emulated-fast", "h200x2-emulated-slow")
-# The 4x H200 box, after towers were grouped per host: 2 hosts x 1 GPU and 2 hosts x 2 GPUs.
-GPU4 = ("h200x4-2x1-nvlink", "h200x4-2x1-sockets", "h200x4-2x2-nvlink", "h200x4-2x2-sockets")
+# The 4x H200 box, after towers were grouped per host: 2 hosts x 1 GPU and 2 hosts x 2 GPUs; the
+# last with NVLink inside a host and sockets between hosts (dmt bench --link hierarchical).
+GPU4 = ("h200x4-2x1-nvlink", "h200x4-2x1-sockets", "h200x4-2x2-nvlink", "h200x4-2x2-sockets", "h200x4-2x2-hierarchical")
+HIER = GPU4[4]
+_GPU4_LINKS = {"default": "nvlink", "nvlink": "nvlink", "sockets": "sockets", "hierarchical": "hierarchical"}
 CPU = ("cpu-2x2-loopback", "cpu-shaped-1gbit", "cpu-shaped-250mbit")
 
 
@@ -50,11 +63,18 @@ def gpu_measurements() -> list[Measurement]:
 
 
 def gpu4_measurements() -> list[Measurement]:
+    """Every run of the 4x H200 box: the NVLink and sockets runs, and the hierarchical-link runs."""
     out = []
-    for path in sorted(glob.glob(os.path.join(RESULTS, "gpu_h200x4", "bench_*.json"))):
+    paths = glob.glob(os.path.join(RESULTS, "gpu_h200x4", "bench_*.json"))
+    paths += glob.glob(os.path.join(RESULTS, "gpu_h200x4_hier", "*.json"))
+    for path in sorted(paths):
         with open(path) as f:
             report = json.load(f)
-        link = "sockets" if "slow-link" in report["config"]["link"] else "nvlink"
+        if "variants" not in report:
+            continue  # not a dmt bench JSON
+        link = _GPU4_LINKS[link_kind(report)]
+        if link == "hierarchical" and report["ranks_per_host"] == 1:
+            link = "sockets"  # one GPU per host: every byte between ranks crosses hosts
         out += measurements_from_bench(path, f"h200x4-2x{report['ranks_per_host']}-{link}")
     return out
 
@@ -94,7 +114,12 @@ def gpu_params() -> list[Param]:
     ]
 
 
-def gpu4_params() -> list[Param]:
+def gpu4_params(with_hierarchical: bool) -> list[Param]:
+    """The class's constants; the hierarchical link's own two only once its runs exist."""
+    hier = [
+        Param("hierarchical sockets efficiency", "inter_host.efficiency", (HIER,), bounds=(1e-3, 10.0)),
+        Param("hierarchical sockets ring efficiency", "inter_host.ring_efficiency", (HIER,), bounds=(0.1, 10.0)),
+    ]
     return [
         Param("step overhead ms", "machine.step_overhead_ms", GPU4),
         Param("effective TFLOP/s", "machine.effective_tflops", GPU4, bounds=(1.0, 67.0)),
@@ -103,12 +128,19 @@ def gpu4_params() -> list[Param]:
         Param("tower path ms", "machine.tower_path_ms", GPU4, log=False, bounds=(-20.0, 20.0)),
         Param("ms per tower on a host", "machine.tower_ms", GPU4, log=False, bounds=(0.0, 20.0)),
         Param("intra-host lookup ms", "machine.intra_lookup_ms", GPU4, log=False, bounds=(0.0, 20.0)),
-        Param("NVLink efficiency", "intra_host.efficiency+inter_host.efficiency", GPU4[0::2], bounds=(0.5, 1.0)),
+        Param(
+            "NVLink efficiency",
+            "intra_host.efficiency+inter_host.efficiency",
+            (GPU4[0], GPU4[2]),
+            bounds=(0.5, 1.0),
+            also=((HIER, "intra_host.efficiency"),),
+        ),
         Param("sockets efficiency, 1 GPU per host", "inter_host.efficiency", GPU4[1:2], bounds=(1e-3, 10.0)),
         # 4 processes share the box's TCP stack: their own constants; the two peers of a host
         # exchange over the same loopback as the two hosts, but with other NCCL rings and chunking
-        Param("sockets efficiency, 2 GPUs per host", "inter_host.efficiency", GPU4[3:], bounds=(1e-3, 10.0)),
-        Param("intra-host sockets efficiency", "intra_host.efficiency", GPU4[3:], bounds=(1e-3, 10.0)),
+        Param("sockets efficiency, 2 GPUs per host", "inter_host.efficiency", GPU4[3:4], bounds=(1e-3, 10.0)),
+        Param("intra-host sockets efficiency", "intra_host.efficiency", GPU4[3:4], bounds=(1e-3, 10.0)),
+        *(hier if with_hierarchical else []),
     ]
 
 
@@ -229,27 +261,96 @@ def plot(rows: list[tuple[Measurement, float]], path: str) -> None:
     plt.close(fig)
 
 
-def write_presets(fits: list[Fit]) -> None:
-    """Fitted clusters into their preset files; the 4x H200 box's machine (the current code, hosts
-    of 2 GPUs) + its NVLink efficiency into the H100 projection preset."""
-    for fit in fits:
-        for name, topo in fit.clusters.items():
-            atomic_write_text(CLUSTER_DIR / f"{name}.json", json.dumps(cluster_to_dict(topo), indent=2) + "\n")
-    gpu = fits[1].clusters[GPU4[2]]
+def h100_projection(fits: list[Fit]):
+    """The H100 projection preset with the 4x H200 box's fitted machine (the current code, hosts of
+    2 GPUs) and NVLink efficiency."""
+    gpu = fits[1].clusters["h200x4-2x2-nvlink"]
     h100 = load_cluster("h100-nvlink-400g")
     machine = dataclasses.replace(
         gpu.machine, name=h100.machine.name, memory_gbytes_per_s=h100.machine.memory_gbytes_per_s
     )
     intra = dataclasses.replace(h100.intra_host, efficiency=gpu.inter_host.efficiency)  # NVLink, measured
-    h100 = dataclasses.replace(h100, machine=machine, intra_host=intra)
+    return dataclasses.replace(h100, machine=machine, intra_host=intra)
+
+
+def write_presets(fits: list[Fit]) -> None:
+    """Fitted clusters into their preset files; :func:`h100_projection` into the H100 projection preset."""
+    for fit in fits:
+        for name, topo in fit.clusters.items():
+            atomic_write_text(CLUSTER_DIR / f"{name}.json", json.dumps(cluster_to_dict(topo), indent=2) + "\n")
+    h100 = h100_projection(fits)
     atomic_write_text(CLUSTER_DIR / "h100-nvlink-400g.json", json.dumps(cluster_to_dict(h100), indent=2) + "\n")
+
+
+PROJECTION_GPUS = (16, 32, 64, 128, 256, 512)
+
+
+def projection_text(fits: list[Fit], out: str) -> str:
+    """Best DMT vs best flat baseline on 16-512 GPUs of 8-GPU hosts, with the fitted constants, for the
+    400G RDMA preset and for the same hosts joined by the hierarchical box's socket link; a PNG too."""
+    from dmt.perf.cost_model import ModelShape
+    from dmt.perf.planning import projection
+
+    h100 = h100_projection(fits)
+    sockets = dataclasses.replace(
+        h100, name="h100 hosts, sockets between", inter_host=fits[1].clusters[HIER].inter_host
+    )
+    models = {
+        "26 x 200k x 128 (dmt bench)": ModelShape(num_embeddings=200_000, embedding_dim=128),
+        "64 x 200k x 128": ModelShape(num_tables=64, num_embeddings=200_000, embedding_dim=128),
+    }
+    lines = [
+        "# Projected DMT speed-up over the best flat baseline (fitted constants)",
+        "",
+        "Best DMT (towers H or 2H, row-wise or whole tables inside a host: exact under row-wise Adagrad, "
+        "c <= 4) over the best of flat table-wise, table-row-wise, row-wise and 2D, fp32, batch 8192 "
+        "per GPU, 8 GPUs per host (`dmt.perf.planning.projection`). `-`: DMT needs a table per host.",
+        "",
+        "| model | cluster | " + " | ".join(f"{g} GPUs" for g in PROJECTION_GPUS) + " |",
+        "|---|---|" + "---:|" * len(PROJECTION_GPUS),
+    ]
+    curves = {}
+    for mname, model in models.items():
+        for topo in (h100, sockets):
+            points = projection(model, topo, 8192, PROJECTION_GPUS)
+            curves[f"{mname}, {topo.name}"] = points
+            cells = ["-" if s is None else f"{s:.2f}x" for _, s, _ in points]
+            lines.append(f"| {mname} | {topo.name} | " + " | ".join(cells) + " |")
+    best = max(((s, g, k) for k, pts in curves.items() for g, s, _ in pts if s is not None), default=None)
+    if best is not None:
+        lines += ["", f"Highest: {best[0]:.2f}x ({best[2]}, {best[1]} GPUs); the paper reports up to 1.9x."]
+    _plot_projection(curves, os.path.join(out, "projection_vs_best_flat.png"))
+    return "\n".join(lines) + "\n"
+
+
+def _plot_projection(curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, points in curves.items():
+        pts = [(g, s) for g, s, _ in points if s is not None]
+        ax.plot([g for g, _ in pts], [s for _, s in pts], "o-", label=label)
+    ax.axhline(1.9, color="0.5", ls="--", lw=0.8, label="DMT paper: up to 1.9x")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="GPUs (8 per host)", ylabel="best DMT / best flat (fp32)")
+    ax.minorticks_off()  # log-axis minor labels would overprint the GPU counts
+    ax.set_xticks(list(PROJECTION_GPUS), [str(g) for g in PROJECTION_GPUS])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
 
 
 def fit_classes() -> tuple[list, list, list[str]]:
     """Fit every machine class; returns the fits, (measurement, prediction) rows and the constants' text."""
+    gpu4 = gpu4_measurements()
     classes = [
         ("h200x2", gpu_measurements(), GPU, gpu_params()),
-        ("h200x4", gpu4_measurements(), GPU4, gpu4_params()),
+        ("h200x4", gpu4, GPU4, gpu4_params(any(m.cluster == HIER for m in gpu4))),
         ("cpu-2x2", cpu_measurements(), CPU, cpu_params()),
     ]
     fits, rows, text = [], [], []
@@ -278,7 +379,10 @@ def report_text(fits: list, rows: list, text: list[str]) -> str:
     config_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in configs)
     blind = by_configuration(out_of_sample_2x2(fits[0], gpu4_measurements()))
     blind_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in blind)
+    hier = [c for c in configs if c[0] == HIER]
+    hier_within = sum(abs(pred / med - 1) <= 0.15 for *_, med, pred in hier)
     lines = ["# dmt.perf.cost_model: predicted vs measured step time", "", "Fitted constants:", "", *text, ""]
+    lines += [f"Hierarchical-link configurations ({HIER}): {hier_within} of {len(hier)} within 15%.", ""]
     lines += [
         "Out of sample: the 2 hosts x 2 GPUs runs predicted from the h200x2 constants (fitted on "
         "1 GPU per host runs only, older code); the prediction written before the runs, from the "
@@ -299,17 +403,60 @@ def report_text(fits: list, rows: list, text: list[str]) -> str:
     return "\n".join(lines)
 
 
+def hier_predictions() -> str:
+    """The preset h200x4-2x2-hierarchical's predictions for gpu_suite.sh's hier runs, as a markdown table:
+    2 towers (and the TP plan's 4) of linear c=4, every flat baseline and DMT layout, fp32 and fp16."""
+    from dmt.perf.cost_model import CODECS, ModelShape, Setup
+    from dmt.perf.planning import EXACT_UNDER_ROWWISE
+
+    topo, model = load_cluster(HIER), ModelShape(num_embeddings=200_000, embedding_dim=128)
+    tp = (7, 6, 6, 7)  # benchmarks/plans/tp_4towers_2hosts.json's towers by host order (7+6 on each host)
+    lines = [
+        "| batch/GPU | codec | setup | predicted ms | vs best flat | byte bound | cross-host B/sample |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for batch in (8192, 2048):
+        for codec in ("fp32", "fp16"):
+            c = CODECS[codec]
+            flats = [Setup(flat_sharding=f, codec=c) for f in ("table_wise", "table_row_wise", "row_wise", "2d")]
+            dmts = [Setup(num_towers=2, compression=4, intra_sharding=i, codec=c) for i in INTRA_ALL]
+            dmts.append(Setup(num_towers=4, compression=4, tower_features=tp, codec=c, intra_sharding="table_wise"))
+            preds = [predict_step(model, s, topo, batch) for s in flats + dmts]
+            best = min(preds[: len(flats)], key=lambda p: p.step_ms)
+            for p in preds:
+                tag = " (TP plan)" if p.setup.num_towers == 4 else ""
+                exact = "" if not p.setup.is_dmt or p.setup.intra_sharding in EXACT_UNDER_ROWWISE else " (not exact)"
+                bound = best.cross_host_bytes_per_sample / p.cross_host_bytes_per_sample
+                lines.append(
+                    f"| {batch} | {codec} | {p.setup.label()}{tag}{exact} | {p.step_ms:.2f} | "
+                    f"{best.step_ms / p.step_ms:.2f}x | {bound:.2f}x | {p.cross_host_bytes_per_sample:,.0f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+INTRA_ALL = ("table_row_wise", "table_column_wise", "table_wise")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="directory for report.md + PNG")
     ap.add_argument("--write-presets", action="store_true")
+    ap.add_argument(
+        "--predict-hier", action="store_true", help="only print the hierarchical preset's predictions of the hier runs"
+    )
     args = ap.parse_args(argv)
+    if args.predict_hier:
+        print(hier_predictions())
+        return 0
     fits, rows, text = fit_classes()
     os.makedirs(args.out, exist_ok=True)
     plot(rows, os.path.join(args.out, "predicted_vs_measured.png"))
     report = report_text(fits, rows, text)
     atomic_write_text(os.path.join(args.out, "report.md"), report)
     print(report)
+    projected = projection_text(fits, args.out)
+    atomic_write_text(os.path.join(args.out, "projection.md"), projected)
+    print(projected)
     if args.write_presets:
         write_presets(fits)
     # parts of the first fitted row, to sanity-check the decomposition

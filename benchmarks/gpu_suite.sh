@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
-# The runs the GPU notes quote, on one machine with 2 GPUs (the device tool's nvidia-h100-x2), after
-# ../shared/gpu/README.md's install:  PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh <part> <out dir>
+# The runs the GPU notes quote, after ../shared/gpu/README.md's install:
+#   PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh <part> <out dir>
+# The default scenario is a 4-GPU box (nvidia-h200-x4) as 2 emulated hosts x 2 GPUs behind the
+# hierarchical link: NVLink inside a host, NCCL TCP sockets between hosts (dmt bench --link
+# hierarchical: NCCL_HOSTID per host). --link nvlink (all NVLink) and --link sockets (all TCP) are
+# the two extremes. Each part fits one device call (10 minutes).
+#   part "hier":  dmt bench at BATCHES (default "8192 2048") per GPU, invocations REPS ("1 2") each:
+#                 every flat baseline (table-wise, table-row-wise, row-wise, torchrec's planner, 2D)
+#                 and DMT with whole tables (tw), row-wise (twrw) and column-wise (twcw) inside a
+#                 host, fp32 and fp16 exchange; JSONs bench_hier_b<batch>_r<n>.json (rewritten after
+#                 every variant). Invocations that would end past DEADLINE_S (540 s) are skipped
+#                 with the line to run them in a next call (e.g. BATCHES=2048).
+#   part "hier_tp": the same link, batch 8192, the TP plan (4 towers, benchmarks/plans/)
+#   part "hier_check": NCCL_DEBUG=INFO of a tiny run: "via P2P" inside a host, "via NET/Socket" between
+#   part "parity": the NCCL parity tests (tests/test_tower_sharding*.py -k "nccl or cuda"), 4 GPUs
 #   part "train": NCCL training runs (flat and DMT, 2 emulated hosts x RANKS_PER_HOST GPUs, default 1)
 #                 + the NCCL parity tests
 #   part "bench": dmt bench on the Criteo-shaped model, fast (NVLink) and slow (sockets) links
@@ -8,16 +21,68 @@
 #   part "profile": torch.profiler tables of flat, dmt and stock steps on the fast link
 #   part "tf32":  fast link, 2 towers and the TP plan, with TF32 matmuls
 #   part "2x2":   4 GPUs (nvidia-h100-x4) as 2 emulated hosts x 2 GPUs: 2 towers and the TP plan,
-#                 all-NVLink and all-sockets (NCCL's transport is per process: no selective slow link)
+#                 over LINKS (default "fast slow": NVLink and sockets, the extremes; add hierarchical)
 #   part "2x1":   the "bench" and "tp" runs of 2 hosts x 1 GPU in one call (fewer invocations)
 #   part "2x2cw": 2x2, 2 towers sharded column-wise inside each host
 #   SUFFIX=_r2 before the command writes repeats into new files
+# Older JSONs call the NVLink runs "fast" and the sockets runs "slow" (--slow-link, now --link sockets).
 set -uo pipefail
 part=$1; out=$2; mkdir -p "$out"
 export PYTHONPATH=/tmp/site:$PWD
 py=python3
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $py -c "import torch, torchrec; from importlib.metadata import version; print('torch', torch.__version__, 'torchrec', version('torchrec'))" 2>&1 | tail -1
+
+# fast = NVLink (NCCL's defaults), slow = sockets for every collective, hierarchical = both by host
+link_flag() { case $1 in slow) echo "--link sockets";; hierarchical) echo "--link hierarchical";; *) echo "";; esac; }
+model="--num-embeddings 200000 --embedding-dim 128 --tower-module linear --tower-compression 4"
+short="--warmup 10 --steps 30 --count-steps 1 --no-progress"
+# Every flat baseline and DMT layout, fp32 and fp16 (+comm). "flat" is table-wise and "dmt" whole
+# tables inside a host (--tower-sharding table_wise), so bench_summary's flat/dmt columns still read.
+# Row-wise flat is left out at fp16: its reduce-scatter moves 4x table-wise's cross-host bytes.
+# The GPU-untested layouts (torchrec's planner, 2D) come last: the JSON is rewritten after every
+# variant, so a hang there (the timeout kills it) keeps the others, and a layout that cannot be
+# built is reported as failed while the rest are timed.
+HIER_VARIANTS=${HIER_VARIANTS:-flat,flat:table_row_wise,dmt,dmt:table_row_wise,flat+comm,flat:table_row_wise+comm,dmt+comm,dmt:table_row_wise+comm,dmt:table_column_wise,flat:row_wise,flat:planner,flat:planner+comm,flat:2d,flat:2d+comm}
+
+if [ "$part" = hier ]; then
+  # A device call ends at 10 minutes: an invocation that would not finish by DEADLINE_S (default
+  # 540 s after this script started; the longest invocation so far is the estimate) is skipped
+  # with a line saying how to run it in the next call.
+  longest=120
+  for batch in ${BATCHES:-8192 2048}; do
+    for rep in ${REPS:-1 2}; do
+      left=$(( ${DEADLINE_S:-540} - SECONDS ))
+      if [ "$left" -lt "$longest" ]; then
+        echo "skipped batch $batch run $rep (${left}s left): rerun as BATCHES=$batch REPS=$rep ... hier"; continue
+      fi
+      start=$SECONDS
+      timeout "$left" $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --link hierarchical $model $short \
+          --batch-size "$batch" --towers 2 --tower-sharding table_wise --comm-compression fp16 \
+          --variants "$HIER_VARIANTS" --out "$out/bench_hier_b${batch}_r${rep}${SUFFIX:-}.json" 2>&1 | grep -v -i "warn" | tail -36
+      took=$(( SECONDS - start )); [ "$took" -gt "$longest" ] && longest=$took
+      echo "batch $batch run $rep: ${took}s"
+      sleep 3  # let the previous job's rendezvous port go
+    done
+  done
+fi
+
+if [ "$part" = hier_tp ]; then
+  timeout "${BENCH_TIMEOUT:-280}" $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --link hierarchical $model $short \
+      --batch-size 8192 --plan benchmarks/plans/tp_4towers_2hosts.json --tower-sharding table_wise --comm-compression fp16 \
+      --variants flat,flat:table_row_wise,flat:planner,dmt,dmt:table_row_wise,flat+comm,flat:table_row_wise+comm,dmt+comm \
+      --out "$out/bench_hier_tp_b8192${SUFFIX:-}.json" 2>&1 | grep -v -i "warn" | tail -24
+fi
+
+if [ "$part" = hier_check ]; then
+  NCCL_DEBUG=INFO timeout 200 $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --link hierarchical \
+      --num-embeddings 1000 --embedding-dim 16 --batch-size 256 --warmup 1 --steps 2 --no-progress --variants flat,dmt \
+      2>&1 | grep -oE "via (P2P|NET/Socket|SHM|NET/IB)[^ ]*" | sort | uniq -c
+fi
+
+if [ "$part" = parity ]; then
+  $py -m pytest -q -p no:cacheprovider tests/test_tower_sharding.py tests/test_tower_sharding_tw.py -k "nccl or cuda" 2>&1 | tail -5
+fi
 
 if [ "$part" = train ]; then
   $py -m dmt.cli gen-data --rows 400000 --out /tmp/d.tsv --seed 0
@@ -34,7 +99,7 @@ if [ "$part" = bench ]; then
   common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192 --towers 2
           --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for link in fast slow; do
-    flag=""; [ $link = slow ] && flag="--slow-link"
+    flag=$(link_flag $link)
     $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
         --out "$out/bench_$link.json" 2>&1 | grep -v -i "warn" | tail -9
     $py -m dmt.cli bench $common $flag --variants flat,dmt+comm --comm-compression lossy:fp16,lossy_eb=0.01 \
@@ -46,7 +111,7 @@ if [ "$part" = tp ]; then
   common="--hosts 2 --ranks-per-host 1 --num-embeddings 200000 --embedding-dim 128 --batch-size 8192
           --plan benchmarks/plans/tp_4towers_2hosts.json --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for link in fast slow; do
-    flag=""; [ $link = slow ] && flag="--slow-link"
+    flag=$(link_flag $link)
     $py -m dmt.cli bench $common $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
         --out "$out/bench_tp_$link.json" 2>&1 | grep -v -i "warn" | tail -9
   done
@@ -65,7 +130,7 @@ if [ "$part" = tf32 ]; then
   for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
     name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
     for link in fast slow; do
-      flag=""; [ $link = slow ] && flag="--slow-link"
+      flag=$(link_flag $link)
       $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm --comm-compression fp16 \
           --out "$out/bench_tf32_${name}_$link.json" 2>&1 | grep -v -i "warn" | tail -9
     done
@@ -78,8 +143,8 @@ if [ "$part" = 2x2 ] || [ "$part" = 2x1 ]; then
           --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress"
   for plan in "--towers 2" "--plan benchmarks/plans/tp_4towers_2hosts.json"; do
     name=$([ "$plan" = "--towers 2" ] && echo towers2 || echo tp)
-    for link in fast slow; do
-      flag=""; [ $link = slow ] && flag="--slow-link"
+    for link in ${LINKS:-fast slow}; do
+      flag=$(link_flag $link)
       timeout 170 $py -m dmt.cli bench $common $plan $flag --variants flat,dmt,stock,dmt+comm,flat+comm \
           --comm-compression fp16 --out "$out/bench_${part}_${name}_$link$sfx.json" 2>&1 | grep -v -i "warn" | tail -8
       sleep 3  # let the previous job's rendezvous port go (one 2x1 start failed to reach its store)
@@ -89,7 +154,7 @@ fi
 
 if [ "$part" = 2x2cw ]; then  # towers column-wise inside the host (exact for Adagrad, not row-wise Adagrad)
   for link in fast slow; do
-    flag=""; [ $link = slow ] && flag="--slow-link"
+    flag=$(link_flag $link)
     timeout 170 $py -m dmt.cli bench --hosts 2 --ranks-per-host 2 --num-embeddings 200000 --embedding-dim 128 \
         --batch-size 8192 --towers 2 --tower-module linear --tower-compression 4 --warmup 10 --steps 30 --no-progress $flag \
         --tower-sharding table_column_wise --variants flat,dmt,stock --out "$out/bench_2x2_towers2_cw_$link${SUFFIX:-}.json" \

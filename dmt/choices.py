@@ -10,6 +10,8 @@ Example:
     True
     >>> FlatSharding.names()[:2]
     ('table_wise', 'row_wise')
+    >>> LinkKind.parse("hierarchical") is LinkKind.HIERARCHICAL
+    True
 """
 
 from __future__ import annotations
@@ -50,14 +52,16 @@ class FlatSharding(_Choice):
 class TowerSharding(_Choice):
     """How a host shards its towers' tables over its own GPUs (DMT's intra-host lookup).
 
-    ``TABLE_WISE`` (whole tables, one rank each) is what ``AUTO`` does on one-GPU hosts; the cost
-    and comm models use it by that name.
+    ``TABLE_WISE`` (whole tables, one rank each) is what ``AUTO`` does on one-GPU hosts; on hosts
+    of several GPUs it places each table whole on one of them
+    (:func:`dmt.distributed.sharding_plan.build_sharding_plan`); the cost and comm models use it by
+    that name.
     """
 
     AUTO = "auto"  # see dmt.distributed.sharding_plan.build_sharding_plan
     TABLE_ROW_WISE = "table_row_wise"  # rows over the host's GPUs (TWRW): exact under any optimizer
     TABLE_COLUMN_WISE = "table_column_wise"  # columns (TWCW): changes row-wise Adagrad's state
-    TABLE_WISE = "table_wise"  # whole tables (a one-GPU host)
+    TABLE_WISE = "table_wise"  # whole tables, each on one GPU of its host (exact under any optimizer)
 
 
 class CommPrecision(_Choice):
@@ -71,5 +75,38 @@ class CommPrecision(_Choice):
     LOSSY = "lossy"  # error-bounded, see dmt.distributed.qcomm
 
 
-# The tower shardings a user can ask for (TABLE_WISE only happens through AUTO on one-GPU hosts).
-USER_TOWER_SHARDINGS = (TowerSharding.AUTO, TowerSharding.TABLE_ROW_WISE, TowerSharding.TABLE_COLUMN_WISE)
+class FlatBaseline(_Choice):
+    """A flat (non-DMT) model as a user would shard it: a sharding type, torchrec's planner, or 2D.
+
+    The baselines ``dmt bench`` (variants ``flat:<value>``) and the cost model compare DMT with;
+    see :func:`dmt.distributed.flat.shard_flat`.
+    """
+
+    TABLE_WISE = "table_wise"
+    TABLE_ROW_WISE = "table_row_wise"
+    ROW_WISE = "row_wise"
+    PLANNER = "planner"  # torchrec's planner, no sharding-type constraint: its own plan for the topology
+    TWO_D = "2d"  # torchrec's DMPCollection (2D sparse parallelism): shard over one rank per host, replicate in it
+
+
+class LinkKind(_Choice):
+    """How emulated hosts on one GPU box are connected (``dmt bench --link``), see dmt.distributed.links.
+
+    On real hosts the link is what the cluster has; these emulate one with NCCL's transports.
+    """
+
+    NVLINK = "nvlink"  # NCCL's defaults: every collective on NVLink (P2P) or shared memory
+    HIERARCHICAL = "hierarchical"  # NVLink inside an emulated host, NCCL's TCP sockets between hosts
+    SOCKETS = "sockets"  # TCP sockets for every collective, intra-host ones too
+
+
+# The tower shardings a user can ask for.
+USER_TOWER_SHARDINGS = (
+    TowerSharding.AUTO,
+    TowerSharding.TABLE_ROW_WISE,
+    TowerSharding.TABLE_COLUMN_WISE,
+    TowerSharding.TABLE_WISE,
+)
+# What a flat model can be sharded by (dmt.distributed.flat.shard_flat): the baselines, then any
+# other torchrec sharding type.
+FLAT_LAYOUTS = tuple(dict.fromkeys((*FlatBaseline.names(), *FlatSharding.names())))

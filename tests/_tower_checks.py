@@ -319,6 +319,45 @@ def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
         assert isinstance(wrapper, expected), type(wrapper)
 
 
+def check_rowwise_adagrad_parity(rank, world, *, arch, plan, sharding, steps=3, device="cpu"):
+    """Fused row-wise Adagrad tables (one accumulator per row) train like the unsharded flat model
+    with torchrec's RowWiseAdagrad: exact for shardings that keep whole rows on one rank."""
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.tower_sharding import shard
+    from dmt.train.optim import OptimConfig, apply_sparse_optimizer, build_optimizer
+
+    tol = 1e-6 if device == "cpu" else 2e-5  # CUDA kernels sum in another order
+    cfg = OptimConfig(sparse="rowwise_adagrad", sparse_lr=LR, dense="sgd", dense_lr=LR)
+    flat = _flat(arch)
+    dmt = _transformed(flat, plan)
+    apply_sparse_optimizer(dmt, cfg)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (see _dist)
+    sharded = shard(dmt, plan, Topology.from_env(), sharding=sharding, device=dev)
+    opt, flat_opt = build_optimizer(sharded, cfg), build_optimizer(flat, cfg)
+    for step in range(steps):
+        expected = _train_step(flat, flat_opt, _batch(None, world, seed=200 + step))
+        logits = _train_step(sharded, opt, _batch(rank, world, seed=200 + step).to(dev))
+        local = expected[rank * LOCAL_BATCH : (rank + 1) * LOCAL_BATCH]
+        torch.testing.assert_close(logits.cpu(), local, rtol=1e-5, atol=tol)
+        _assert_matches(sharded, flat, atol=tol)
+
+
+def check_whole_tables_on_one_rank(rank, world, *, arch, plan):
+    """table_wise inside a host: every local table shard is a whole table (all rows, all columns)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    sharded = _sharded(arch, plan, "table_wise")
+    held = 0
+    for key, value in sharded.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            for s in value.local_shards():
+                assert list(s.metadata.shard_sizes) == list(value.size()), (key, s.metadata)
+                held += 1
+    assert held >= 1, "a rank of a host with towers holds at least one whole table"
+
+
 def _worker(rank, world, checks):
     """Run ``checks`` [(name, function name, kwargs)] in order; report None or a traceback each."""
     import os

@@ -14,6 +14,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 from dmt.cli import main
 from dmt.perf.netns import LinkShape, NetnsError, check_can_shape
@@ -85,16 +86,70 @@ def test_bench_several_towers_per_host(tmp_path):
     assert [len(t["features"]) for t in report["config"]["plan"]["towers"]] == [7, 7, 6, 6]
 
 
+def test_bench_flat_baselines_against_dmt(tmp_path):
+    """2 hosts x 2 ranks: every flat baseline next to DMT with whole tables and with row shards inside
+    a host. Bytes are what the analytic model says for each layout; the best flat baseline is the
+    fastest flat variant and every DMT variant is rated against it."""
+    variants = "flat:table_wise,flat:table_row_wise,flat:row_wise,flat:planner,dmt:table_wise,dmt:table_row_wise"
+    report = _bench(tmp_path, "baselines", "--ranks-per-host", "2", "--variants", variants, "--compression", "4")
+    v = report["variants"]
+    assert list(v) == variants.split(",") and not report["failed"] and report["complete"]
+    for name in ("flat:table_wise", "flat:table_row_wise", "flat:row_wise", "dmt:table_wise", "dmt:table_row_wise"):
+        measured, model = _cross(report, name)
+        assert measured == pytest.approx(model, rel=1e-3), name
+        assert v[name]["intra_host_bytes_per_sample"] == pytest.approx(v[name]["analytic"]["intra_host"], rel=1e-3)
+    assert v["flat:table_row_wise"]["sharding_types"] == {"table_row_wise": 26}
+    assert sum(v["flat:planner"]["sharding_types"].values()) == 26  # the planner's own choice, recorded
+    assert (v["dmt:table_wise"]["intra_sharding"], v["dmt:table_row_wise"]["intra_sharding"]) == (
+        "table_wise",
+        "table_row_wise",
+    )
+    # whole tables: (L-1)/L of a pooled vector per sample and table inside a host, row shards L-1
+    assert v["dmt:table_wise"]["intra_host_bytes_per_sample"] < v["dmt:table_row_wise"]["intra_host_bytes_per_sample"]
+    flats = {n: r["step_ms"]["median"] for n, r in v.items() if n.startswith("flat")}
+    best = report["best_flat"]["fp32"]
+    assert best["variant"] == min(flats, key=flats.get) and "comm" not in report["best_flat"]
+    for name in ("dmt:table_wise", "dmt:table_row_wise"):
+        vs = report["vs_best_flat"][name]
+        assert vs["flat"] == best["variant"]
+        assert vs["speedup"] == pytest.approx(best["step_ms"] / v[name]["step_ms"]["median"])
+        assert vs["byte_bound"] == pytest.approx(best["cross_host_bytes_per_sample"] / _cross(report, name)[0])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--towers", "27"], "--towers=27 must be between 1 and 26"),
-        (["--variants", "flat,nope"], "--variants flat,nope"),
+        (["--variants", "flat,nope"], "'nope' is not <base>[:<layout>][+comm]"),
+        (["--variants", "flat:bogus"], "'flat:bogus' is not <base>[:<layout>][+comm]"),
+        (["--variants", "dmt:row_wise"], "a tower layout in"),
+        (["--variants", "flat,flat"], "give distinct names"),
         (["--shaped-link", "fast"], "expected RATE[,DELAY]"),
         (["--variants", "flat,stock", "--tower-module", "identity", "--compression", "1"], "stock needs"),
+        (["--variants", "flat,stock+comm", "--comm-compression", "fp16"], "drop the +comm of stock"),
+        (["--slow-link", "--link", "nvlink"], "--slow-link is the old spelling of --link sockets"),
+        (["--link", "nvlink", "--socket-threads", "4"], "tune NCCL's socket transport"),
+        (["--link", "sockets", "--socket-threads", "32"], "between 1 and 16"),
+        (["--link", "sockets", "--socket-threads", "16", "--sockets-per-thread", "8"], "at most 64"),
+        (["--link", "hierarchical", "--shaped-link", "1gbit"], "exclude each other"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what CPU machines refuse")
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--link", "hierarchical"], "--link hierarchical chooses NCCL transports and needs GPUs"),
+        (["--slow-link"], "--link sockets chooses NCCL transports"),
+        (["--variants", "flat:2d,dmt"], "runs on CUDA only"),
+    ],
+)
+def test_gpu_only_options_are_refused_on_cpu(args, message, capsys):
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

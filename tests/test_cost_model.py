@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dmt.cli import main
+from dmt.errors import DmtError
 from dmt.perf.calibration import Measurement, Param, calibrate, codec_of, measurements_from_bench, predict_ms
 from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat
 from dmt.perf.cost_model import (
@@ -229,6 +230,7 @@ def test_plan_cluster_cli(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "| flat fp32 |" in out and "| dmt T=4 c=8 cw lossy8 |" in out and "recommended:" in out
+    assert "| flat twrw fp32 |" in out and "| dmt T=4 c=2 tw fp32 |" in out and "flat or DMT (fp32" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
     assert "## Assumptions" in text and "1.9x" in text and "| 256 |" in text
@@ -292,3 +294,140 @@ def test_a_param_over_two_fields_sets_both():
     out = apply_params({"t": topo}, [Param("eff", "intra_host.efficiency+inter_host.efficiency", ("t",))], [0.3])["t"]
     assert out.intra_host.efficiency == out.inter_host.efficiency == 0.3
     assert out.machine == topo.machine
+
+
+@pytest.mark.parametrize("layout", ["table_row_wise", "row_wise"])
+def test_flat_baselines_bytes_match_comm_model(layout):
+    model = ModelShape(embedding_dim=16)
+    shape = CommShape(num_features=26, embedding_dim=16, num_hosts=2, ranks_per_host=2, batch_size=64)
+    setup = Setup(flat_sharding=layout)
+    expected = analytic_flat(shape, layout, dense_params=dense_sizes(model, setup).dense_params).total()
+    got = predict_step(model, setup, _topo(2, 2), 64)
+    assert got.cross_host_bytes_per_sample == pytest.approx(expected.cross_host)
+    assert got.intra_host_bytes_per_sample == pytest.approx(expected.intra_host)
+    assert setup.label() == {"table_row_wise": "flat twrw fp32", "row_wise": "flat rw fp32"}[layout]
+
+
+def test_flat_2d_syncs_its_share_of_the_tables_inside_the_host():
+    """2D: flat table-wise's cross-host bytes (one rank per host shards the tables), plus an
+    intra-host all-reduce of the rank's half of the tables and row-wise state, every sync."""
+    model = ModelShape(num_tables=2, num_embeddings=10, embedding_dim=4, dense_arch=(4,), over_arch=(1,), num_dense=1)
+    tw = predict_step(model, Setup(), _topo(2, 2), 8)
+    two_d = predict_step(model, Setup(flat_sharding="2d"), _topo(2, 2), 8)
+    assert two_d.cross_host_bytes_per_sample == pytest.approx(tw.cross_host_bytes_per_sample)
+    sync = next(c for c in two_d.collectives if c.op == "all_reduce")
+    # 2 tables x 10 rows x (4 + 1) / 2 hosts x 4 B x 2(L-1)/L = 200 B per rank per step
+    assert sync.intra_bytes == pytest.approx(200.0) and sync.cross_bytes == 0
+    rarer = predict_step(model, Setup(flat_sharding="2d", sync_every=4), _topo(2, 2), 8)
+    assert next(c for c in rarer.collectives if c.op == "all_reduce").intra_bytes == pytest.approx(50.0)
+
+
+def test_whole_tables_move_fewer_intra_host_bytes_and_pay_for_idle_gpus():
+    from dmt.perf.cost_model import tw_intra_imbalance
+
+    model = ModelShape(embedding_dim=16)
+    row, whole = (Setup(num_towers=2, compression=4, intra_sharding=s) for s in ("table_row_wise", "table_wise"))
+    for gpus in (2, 8):
+        r, w = predict_step(model, row, _topo(2, gpus), 64), predict_step(model, whole, _topo(2, gpus), 64)
+        assert w.cross_host_bytes_per_sample == pytest.approx(r.cross_host_bytes_per_sample)
+        assert w.intra_host_bytes_per_sample < r.intra_host_bytes_per_sample
+    # 13 tables per host: 7 on the busiest of 2 GPUs; 2 on the busiest of 8
+    assert tw_intra_imbalance(model, whole, _topo(2, 2)) == pytest.approx(7 / 6.5)
+    assert tw_intra_imbalance(model, whole, _topo(2, 8)) == pytest.approx(2 / (13 / 8))
+    assert tw_intra_imbalance(model, row, _topo(2, 8)) == 1.0
+
+
+def test_ring_efficiency_speeds_up_ring_collectives_only():
+    slow = _topo(2, 2)
+    fast = dataclasses.replace(slow, inter_host=dataclasses.replace(slow.inter_host, ring_efficiency=2.0))
+    setup = Setup(flat_sharding="row_wise")
+    a = {(c.op, c.phase, c.payload): c for c in collective_times(TINY, setup, slow, 1000)}
+    b = {(c.op, c.phase, c.payload): c for c in collective_times(TINY, setup, fast, 1000)}
+    rs = ("reduce_scatter", "forward", "float")
+    alpha = a[rs].calls * 0.100
+    assert b[rs].ms - alpha == pytest.approx((a[rs].ms - alpha) / 2)
+    ids = ("all_to_all_single", "forward", "int")
+    assert b[ids].ms == pytest.approx(a[ids].ms)
+
+
+def test_choose_layout_says_flat_or_dmt_and_why():
+    from dmt.perf.planning import DMT_MARGIN, choose_layout, sweep
+
+    model = ModelShape(num_embeddings=200_000, embedding_dim=128)
+    hier = choose_layout(model, load_cluster("h200x4-2x2-hierarchical"), 8192)
+    assert hier.kind == "dmt" and hier.speedup >= DMT_MARGIN and hier.reason.startswith("DMT:")
+    assert hier.dmt.setup.intra_sharding != "table_column_wise"  # row-wise Adagrad: exact shardings only
+    nvlink = choose_layout(model, load_cluster("h200x4-2x2-nvlink"), 8192)
+    assert nvlink.kind == "flat" and nvlink.speedup < DMT_MARGIN and "flat:" in nvlink.reason
+    assert nvlink.flat.step_ms == min(
+        r.step_ms
+        for r in sweep(model, load_cluster("h200x4-2x2-nvlink"), 8192)
+        if not r.setup.is_dmt and r.setup.codec.name == "fp32"
+    )
+    with pytest.raises(DmtError, match="at least 2 hosts"):
+        choose_layout(model, load_cluster("h200x4-2x2-nvlink").with_hosts(1), 8192)
+
+
+def test_sweep_rates_each_row_against_the_best_flat_at_its_codec():
+    from dmt.perf.planning import sweep
+
+    rows = sweep(ModelShape(embedding_dim=128), load_cluster("h200x4-2x2-hierarchical"), 2048)
+    assert {r.setup.flat_sharding for r in rows if not r.setup.is_dmt} == {
+        "table_wise",
+        "table_row_wise",
+        "row_wise",
+        "2d",
+    }
+    assert {r.setup.intra_sharding for r in rows if r.setup.is_dmt} == {
+        "table_row_wise",
+        "table_column_wise",
+        "table_wise",
+    }
+    for r in rows:
+        best = min(f.step_ms for f in rows if not f.setup.is_dmt and f.setup.codec.name == r.setup.codec.name)
+        assert r.speedup == pytest.approx(best / r.step_ms)
+
+
+def test_calibration_reads_the_new_bench_json(tmp_path):
+    """Layouts per variant, the planner's recorded types, what "auto" resolved to, and the link kind."""
+    from dmt.perf.calibration import link_kind
+
+    report = json.loads(Path(GPU_JSON).read_text())
+    one = report["variants"]["flat"]
+    report["config"] |= {"link_kind": "hierarchical", "tower_sharding": "auto"}
+    report["variants"] = {
+        "flat:table_row_wise": one | {"layout": "table_row_wise"},
+        "flat:planner": one | {"layout": "planner", "sharding_types": {"table_row_wise": 26}},
+        "flat:planner+comm": one | {"layout": "planner", "sharding_types": {"table_wise": 20, "row_wise": 6}},
+        "dmt": report["variants"]["dmt+comm"] | {"layout": "auto", "intra_sharding": "table_wise"},
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    ms = {m.source.split(":", 1)[1]: m for m in measurements_from_bench(path, "x")}
+    assert set(ms) == {"flat:table_row_wise", "flat:planner", "dmt"}  # a mixed plan is not modelled
+    assert ms["flat:table_row_wise"].setup.flat_sharding == ms["flat:planner"].setup.flat_sharding == "table_row_wise"
+    assert ms["dmt"].setup.intra_sharding == "table_wise" and ms["dmt"].setup.codec.name == "fp32"
+    assert link_kind(report) == "hierarchical"
+    assert link_kind({"config": {"link": "NCCL sockets (--slow-link)"}}) == "sockets"
+
+
+def test_a_param_can_also_set_another_clusters_field():
+    from dmt.perf.calibration import apply_params
+
+    a, b = _topo(gpus=2), _topo(gpus=2)
+    p = Param("nvlink", "inter_host.efficiency", ("a",), also=(("b", "intra_host.efficiency"),))
+    out = apply_params({"a": a, "b": b}, [p], [0.7])
+    assert out["a"].inter_host.efficiency == out["b"].intra_host.efficiency == 0.7
+    assert out["b"].inter_host.efficiency == b.inter_host.efficiency
+
+
+def test_cluster_for_an_emulated_job():
+    from dmt.perf.planning import cluster_for_job
+
+    assert cluster_for_job(hosts=2, ranks_per_host=2, link="hierarchical", cuda=True).name == "h200x4-2x2-hierarchical"
+    assert cluster_for_job(hosts=2, ranks_per_host=1, link="hierarchical", cuda=True).name == "h200x4-2x1-sockets"
+    assert cluster_for_job(hosts=4, ranks_per_host=2, link="default", cuda=True).hosts == 4
+    cpu = cluster_for_job(hosts=2, ranks_per_host=1, link="default", cuda=False)
+    assert (cpu.name, cpu.hosts, cpu.gpus_per_host) == ("cpu-2x2-loopback", 2, 1)
+    with pytest.raises(DmtError, match="pass it as --cluster"):
+        cluster_for_job(hosts=2, ranks_per_host=8, link="nvlink", cuda=True)

@@ -2,19 +2,26 @@
 
 Launches itself on ``--hosts H --ranks-per-host L`` emulated hosts (torchrun agents on this
 machine, as `dmt train` does), or runs as is under an outer torchrun on real hosts. See
-:mod:`dmt.perf.bench` for what is measured and :mod:`dmt.perf.netns` for ``--shaped-link``.
+:mod:`dmt.perf.bench` for what is measured, :mod:`dmt.distributed.links` for ``--link`` (GPU:
+NVLink, NVLink inside a host + sockets between hosts, or sockets) and :mod:`dmt.perf.netns` for
+``--shaped-link`` (CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from dmt.cli.args import add_flat_sharding_argument, add_tower_compression_argument, add_tower_sharding_argument
+from dmt.choices import LinkKind
+from dmt.cli.args import (
+    POSITIVE_INT,
+    add_flat_sharding_argument,
+    add_tower_compression_argument,
+    add_tower_sharding_argument,
+)
 from dmt.errors import DmtError
 
-# NCCL without NVLink/PCIe peer copies or shared memory: every byte between ranks goes through
-# its network transport; without InfiniBand that is TCP sockets, a slow inter-host link.
-SLOW_LINK_ENV = {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_IB_DISABLE": "1"}
+DEFAULT_VARIANTS = "flat,dmt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +71,19 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what to run")
     what.add_argument(
         "--variants",
-        default="flat,dmt",
-        help="comma-separated: flat, dmt, stock (torchrec's tower sharder without DMT's fixes)",
+        default=DEFAULT_VARIANTS,
+        help="comma-separated <base>[:<layout>][+comm]: base flat, dmt or stock (torchrec's tower sharder "
+        "without DMT's fixes); flat layouts table_wise, table_row_wise, row_wise, planner (torchrec's own "
+        "plan), 2d (torchrec's DMPCollection, GPU); dmt/stock layouts a --tower-sharding value; +comm: with "
+        "--comm-compression. E.g. flat:table_wise,flat:planner,dmt:table_wise (default: flat,dmt); the table "
+        "compares every DMT variant with the fastest flat one of its precision",
+    )
+    what.add_argument(
+        "--2d-sync-every",
+        dest="sync_every_2d",
+        type=POSITIVE_INT,
+        default=1,
+        help="flat:2d: average the replicas (DMPCollection.sync) after every N steps (1)",
     )
     add_flat_sharding_argument(what)
     what.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
@@ -86,10 +104,11 @@ def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
     topo = p.add_argument_group("distribution")
     topo.add_argument("--hosts", type=int, default=2, help="emulated hosts on this machine (2)")
     topo.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
+    add_link_arguments(topo)
     topo.add_argument(
         "--slow-link",
         action="store_true",
-        help="GPU: NCCL over TCP sockets only (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1)",
+        help="old spelling of --link sockets",
     )
     topo.add_argument(
         "--shaped-link",
@@ -97,6 +116,36 @@ def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
         help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
         "link, e.g. 1gbit,0.5ms (see dmt/netns.py)",
     )
+
+
+def add_link_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--link`` and its socket knobs (dmt.distributed.links); `dmt train` can add the same."""
+    group.add_argument(
+        "--link",
+        choices=LinkKind.names(),
+        help="GPU: how the emulated hosts are connected: nvlink (NCCL's defaults, the default), hierarchical "
+        "(NVLink inside a host, NCCL TCP sockets between hosts: NCCL_HOSTID per host), sockets (TCP for every "
+        "collective). Not on CPU: use --shaped-link there",
+    )
+    group.add_argument(
+        "--socket-threads",
+        type=POSITIVE_INT,
+        help="NCCL_SOCKET_NTHREADS of the socket transport (1-16; NCCL's default otherwise): raises or lowers "
+        "the socket link's bandwidth",
+    )
+    group.add_argument(
+        "--sockets-per-thread", type=POSITIVE_INT, help="NCCL_NSOCKS_PERTHREAD (threads x sockets <= 64)"
+    )
+
+
+def emulated_link(args: argparse.Namespace):
+    """The :class:`dmt.distributed.links.EmulatedLink` of these arguments (``--slow-link`` = sockets)."""
+    from dmt.distributed.links import EmulatedLink
+
+    if args.slow_link and args.link not in (None, LinkKind.SOCKETS):
+        raise DmtError(f"--slow-link is the old spelling of --link sockets; it contradicts --link {args.link}")
+    kind = LinkKind.SOCKETS if args.slow_link else (args.link or LinkKind.NVLINK)
+    return EmulatedLink(kind, socket_threads=args.socket_threads, sockets_per_thread=args.sockets_per_thread)
 
 
 def comm_compression(spec: str | None):
@@ -132,13 +181,20 @@ def bench_config(args: argparse.Namespace, hosts: int):
         optim=OptimConfig(sparse=args.sparse_optimizer, dense=args.dense_optimizer),
         seed=args.seed,
         link=_link_label(args),
+        link_kind=_link_kind(args),
+        sync_every_2d=args.sync_every_2d,
         out=args.out,
         progress=not args.no_progress,
         comm=comm_compression(args.comm_compression),
         profile=args.profile,
         tf32=args.tf32,
     )
-    if "stock" in cfg.variants:
+    from dmt.perf.bench_variants import parse_variant
+
+    variants = [parse_variant(v) for v in cfg.variants]
+    if any(v.base == "stock" and v.comm for v in variants):
+        raise DmtError("--variants: torchrec's stock tower sharder takes no codec; drop the +comm of stock")
+    if any(v.base == "stock" for v in variants):
         _check_stock(cfg, hosts)
     return cfg
 
@@ -164,7 +220,16 @@ def _link_label(args: argparse.Namespace) -> str:
         from dmt.perf.netns import LinkShape
 
         return f"shaped {LinkShape.parse(args.shaped_link)} per host (netns + tc)"
-    return "NCCL sockets (--slow-link)" if args.slow_link else "default"
+    if args.link is None and not args.slow_link:
+        return "default"
+    return emulated_link(args).label()
+
+
+def _link_kind(args: argparse.Namespace) -> str:
+    """The link as one word for the JSON: shaped, default (no --link: NCCL's or gloo's own), or a LinkKind."""
+    if args.shaped_link:
+        return "shaped"
+    return "default" if args.link is None and not args.slow_link else emulated_link(args).kind.value
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -172,23 +237,39 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.hosts < 1 or args.ranks_per_host < 1:
         raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
+    link = emulated_link(args)
+    if link.uses_nccl_env and args.shaped_link:
+        raise DmtError(f"--link {link.kind.value} (GPU) and --shaped-link (CPU) exclude each other; give one")
     if under_torchrun():
         from dmt.distributed.topology import Topology
         from dmt.perf.bench import run_bench
 
-        run_bench(bench_config(args, Topology.from_env().num_hosts))
+        topology = Topology.from_env()
+        link.check_rank_env(os.environ, topology.host)
+        run_bench(bench_config(args, topology.num_hosts))
         return 0
-    bench_config(args, args.hosts)  # validate here, before any process starts
-    return _launch(args)
+    cfg = bench_config(args, args.hosts)  # validate here, before any process starts
+    import torch
+
+    from dmt.perf.bench_variants import parse_variant
+
+    cuda = torch.cuda.is_available()
+    link.check_device(cuda)
+    two_d = [v for v in cfg.variants if parse_variant(v).layout == "2d"]
+    if two_d and not cuda:
+        raise DmtError(f"--variants {','.join(two_d)}: torchrec's DMPCollection (2d) runs on CUDA only; drop it on CPU")
+    return _launch(args, link)
 
 
-def _launch(args: argparse.Namespace) -> int:
-    """Start the emulated hosts: plain torchrun agents, or each in its namespace behind a shaped link."""
+def _launch(args: argparse.Namespace, link) -> int:
+    """Start the emulated hosts: torchrun agents with the link's NCCL variables, or each in its
+    namespace behind a shaped link."""
     from dmt.distributed.launch import launch_local
 
-    env = dict(SLOW_LINK_ENV) if args.slow_link else {}
     if not args.shaped_link:
-        return launch_local(args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, env=env)
+        return launch_local(
+            args.argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host, host_launch=link.host_launch
+        )
     import torch
 
     from dmt.perf.netns import LinkShape, ShapedNetwork, sigterm_as_exit
@@ -196,14 +277,13 @@ def _launch(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         raise DmtError(
             "--shaped-link shapes gloo's TCP traffic on CPU; NCCL on GPUs may bypass the namespaces "
-            "(peer copies, shared memory): use --slow-link there"
+            "(peer copies, shared memory): use --link hierarchical or sockets there"
         )
     with sigterm_as_exit(), ShapedNetwork(args.hosts, LinkShape.parse(args.shaped_link)) as net:
         return launch_local(
             args.argv,
             hosts=args.hosts,
             ranks_per_host=args.ranks_per_host,
-            env=env,
             rdzv_host=net.rendezvous_host,
             host_launch=net.host_launch,
         )

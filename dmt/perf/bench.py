@@ -9,7 +9,12 @@ trains it on the same pre-generated random batches:
 * ``stock``: the same DMT model sharded by torchrec's own ``EmbeddingTowerCollectionSharder``
   (none of ``dmt.distributed.tower_sharding``'s fixes; outputs come back in host order, which timing ignores);
 * ``flat+comm`` / ``dmt+comm``: ``flat`` / ``dmt`` with ``comm`` (a :class:`dmt.distributed.qcomm.CommCompression`)
-  compressing the embedding exchange.
+  compressing the embedding exchange;
+* ``flat:<layout>`` / ``dmt:<layout>``: the baseline a user would pick (``flat:table_wise``,
+  ``flat:table_row_wise``, ``flat:row_wise``, ``flat:planner``, ``flat:2d``) or a host's tower
+  sharding (``dmt:table_wise``, ...), see :mod:`dmt.perf.bench_variants`; the report names the
+  best flat variant per precision and compares every DMT variant with it
+  (:mod:`dmt.perf.bench_report`).
 
 A step is what training does: forward, backward (the fused sparse optimizer updates the tables
 inside it), dense optimizer step; optionally through torchrec's ``TrainPipelineSparseDist``.
@@ -38,15 +43,16 @@ from dmt.choices import TowerSharding
 from dmt.data.random_batches import random_batch
 from dmt.distributed.qcomm import CommCompression
 from dmt.errors import DmtError
+from dmt.perf.bench_report import PHASES, format_bench_table, summary
 from dmt.perf.bench_sizes import ModelSizes, model_sizes
+from dmt.perf.bench_variants import Variant, parse_variant, parse_variants
 from dmt.plan import TowerPlan, contiguous_sizes
 from dmt.train.optim import OptimConfig
 
-# "+comm": the same variant with --comm-compression on its embedding exchange (dmt.distributed.qcomm).
-VARIANTS = ("flat", "dmt", "stock", "flat+comm", "dmt+comm")
+__all__ = ["BenchConfig", "contiguous_plan", "format_bench_table", "run_bench"]
+
 NUM_TABLES = 26  # Criteo's categorical features
 FEATURES = tuple(f"cat_{i}" for i in range(NUM_TABLES))  # torchrec's DEFAULT_CAT_NAMES
-PHASES = ("forward", "backward", "optimizer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,14 +80,14 @@ class BenchConfig:
     profile: str | None = None  # directory: torch.profiler tables + traces of a few extra steps
     tf32: bool = False  # CUDA matmuls in TF32 (tensor cores) instead of full fp32
     link: str = "default"  # how the hosts are connected, for the report only
+    link_kind: str = "default"  # the same as a name: nvlink, hierarchical, sockets, shaped (calibration reads it)
+    sync_every_2d: int = 1  # flat:2d variants: DMPCollection.sync after every this many steps
     out: str | None = None  # JSON path
     progress: bool = True
 
     def __post_init__(self) -> None:
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants or len(set(self.variants)) != len(self.variants):
-            raise DmtError(f"--variants {','.join(self.variants)}: give distinct names from {list(VARIANTS)}")
-        for name in ("num_embeddings", "embedding_dim", "batch_size", "steps", "count_steps"):
+        parse_variants(self.variants)
+        for name in ("num_embeddings", "embedding_dim", "batch_size", "steps", "count_steps", "sync_every_2d"):
             if getattr(self, name) < 1:
                 raise DmtError(f"{name}={getattr(self, name)} must be >= 1")
         if self.warmup < 0 or self.pooling < 1:
@@ -122,8 +128,8 @@ def model_config(cfg: BenchConfig):
     )
 
 
-def tower_spec(cfg: BenchConfig):
-    """The :class:`dmt.train.build.TowerSpec` of the DMT variants."""
+def tower_spec(cfg: BenchConfig, layout: str | None = None):
+    """The :class:`dmt.train.build.TowerSpec` of the DMT variants (``layout``: their tower sharding)."""
     from dmt.train.build import TowerSpec
     from towers import TowerModuleConfig
 
@@ -131,7 +137,11 @@ def tower_spec(cfg: BenchConfig):
         module = TowerModuleConfig(kind=cfg.tower_module, compression=cfg.compression)
     except ValueError as e:
         raise DmtError(f"bad tower module: {e}") from None
-    return TowerSpec(plan=cfg.plan, module=module, sharding=cfg.tower_sharding)
+    return TowerSpec(plan=cfg.plan, module=module, sharding=layout or cfg.tower_sharding)
+
+
+def _layout(v: Variant, cfg: BenchConfig) -> str:
+    return v.resolved_layout(flat_sharding=cfg.flat_sharding, tower_sharding=cfg.tower_sharding)
 
 
 def build_variant(name: str, cfg: BenchConfig, env) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -142,22 +152,24 @@ def build_variant(name: str, cfg: BenchConfig, env) -> tuple[torch.nn.Module, to
     """
     from dmt.train.build import build_model
 
+    v = parse_variant(name)
     return build_model(
         model_config(cfg),
         cfg.optim,
         seed=cfg.seed,
-        towers=None if name.startswith("flat") else tower_spec(cfg),
+        towers=None if v.is_flat else tower_spec(cfg, _layout(v, cfg)),
         env=env,
-        flat_sharding=cfg.flat_sharding,
-        comm=cfg.comm if name.endswith("+comm") else None,
+        flat_sharding=_layout(v, cfg) if v.is_flat else cfg.flat_sharding,
+        comm=cfg.comm if v.comm else None,
         table_init="local",
-        tower_sharder="stock" if name == "stock" else "dmt",
+        tower_sharder="stock" if v.base == "stock" else "dmt",
     )
 
 
 def variant_sizes(name: str, cfg: BenchConfig, env) -> ModelSizes:
     """The sizes of the ``name`` variant that :func:`analytic` needs (from a meta model, no comms)."""
-    towers = None if name.startswith("flat") else tower_spec(cfg)
+    v = parse_variant(name)
+    towers = None if v.is_flat else tower_spec(cfg, _layout(v, cfg))
     return model_sizes(model_config(cfg), cfg.optim, towers, env.topology, env.device.type)
 
 
@@ -201,8 +213,9 @@ class _Clock:
         return [[(b - a) * 1e3 for a, b in itertools.pairwise(m)] for m in self._marks]
 
 
-def _plain_step(model, optimizer, clock: _Clock | None) -> Callable[[object], None]:
-    """forward, backward, optimizer step, with a clock mark after each phase."""
+def _plain_step(model, optimizer, clock: _Clock | None, after: Callable[[], None] | None) -> Callable[[object], None]:
+    """forward, backward, optimizer step (then ``after``, e.g. a 2D model's replica sync), with a
+    clock mark after each phase."""
 
     def step(batch) -> None:
         optimizer.zero_grad()
@@ -211,6 +224,8 @@ def _plain_step(model, optimizer, clock: _Clock | None) -> Callable[[object], No
         loss.backward()
         _mark(clock)
         optimizer.step()
+        if after is not None:
+            after()
         _mark(clock)
 
     return step
@@ -230,6 +245,7 @@ def _end_step(clock: _Clock) -> None:
 
 def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: list, *, bar) -> dict:
     """Warm up, time ``cfg.steps`` steps, then count ``cfg.count_steps`` steps' collectives."""
+    from dmt.distributed.flat import replica_sync
     from dmt.perf.comm_counter import CommCounter, reduce_summary, register_ddp_counting_hooks
 
     register_ddp_counting_hooks(model)  # as training does: the hook runs in timed steps too
@@ -238,7 +254,10 @@ def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: lis
     if cfg.pipeline:
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-        pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
+        # The pipeline syncs a 2D model's replicas itself (every batch unless told otherwise).
+        pipeline = TrainPipelineSparseDist(
+            model, optimizer, env.device, dmp_collection_sync_interval_batches=cfg.sync_every_2d
+        )
 
         def one(timed: bool) -> None:
             pipeline.progress(source)
@@ -246,8 +265,9 @@ def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: lis
                 _mark(clock if clock.cuda else None)
                 _end_step(clock)
     else:
-        timed_step = _plain_step(model, optimizer, clock)
-        step = _plain_step(model, optimizer, None)
+        after = replica_sync(model, cfg.sync_every_2d)  # None but for flat:2d
+        timed_step = _plain_step(model, optimizer, clock, after)
+        step = _plain_step(model, optimizer, None, after)
 
         def one(timed: bool) -> None:
             (timed_step if timed else step)(next(source))
@@ -342,8 +362,13 @@ def _quantile(xs: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- analytic
-def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict | None:
-    """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model."""
+def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology, flat_types: dict | None = None) -> dict | None:
+    """Cross-/intra-host bytes per sample ``dmt.perf.comm_model`` predicts, or None where it has no model.
+
+    A flat variant is modelled when all its tables use one modelled sharding type (``flat_types``:
+    what the planner chose, see :func:`dmt.distributed.flat.sharding_types`); 2D is not (its replica
+    sync goes through the process group object, which the byte counter does not see either).
+    """
     from dmt.perf.comm_model import MODELLED_FLAT_SHARDINGS, CommShape, analytic_dmt, analytic_flat
 
     shape = CommShape(
@@ -354,10 +379,12 @@ def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict |
         batch_size=cfg.batch_size,
         pooling_factor=cfg.pooling,
     )
-    if name.startswith("flat"):
-        if cfg.flat_sharding not in MODELLED_FLAT_SHARDINGS:
+    v = parse_variant(name)
+    if v.is_flat:
+        types = list(flat_types or {})
+        if _layout(v, cfg) == "2d" or len(types) != 1 or types[0] not in MODELLED_FLAT_SHARDINGS:
             return None
-        total = analytic_flat(shape, cfg.flat_sharding, dense_params=sizes.dense_params).total()
+        total = analytic_flat(shape, types[0], dense_params=sizes.dense_params).total()
         return {"cross_host": total.cross_host, "intra_host": total.intra_host}
     total = analytic_dmt(
         shape,
@@ -372,6 +399,34 @@ def analytic(sizes: ModelSizes, name: str, cfg: BenchConfig, topology) -> dict |
 
 
 # ------------------------------------------------------------------------------------------ job
+def _one_variant(name: str, cfg: BenchConfig, env, batches: list, bar) -> dict:
+    """Build, time and count one variant; its result with the analytic bytes and what it ran with."""
+    from dmt.distributed.flat import sharding_types
+
+    v = parse_variant(name)
+    sizes = variant_sizes(name, cfg, env)
+    try:
+        model, optimizer = build_variant(name, cfg, env)
+    except (DmtError, AssertionError, RuntimeError, ValueError, ImportError) as e:
+        # A layout this torchrec or device cannot build (e.g. 2D without CUDA) fails alike on every
+        # rank before any training collective: report it and time the other variants.
+        _release(env.device)
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    types = sharding_types(model) if v.is_flat else {}
+    result = {
+        **run_variant(name, model, optimizer, cfg, env, batches, bar=bar),
+        "layout": _layout(v, cfg),
+        "sharding_types": types,  # flat: what the planner chose, table counts per torchrec type
+        "intra_sharding": sizes.intra_sharding,  # DMT: the tower sharding "auto" resolved to
+        "analytic": analytic(sizes, name, cfg, env.topology, types),
+        "dense_params": sizes.dense_params,
+        "tower_params": sizes.tower_params,
+    }
+    del model, optimizer
+    _release(env.device)
+    return result
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Every rank: build and time each variant in turn; rank 0 prints the table and writes the JSON."""
     from tqdm import tqdm
@@ -388,20 +443,19 @@ def run_bench(cfg: BenchConfig) -> dict:
     batches = make_batches(cfg, topo.rank, min(per_variant + 2, 16), env.device)
     bar = tqdm(total=per_variant * len(cfg.variants), unit="step", disable=not (cfg.progress and env.is_main))
     results: dict = {}
+    failed: dict = {}
     for name in cfg.variants:
         bar.set_description(name)
-        sizes = variant_sizes(name, cfg, env)
-        model, optimizer = build_variant(name, cfg, env)
-        results[name] = {
-            **run_variant(name, model, optimizer, cfg, env, batches, bar=bar),
-            "analytic": analytic(sizes, name, cfg, topo),
-            "dense_params": sizes.dense_params,
-            "tower_params": sizes.tower_params,
-        }
-        del model, optimizer
-        _release(env.device)
+        result = _one_variant(name, cfg, env, batches, bar)
+        if "error" in result:
+            failed[name] = result["error"]
+        else:
+            results[name] = result
+        if env.is_main and cfg.out:  # what is measured so far survives a later hang or kill
+            partial = {**_report(cfg, env, results), "failed": failed, "complete": False}
+            atomic_write_text(cfg.out, json.dumps(partial, indent=2) + "\n")
     bar.close()
-    report = _report(cfg, env, results)
+    report = {**_report(cfg, env, results), "failed": failed, "complete": True}
     if env.is_main:
         print(format_bench_table(report), flush=True)
         if cfg.out:
@@ -421,7 +475,6 @@ def _release(device: torch.device) -> None:
 def _report(cfg: BenchConfig, env, results: dict) -> dict:
     topo = env.topology
     device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
-    ratios = {f"{v}/flat": _ratios(results[v], results["flat"]) for v in results if v != "flat" and "flat" in results}
     return {
         "hosts": topo.num_hosts,
         "ranks_per_host": topo.local_world_size,
@@ -432,19 +485,7 @@ def _report(cfg: BenchConfig, env, results: dict) -> dict:
         "torchrec": _torchrec_version(),
         "config": cfg.to_dict(),
         "variants": results,
-        "ratios": ratios,
-    }
-
-
-def _ratios(a: dict, b: dict) -> dict:
-    def ratio(x: float, y: float) -> float | None:
-        return x / y if y else None
-
-    return {
-        "step_ms": ratio(a["step_ms"]["median"], b["step_ms"]["median"]),
-        "samples_per_s": ratio(a["samples_per_s"], b["samples_per_s"]),
-        "cross_host_bytes_per_sample": ratio(a["cross_host_bytes_per_sample"], b["cross_host_bytes_per_sample"]),
-        "intra_host_bytes_per_sample": ratio(a["intra_host_bytes_per_sample"], b["intra_host_bytes_per_sample"]),
+        **summary(results),
     }
 
 
@@ -452,43 +493,3 @@ def _torchrec_version() -> str:
     from importlib.metadata import version
 
     return version("torchrec")
-
-
-# ---------------------------------------------------------------------------------------- table
-def format_bench_table(report: dict) -> str:
-    """The printed comparison: one row per variant, then one ratio row per non-flat variant."""
-    cfg = report["config"]
-    head = (
-        f"dmt bench: {report['hosts']} hosts x {report['ranks_per_host']} ranks on {report['device']} "
-        f"({report['backend']}, link: {cfg['link']}); 26 tables x {cfg['num_embeddings']:,} rows x dim "
-        f"{cfg['embedding_dim']}, batch {cfg['batch_size']}/rank, towers: {len(cfg['plan']['towers'])} "
-        f"{cfg['tower_module']} c={cfg['compression']:g} ({cfg['tower_sharding']}), flat {cfg['flat_sharding']}, "
-        f"{'pipelined' if cfg['pipeline'] else 'plain'} steps; median of {cfg['steps']} after {cfg['warmup']} "
-        "warm-up"
-    )
-    lines = [
-        head,
-        "",
-        "| variant | step ms | p10-p90 ms | samples/s | cross-host B/sample | intra-host B/sample "
-        "| fwd ms | bwd ms | opt ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in report["variants"].items():
-        s, ph = r["step_ms"], r["phases_ms"] or {}
-        phase_cells = [f"{ph[p]:.2f}" if p in ph else "-" for p in PHASES]
-        lines.append(
-            f"| {name} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} | {r['samples_per_s']:,.0f} "
-            f"| {r['cross_host_bytes_per_sample']:,.1f} | {r['intra_host_bytes_per_sample']:,.1f} | "
-            + " | ".join(phase_cells)
-            + " |"
-        )
-    for name, q in report["ratios"].items():
-        cells = [
-            q["step_ms"],
-            None,
-            q["samples_per_s"],
-            q["cross_host_bytes_per_sample"],
-            q["intra_host_bytes_per_sample"],
-        ]
-        lines.append(f"| **{name}** | " + " | ".join("-" if c is None else f"{c:.3f}x" for c in cells) + " | | | |")
-    return "\n".join(lines)

@@ -15,7 +15,7 @@ Example:
     >>> spec = TowerSpec(plan=TowerPlan.from_groups([cfg.sparse_features[:13], cfg.sparse_features[13:]], 2))
     >>> sizes = model_sizes(cfg, optim, spec, Topology(world_size=4, local_world_size=2))
     >>> sizes.tower_features, sizes.tower_outputs, sizes.intra_sharding
-    ((13, 13), (104, 104), 'table_row_wise')
+    ((13, 13), (104, 104), 'table_wise')
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-# The analytic model's names for torchrec's sharding types of the tower tables.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,17 +67,16 @@ def model_sizes(model_cfg, optim_cfg, towers=None, topology=None, device_type: s
 
 
 def _tower_sizes(model: torch.nn.Module, towers, topology, device_type: str) -> ModelSizes:
-    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection
+    from dmt.distributed.sharding_plan import build_sharding_plan, find_tower_collection, intra_sharding_of
     from dmt.model.dmt import tower_output_dims
 
     fqn, collection = find_tower_collection(model)
     # The plan dmt.shard follows (pure: nothing is sharded).
     plan = build_sharding_plan(model, towers.plan, topology, sharding=towers.sharding, device_type=device_type)
-    kinds = {ps.sharding_type for module_plan in plan.plan.values() for ps in module_plan.values()}
     return ModelSizes(
         dense_params=sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{fqn}.")),
         tower_params=sum(p.numel() for t in collection.towers for p in t.interaction.parameters()),
         tower_features=tuple(len(t.features) for t in towers.plan.towers),
         tower_outputs=tower_output_dims(collection),
-        intra_sharding=kinds.pop() if len(kinds) == 1 else None,
+        intra_sharding=intra_sharding_of(plan),
     )

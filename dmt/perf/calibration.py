@@ -19,7 +19,17 @@ from pathlib import Path
 
 from dmt.choices import TowerSharding
 from dmt.errors import DmtError
-from dmt.perf.cost_model import CODECS, Cluster, Codec, ModelShape, Setup, lossy_bytes_factor, predict_step
+from dmt.perf.bench_variants import parse_variant
+from dmt.perf.cost_model import (
+    CODECS,
+    FLAT_BASELINES,
+    Cluster,
+    Codec,
+    ModelShape,
+    Setup,
+    lossy_bytes_factor,
+    predict_step,
+)
 
 
 @dataclass(frozen=True)
@@ -59,32 +69,67 @@ def codec_of(comm: dict | None) -> Codec:
     return named[0] if named else Codec(name=f"{comm['forward']}/{comm['backward']}", forward=fwd, backward=bwd)
 
 
+def link_kind(report: dict) -> str:
+    """A bench JSON's link as one word: its ``link_kind``, or read off the label of older JSONs
+    ("NCCL sockets (--slow-link)" or "default")."""
+    cfg = report["config"]
+    if "link_kind" in cfg:
+        return cfg["link_kind"]
+    return "sockets" if "slow-link" in cfg["link"] else "default"
+
+
+def _flat_setup(v: dict, cfg: dict, codec: Codec) -> tuple[Setup | None, str | None]:
+    """The Setup of a flat variant, or None and why it is not modelled (a planner's mixed plan)."""
+    layout = v.get("layout") or cfg.get("flat_sharding", "table_wise")
+    if layout == "planner":  # what the planner chose; modelled when it is one type for every table
+        types = list(v.get("sharding_types") or {})
+        if len(types) != 1 or types[0] not in FLAT_BASELINES:
+            return None, f"planner's plan {v.get('sharding_types')} mixes or uses unmodelled types"
+        layout = types[0]
+    if layout not in FLAT_BASELINES:
+        return None, f"flat {layout} is not modelled"
+    return Setup(
+        codec=codec, pipeline=cfg["pipeline"], flat_sharding=layout, sync_every=cfg.get("sync_every_2d", 1)
+    ), None
+
+
+def _tower_setup(v: dict, cfg: dict, codec: Codec) -> Setup:
+    """dmt and stock: the same towers and bytes (stock differs in torchrec's code path only)."""
+    towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
+    intra = v.get("intra_sharding")  # what "auto" resolved to (newer JSONs)
+    if intra is None:
+        # older JSONs: "auto" inside a host of several GPUs was TWRW (row-wise Adagrad, 200k-row tables)
+        cw = (v.get("layout") or cfg.get("tower_sharding")) == TowerSharding.TABLE_COLUMN_WISE
+        intra = TowerSharding.TABLE_COLUMN_WISE if cw else TowerSharding.TABLE_ROW_WISE
+    return Setup(
+        num_towers=len(towers),
+        compression=cfg["compression"],
+        tower_module=cfg["tower_module"],
+        codec=codec,
+        tower_features=towers,
+        pipeline=cfg["pipeline"],
+        intra_sharding=intra,
+    )
+
+
 def measurements_from_bench(
     path: str | os.PathLike[str], cluster: str, *, excluded: str | None = None
 ) -> list[Measurement]:
-    """Every variant of a ``dmt bench --out`` JSON (flat, dmt, stock, +comm; plain or pipelined)."""
+    """Every modelled variant of a ``dmt bench --out`` JSON (flat of any modelled layout, dmt, stock,
+    +comm; plain or pipelined). Variants the cost model has no setup for are left out."""
     report = json.loads(Path(path).read_text())
     cfg = report["config"]
     model = ModelShape(num_embeddings=cfg["num_embeddings"], embedding_dim=cfg["embedding_dim"], pooling=cfg["pooling"])
-    towers = tuple(len(t["features"]) for t in cfg["plan"]["towers"])
-    # "auto" inside a host of several GPUs is TWRW for these runs (row-wise Adagrad, 200k-row tables).
-    cw = cfg.get("tower_sharding") == TowerSharding.TABLE_COLUMN_WISE
-    intra = TowerSharding.TABLE_COLUMN_WISE if cw else TowerSharding.TABLE_ROW_WISE
     out = []
     for name, v in report["variants"].items():
-        codec = codec_of(cfg["comm"]) if name.endswith("+comm") else CODECS["fp32"]
-        if name.startswith("flat"):
-            setup = Setup(codec=codec, pipeline=cfg["pipeline"])
-        else:  # dmt and stock: the same towers and bytes (stock differs in torchrec's code path only)
-            setup = Setup(
-                num_towers=len(towers),
-                compression=cfg["compression"],
-                tower_module=cfg["tower_module"],
-                codec=codec,
-                tower_features=towers,
-                pipeline=cfg["pipeline"],
-                intra_sharding=intra,
-            )
+        variant = parse_variant(name)
+        codec = codec_of(cfg["comm"]) if variant.comm else CODECS["fp32"]
+        if variant.is_flat:
+            setup, _ = _flat_setup(v, cfg, codec)
+            if setup is None:
+                continue
+        else:
+            setup = _tower_setup(v, cfg, codec)
         s = v["step_ms"]
         out.append(
             Measurement(
@@ -109,6 +154,9 @@ class Param:
     ``field`` may name several fields joined by "+" ("intra_host.efficiency+inter_host.efficiency":
     one link carrying both, e.g. NCCL sockets for every collective); they get the same value.
     ``log``: fit log(value) (positive constants spanning decades); else the value, within ``bounds``.
+    ``also``: more ``(cluster, field)`` pairs that get the same value (one physical link appearing
+    as another field elsewhere, e.g. NVLink as the inter-host link of one preset and the
+    intra-host link of another).
     """
 
     name: str
@@ -116,6 +164,7 @@ class Param:
     clusters: tuple[str, ...]
     log: bool = True
     bounds: tuple[float, float] = (1e-6, 1e6)
+    also: tuple[tuple[str, str], ...] = ()
 
 
 def _get(topo: Cluster, field: str) -> float:
@@ -134,9 +183,9 @@ def apply_params(
     """The clusters with each parameter's value written into each of its clusters."""
     out = dict(clusters)
     for p, v in zip(params, values):
-        for name in p.clusters:
-            for field in p.field.split("+"):
-                out[name] = _set(out[name], field, v)
+        targets = [(name, field) for name in p.clusters for field in p.field.split("+")] + list(p.also)
+        for name, field in targets:
+            out[name] = _set(out[name], field, v)
     return out
 
 

@@ -42,6 +42,10 @@ class Link:
         latency_us: alpha of one collective call (launch, rendezvous, first byte).
         latency_per_peer_us: extra alpha per remote peer of an all-to-all (many small sends).
         efficiency: the fraction of nominal bandwidth a collective reaches (fitted).
+        ring_efficiency: NCCL's ring collectives (reduce-scatter, all-gather, all-reduce) over
+            the all-to-all's bandwidth on this link: they pipeline chunks over several channels,
+            where an all-to-all opens one connection per peer (fitted where runs have them; 1
+            in presets fitted on all-to-all dominated runs).
     """
 
     gbytes_per_s: float
@@ -49,11 +53,12 @@ class Link:
     latency_us: float = 10.0
     latency_per_peer_us: float = 0.0
     efficiency: float = 1.0
+    ring_efficiency: float = 1.0
 
-    def rank_bytes_per_s(self, ranks_per_host: int) -> float:
-        """Bandwidth one rank gets when every rank of its host sends at once."""
+    def rank_bytes_per_s(self, ranks_per_host: int, ring: bool = False) -> float:
+        """Bandwidth one rank gets when every rank of its host sends at once (``ring``: in a ring collective)."""
         share = ranks_per_host if self.per == "host" else 1
-        return self.gbytes_per_s * 1e9 * self.efficiency / share
+        return self.gbytes_per_s * 1e9 * self.efficiency * (self.ring_efficiency if ring else 1.0) / share
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,8 +161,8 @@ def _check(topo: Cluster, where: str) -> Cluster:
         bad.append(f"hosts={topo.hosts} and gpus_per_host={topo.gpus_per_host} must be integers >= 1")
     for side in ("intra_host", "inter_host"):
         link = getattr(topo, side)
-        if link.gbytes_per_s <= 0 or link.efficiency <= 0:
-            bad.append(f"{side}.gbytes_per_s and .efficiency must be > 0")
+        if link.gbytes_per_s <= 0 or link.efficiency <= 0 or link.ring_efficiency <= 0:
+            bad.append(f"{side}.gbytes_per_s, .efficiency and .ring_efficiency must be > 0")
         if link.per not in ("gpu", "host"):
             bad.append(f"{side}.per={link.per!r} must be 'gpu' or 'host'")
         if link.latency_us < 0 or link.latency_per_peer_us < 0:

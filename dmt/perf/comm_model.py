@@ -24,7 +24,7 @@ from dmt.perf.comm_summary import PHASES, CommKey, CommStats, CommSummary
 # Not modelled: the per-step all-to-all of split sizes ahead of each KJT all-to-all (a few int64
 # per rank pair: ~k*8*(W-1)/B bytes per sample, k = 2 or 3), and weighted features' weights.
 
-MODELLED_FLAT_SHARDINGS = ("table_wise", "row_wise")  # the flat shardings whose bytes are modelled
+MODELLED_FLAT_SHARDINGS = ("table_wise", "row_wise", "table_row_wise")  # the flat shardings whose bytes are modelled
 # How a host's lookup exchanges bytes for each tower sharding: the flat formulas' pattern over L ranks.
 _INTRA_PATTERN = {
     TowerSharding.TABLE_ROW_WISE: "row_wise",
@@ -121,6 +121,26 @@ class _Terms:
             add(a2a, ("forward",), "int", ids)
             add(a2a, PHASES, "float", out_bytes / n)
 
+    def table_row_wise(self, features: float, out_bytes: float) -> None:
+        """A world EBC sharded TWRW: each table on one host g, its rows over g's L ranks.
+
+        Ids: lengths to each of g's L ranks and each id to one of them, over the world all-to-all
+        (another host with probability (H-1)/H). Output: g's L ranks each hold a partial sum for
+        every sample; an intra-host reduce-scatter sums them (L-1 vectors per sample move), then a
+        cross-host all-to-all over the peers brings each sum to its sample's host ((H-1)/H).
+        Backward: the same all-to-all back, then an intra-host all-gather (L-1 vectors).
+        """
+        sh = self.shape
+        H, L = sh.num_hosts, sh.ranks_per_host
+        lengths, ids = features * sh.length_bytes, features * sh.pooling_factor * sh.index_bytes
+        cross_ids = (H - 1) / H * (L * lengths + ids)
+        intra_ids = ((L - 1) * lengths + (L - 1) / L * ids) / H
+        self.add("all_to_all_single", "world", "forward", "int", cross=cross_ids, intra=intra_ids)
+        self.add("reduce_scatter", "intra_host", "forward", "float", cross=0.0, intra=(L - 1) * out_bytes)
+        self.add("all_gather", "intra_host", "backward", "float", cross=0.0, intra=(L - 1) * out_bytes)
+        for phase in PHASES:
+            self.add("all_to_all_single", "cross_host", phase, "float", cross=(H - 1) / H * out_bytes, intra=0.0)
+
     def allreduce(self, group: str, params: float) -> None:
         """DDP's ring all-reduce of ``params`` elements each step: ``2S/n`` to every other member.
 
@@ -152,9 +172,12 @@ def analytic_flat(shape: CommShape, sharding: str, *, dense_params: int = 0) -> 
     off-rank); every rank returns a partial pooled sum for every sample (reduce-scatter: ``D*s`` to
     W-1 ranks), and the gradient comes back by all-gather (the same).
 
+    table_row_wise: see :meth:`_Terms.table_row_wise`; per (sample, table) L-1 pooled vectors
+    inside the owning host and one across hosts with probability (H-1)/H.
+
     Args:
         shape: the sizes.
-        sharding: "table_wise" or "row_wise".
+        sharding: "table_wise", "row_wise" or "table_row_wise".
         dense_params: elements DMP's world DDP all-reduces each step (dense and over arch).
 
     Example:
@@ -170,14 +193,50 @@ def analytic_flat(shape: CommShape, sharding: str, *, dense_params: int = 0) -> 
     sh = shape
     W, L = sh.world_size, sh.ranks_per_host
     terms = _Terms(sh)
-    terms.lookup(
-        "world",
-        sharding,
-        features=sh.num_features,
-        out_bytes=sh.num_features * sh.embedding_dim * sh.element_bytes,
-        n=W,
-        remote=W - L,
-    )
+    out_bytes = sh.num_features * sh.embedding_dim * sh.element_bytes
+    if sharding == "table_row_wise":
+        terms.table_row_wise(sh.num_features, out_bytes)
+    else:
+        terms.lookup("world", sharding, features=sh.num_features, out_bytes=out_bytes, n=W, remote=W - L)
+    if dense_params:
+        terms.allreduce("world", dense_params)
+    return terms.summary()
+
+
+def analytic_flat_2d(
+    shape: CommShape, *, table_elements: float, sync_every: int = 1, dense_params: int = 0
+) -> CommSummary:
+    """Bytes per global sample of torchrec's 2D sparse parallelism (``DMPCollection``), as ``dmt bench``
+    runs it: tables sharded table-wise over a group of one rank per host (the H peers), replicated
+    on the L ranks of each host, the replicas averaged every ``sync_every`` steps.
+
+    The lookup is flat table-wise over the H peers (cross-host with probability (H-1)/H, as flat
+    table-wise over the world); the sync is a ring all-reduce over a host's L ranks of the rank's
+    share of the tables and their optimizer state (``table_elements / H`` elements): ``2(L-1)/L``
+    of it per rank, once per ``sync_every`` steps.
+
+    Args:
+        shape: the sizes.
+        table_elements: elements of every table plus its optimizer state (rows x (D + 1) under
+            row-wise Adagrad).
+        sync_every: steps between two syncs.
+        dense_params: elements of the world DDP all-reduce.
+
+    Example:
+        >>> sh = CommShape(num_features=2, embedding_dim=4, num_hosts=2, ranks_per_host=2, batch_size=8)
+        >>> s = analytic_flat_2d(sh, table_elements=2 * 10 * 5)  # 2 tables x 10 rows x (4 + 1)
+        >>> s.total(op="all_reduce").intra_host  # 100 elements / 2 hosts x 4 B x 2(L-1)/L per rank per step / 8
+        25.0
+    """
+    if sync_every < 1:
+        raise ValueError(f"sync_every={sync_every} must be >= 1")
+    sh = shape
+    H, L = sh.num_hosts, sh.ranks_per_host
+    terms = _Terms(sh)
+    out_bytes = sh.num_features * sh.embedding_dim * sh.element_bytes
+    terms.lookup("cross_host", "table_wise", features=sh.num_features, out_bytes=out_bytes, n=H, remote=H - 1)
+    per_rank_step = 2 * (L - 1) / L * table_elements / H * sh.element_bytes / sync_every
+    terms.add("all_reduce", "intra_host", "backward", "float", cross=0.0, intra=per_rank_step / sh.batch_size)
     if dense_params:
         terms.allreduce("world", dense_params)
     return terms.summary()

@@ -51,6 +51,7 @@ __all__ = [
     "CODECS",
     "DDP_BUCKET_BYTES",
     "ELEMENT_BYTES",
+    "FLAT_BASELINES",
     "KJT_INT_CALLS",
     "MODELLED_TOWER_KINDS",
     "Cluster",
@@ -87,7 +88,7 @@ class ModelShape:
 
     Args:
         num_tables: F sparse features, one table each.
-        num_embeddings: rows per table (capacity only; lookup time does not depend on it).
+        num_embeddings: rows per table (lookup time does not depend on it; 2D's replica sync does).
         embedding_dim: D.
         pooling: p ids per (sample, feature).
         num_dense: dense input features.
@@ -156,8 +157,13 @@ class Setup:
         tower_features: F_t per tower; None: contiguous split of the tables, sizes within one.
         pipeline: torchrec's TrainPipelineSparseDist (input all-to-alls off the critical path).
         intra_sharding: the tower tables inside a host: "table_row_wise" (TWRW: a
-            reduce-scatter of partial sums, L-1 pooled vectors per sample) or "table_column_wise" (TWCW:
-            an all-to-all of D/L columns; ``dmt bench --tower-sharding table_column_wise``).
+            reduce-scatter of partial sums, L-1 pooled vectors per sample), "table_column_wise" (TWCW:
+            an all-to-all of D/L columns) or "table_wise" (TW: whole tables, (L-1)/L of a vector).
+        flat_sharding: the flat model's layout (``num_towers=0``): "table_wise", "table_row_wise",
+            "row_wise" or "2d" (torchrec's DMPCollection). torchrec's planner is not modelled as such:
+            its plans here were one of these types for every table (``dmt bench`` records them),
+            and :data:`FLAT_BASELINES` 's fastest stands in for it.
+        sync_every: "2d" only: steps between two replica syncs.
     """
 
     num_towers: int = 0
@@ -167,15 +173,39 @@ class Setup:
     tower_features: tuple[int, ...] | None = None
     pipeline: bool = False
     intra_sharding: str = TowerSharding.TABLE_ROW_WISE.value
+    flat_sharding: str = "table_wise"
+    sync_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.flat_sharding not in FLAT_BASELINES:
+            raise DmtError(f"flat_sharding={self.flat_sharding!r}: the cost model knows {list(FLAT_BASELINES)}")
+        if self.intra_sharding not in _INTRA_LABELS:
+            raise DmtError(f"intra_sharding={self.intra_sharding!r}: the cost model knows {list(_INTRA_LABELS)}")
+        if self.sync_every < 1:
+            raise DmtError(f"sync_every={self.sync_every} must be >= 1")
 
     @property
     def is_dmt(self) -> bool:
         return self.num_towers > 0
 
     def label(self) -> str:
-        cw = " cw" if self.intra_sharding == TowerSharding.TABLE_COLUMN_WISE else ""
-        base = "flat" if not self.is_dmt else f"dmt T={self.num_towers} c={self.compression:g}{cw}"
+        """E.g. "flat fp32" (table-wise), "flat rw fp16", "dmt T=2 c=4 fp32" (row-wise inside a host),
+        "dmt T=2 c=4 tw fp16" (whole tables inside a host)."""
+        if self.is_dmt:
+            base = f"dmt T={self.num_towers} c={self.compression:g}{_INTRA_LABELS[self.intra_sharding]}"
+        else:
+            base = "flat" + _FLAT_LABELS[self.flat_sharding]
         return f"{base} {self.codec.name}" + (" pipelined" if self.pipeline else "")
+
+
+# Flat layouts the cost model predicts, and their labels (table-wise unlabelled: the old default).
+FLAT_BASELINES = ("table_wise", "table_row_wise", "row_wise", "2d")
+_FLAT_LABELS = {"table_wise": "", "table_row_wise": " twrw", "row_wise": " rw", "2d": " 2d"}
+_INTRA_LABELS = {
+    TowerSharding.TABLE_ROW_WISE.value: "",
+    TowerSharding.TABLE_COLUMN_WISE.value: " cw",
+    TowerSharding.TABLE_WISE.value: " tw",
+}
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -240,7 +270,7 @@ def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: in
     The codec compresses the float all-to-alls it would in ``dmt bench``: DMT's cross-host tower
     exchange, or flat's world embedding all-to-all (never DDP's all-reduce).
     """
-    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat  # torch only when bytes are needed
+    from dmt.perf.comm_model import CommShape, analytic_dmt, analytic_flat, analytic_flat_2d  # torch only here
     from dmt.perf.comm_summary import CommSummary
 
     shape = CommShape(
@@ -261,20 +291,33 @@ def comm_summary(model: ModelShape, setup: Setup, hosts: int, ranks_per_host: in
             dense_params=dense.dense_params,
             tower_params=dense.tower_params,
         )
+    elif setup.flat_sharding == "2d":
+        # every table and its row-wise Adagrad state (one value per row)
+        elements = model.num_tables * model.num_embeddings * (model.embedding_dim + 1)
+        summary = analytic_flat_2d(
+            shape, table_elements=elements, sync_every=setup.sync_every, dense_params=dense.dense_params
+        )
     else:
-        summary = analytic_flat(shape, "table_wise", dense_params=dense.dense_params)
+        summary = analytic_flat(shape, setup.flat_sharding, dense_params=dense.dense_params)
     factor = {"forward": setup.codec.forward, "backward": setup.codec.backward}
     stats = {
-        k: s.scaled(factor[k.phase]) if _is_coded(k.op, k.payload, _group_kind(k.group)) else s
+        k: s.scaled(factor[k.phase]) if _is_coded(k.op, k.payload, _group_kind(k.group), setup.is_dmt) else s
         for k, s in summary.stats.items()
     }
     return CommSummary(stats)
 
 
-def _is_coded(op: str, payload: str, group_kind: str) -> bool:
-    """The codec's collectives: float all-to-alls that leave the host (with H hosts of one rank the
-    peers *are* the world, so DMT's exchange is labelled "world" there; intra-host ones are not coded)."""
-    return op == "all_to_all_single" and payload == "float" and group_kind != "intra_host"
+_CODED_OPS = ("all_to_all_single", "reduce_scatter", "all_gather")  # torchrec's pooled-embedding comms
+
+
+def _is_coded(op: str, payload: str, group_kind: str, dmt: bool = True) -> bool:
+    """The codec's collectives. DMT: float all-to-alls that leave the host (with H hosts of one rank
+    the peers *are* the world, so DMT's exchange is labelled "world" there; intra-host ones are not
+    coded). Flat: every pooled-embedding collective, the row-wise reduce-scatter (and its
+    all-gather backward) too, as torchrec applies the codecs; not the 2D replica sync nor DDP."""
+    if payload != "float" or op not in _CODED_OPS:
+        return False
+    return group_kind != "intra_host" if dmt else True
 
 
 def _group_kind(label: str) -> str:
@@ -306,13 +349,17 @@ def collective_times(model: ModelShape, setup: Setup, topo: Cluster, batch_size:
     """
     H, L = topo.hosts, topo.gpus_per_host
     summary = comm_summary(model, setup, H, L, batch_size)
-    inter_bw, intra_bw = topo.inter_host.rank_bytes_per_s(L), topo.intra_host.rank_bytes_per_s(L)
+    intra_load = tw_intra_imbalance(model, setup, topo)
     out = []
     for key, stats in sorted(summary.stats.items()):
         kind = _group_kind(key.group)
         link = topo.intra_host if kind == "intra_host" or H == 1 else topo.inter_host
         members = {"world": H * L, "cross_host": H, "intra_host": L}.get(kind, H * L)
+        ring = key.op in _RING_OPS
+        inter_bw, intra_bw = topo.inter_host.rank_bytes_per_s(L, ring), topo.intra_host.rank_bytes_per_s(L, ring)
         cross, intra = stats.cross_host * batch_size, stats.intra_host * batch_size  # per rank per step
+        if kind == "intra_host" and key.op.startswith("all_to_all"):
+            intra *= intra_load  # the busiest rank's share of a host's whole-table lookups
         calls = _calls(key.op, key.payload, cross + intra)
         peers = (members - 1) if key.op.startswith("all_to_all") else 0
         alpha_s = calls * (link.latency_us + link.latency_per_peer_us * peers) * 1e-6
@@ -321,6 +368,32 @@ def collective_times(model: ModelShape, setup: Setup, topo: Cluster, batch_size:
         )
         out.append(CollectiveTime(key.op, kind, key.phase, key.payload, calls, cross, intra, (alpha_s + beta_s) * 1e3))
     return out
+
+
+_RING_OPS = ("reduce_scatter", "all_gather", "all_reduce", "ddp_allreduce")  # NCCL's ring collectives
+
+
+def tw_intra_imbalance(model: ModelShape, setup: Setup, topo: Cluster) -> float:
+    """The busiest GPU's share of its host's lookups over the mean, for DMT's whole tables per GPU (1 otherwise).
+
+    A host of F_h tables of equal width on L GPUs gives ceil(F_h/L) tables to its busiest GPU; its
+    lookup time and its intra-host exchange scale with that, not with the mean F_h/L. (Flat
+    table-wise over the world keeps the balanced assumption of the module docstring.)
+
+    Example:
+        >>> topo = load_cluster("h100-nvlink-400g")  # 8 hosts x 8 GPUs; 26 tables: 4 on the busiest host
+        >>> tw_intra_imbalance(ModelShape(), Setup(num_towers=8, intra_sharding="table_wise"), topo)
+        2.0
+    """
+    if not setup.is_dmt or setup.intra_sharding != TowerSharding.TABLE_WISE or topo.gpus_per_host == 1:
+        return 1.0
+    feats = setup.tower_features or contiguous_sizes(model.num_tables, setup.num_towers)
+    per_host = [0] * topo.hosts
+    for t, f in enumerate(feats):  # towers round-robin on hosts, as Setup says
+        per_host[t % topo.hosts] += f
+    busiest = max(per_host)
+    L = topo.gpus_per_host
+    return math.ceil(busiest / L) / (busiest / L)
 
 
 def _calls(op: str, payload: str, rank_bytes: float) -> int:
@@ -367,13 +440,13 @@ def predict_step(model: ModelShape, setup: Setup, topo: Cluster, batch_size: int
     # Forward reads each looked-up row; the fused backward reads and writes it again (rowwise
     # Adagrad's one state value per row is negligible). Balanced: B*F*p rows per rank either way.
     emb_bytes = 3.0 * batch_size * model.num_tables * model.pooling * model.embedding_dim * ELEMENT_BYTES
-    embedding_ms = emb_bytes / (m.memory_gbytes_per_s * 1e9) * 1e3
+    embedding_ms = emb_bytes / (m.memory_gbytes_per_s * 1e9) * 1e3 * tw_intra_imbalance(model, setup, topo)
     dense_ms = 3.0 * batch_size * dense.flops_per_sample / (m.effective_tflops * 1e12) * 1e3
     compute = embedding_ms + dense_ms
     colls = collective_times(model, setup, topo, batch_size)
     # Pipelined: the next batch's input all-to-alls (ids) run under this batch's compute.
     comm = sum(c.ms for c in colls if not (setup.pipeline and c.payload == "int"))
-    coded = sum(1 for c in colls if setup.codec.compressed and _is_coded(c.op, c.payload, c.group))
+    coded = sum(1 for c in colls if setup.codec.compressed and _is_coded(c.op, c.payload, c.group, setup.is_dmt))
     codec_ms = coded * m.codec_ms
     if setup.pipeline:
         hidden = m.pipeline_overlap * min(m.step_overhead_ms + compute, comm)
