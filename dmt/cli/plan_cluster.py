@@ -3,23 +3,28 @@
     dmt plan-cluster --cluster h100-nvlink-400g --hosts 8 --embedding-dim 128 --batch-size 8192 \
         --plot speedup.png --report plan_cluster.md
 
-Sweeps towers (H and 2H), intra-host sharding (row-wise, column-wise "cw"), tower compression c
-in {1, 2, 4, 8} and codec {fp32, fp16, lossy8}
-through :mod:`dmt.perf.cost_model`, prints one row per configuration (predicted step ms, cross-host
-bytes per sample, speed-up vs flat fp32), recommends the fastest, and optionally plots the
-projected DMT speed-up against GPU count (8..512) with a markdown report of the assumptions.
+Sweeps the flat baselines (table-wise, table-row-wise "twrw", row-wise "rw", 2D) and DMT's towers
+(H and 2H), intra-host sharding (row-wise, column-wise "cw", whole tables "tw"), tower compression
+c in {1, 2, 4, 8}, each under codec {fp32, fp16, lossy8}, through :mod:`dmt.perf.cost_model`
+(:mod:`dmt.perf.planning`); prints one row per configuration (predicted step ms, cross-host bytes
+per sample, speed-up vs the best flat baseline at the same codec), recommends the fastest, says
+whether DMT is worth it (flat or DMT, :func:`dmt.perf.planning.choose_layout`), and optionally
+plots the projected DMT speed-up against GPU count (8..512) with a markdown report of the assumptions.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 
-from dmt.choices import TowerSharding
+from dmt.cli.args import POSITIVE_FLOAT, POSITIVE_INT
 from dmt.errors import DmtError
+from dmt.perf.planning import COMPRESSIONS, INTRA, MAX_RECOMMENDED_COMPRESSION, Row, choose_layout, recommend
+from dmt.perf.planning import projection as planning_projection
+from dmt.perf.planning import sweep as planning_sweep
 
-COMPRESSIONS = (1.0, 2.0, 4.0, 8.0)
-INTRA = (TowerSharding.TABLE_ROW_WISE.value, TowerSharding.TABLE_COLUMN_WISE.value)  # label "cw" for the second
+__all__ = ["COMPRESSIONS", "INTRA", "MAX_RECOMMENDED_COMPRESSION", "projection", "recommend", "sweep"]
+
 GPU_COUNTS = (8, 16, 32, 64, 128, 256, 512)
 PAPER_RANGE = "up to 1.9x at 16-512 GPUs (DMT paper, MLSys'24; the 1.9x reportedly on 64 H100)"
 
@@ -39,65 +44,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="h100-nvlink-400g",
         help="preset name (dmt/perf/clusters/*.json) or a JSON path (h100-nvlink-400g; --topology is the old spelling)",
     )
-    p.add_argument("--hosts", type=int, help="override the cluster's host count")
-    p.add_argument("--num-tables", type=int, default=26, help="sparse features, one table each (26)")
-    p.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
-    p.add_argument("--embedding-dim", type=int, default=64, help="(64)")
-    p.add_argument("--batch-size", type=int, default=8192, help="per GPU (8192)")
-    p.add_argument("--pooling", type=float, default=1.0, help="ids per sample and feature (1)")
+    p.add_argument("--hosts", type=POSITIVE_INT, help="override the cluster's host count")
+    p.add_argument("--num-tables", type=POSITIVE_INT, default=26, help="sparse features, one table each (26)")
+    p.add_argument("--num-embeddings", type=POSITIVE_INT, default=100_000, help="rows per table (100000)")
+    p.add_argument("--embedding-dim", type=POSITIVE_INT, default=64, help="(64)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8192, help="per GPU (8192)")
+    p.add_argument("--pooling", type=POSITIVE_FLOAT, default=1.0, help="ids per sample and feature (1)")
     p.add_argument("--plot", help="PNG of projected DMT speed-up vs GPU count (8..512)")
     p.add_argument("--report", help="markdown report: table, recommendation, projection, assumptions")
     p.set_defaults(func=run_command)
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    setup: object  # dmt.perf.cost_model.Setup
-    step_ms: float
-    cross_bytes: float
-    speedup: float  # flat fp32 step / this step
-
-
 def sweep(model, topo, batch_size: int) -> list[Row]:
-    """Flat with every codec, then DMT with T in (H, 2H) x c x codec; speed-up vs flat fp32."""
-    from dmt.perf.cost_model import CODECS, Setup, predict_step
-
-    setups = [Setup(codec=c) for c in CODECS.values()]
-    towers = sorted({t for t in (topo.hosts, 2 * topo.hosts) if t <= model.num_tables})
-    if not towers:
-        raise DmtError(
-            f"{topo.hosts} hosts need at least one tower each but the model has "
-            f"{model.num_tables} tables; raise --num-tables or lower --hosts"
-        )
-    setups += [
-        Setup(num_towers=t, compression=c, codec=codec, intra_sharding=sh)
-        for t in towers
-        for sh in INTRA
-        for c in COMPRESSIONS
-        for codec in CODECS.values()
-    ]
-    preds = [predict_step(model, s, topo, batch_size) for s in setups]
-    base = preds[0].step_ms
-    return [Row(p.setup, p.step_ms, p.cross_host_bytes_per_sample, base / p.step_ms) for p in preds]
-
-
-# The cost model knows time, not quality: on 1M planted-group rows (benchmarks/sweep_tower_modules.py)
-# towers compressed 8x lost 0.11-0.26 AUC against flat (0.839); at c <= 4 TP towers stayed within
-# 0.08 of it, most within the flat model's own seed spread (0.786-0.839).
-MAX_RECOMMENDED_COMPRESSION = 4.0
-
-
-def recommend(rows: list[Row], max_compression: float = MAX_RECOMMENDED_COMPRESSION) -> Row:
-    """The fastest with c <= ``max_compression``; among those within 2% of it, the least
-    compressed (fewer model changes)."""
-    allowed = [r for r in rows if r.setup.compression <= max_compression] or rows
-    best = min(r.step_ms for r in allowed)
-    close = [r for r in allowed if r.step_ms <= 1.02 * best]
-    return min(close, key=lambda r: (r.setup.compression, r.setup.codec.forward != 1.0, r.step_ms))
+    """Flat baselines and DMT configurations, each against the best flat baseline at its codec
+    (:func:`dmt.perf.planning.sweep`)."""
+    return planning_sweep(model, topo, batch_size)
 
 
 def format_table(rows: list[Row], pick: Row) -> str:
-    lines = ["| configuration | step ms | cross-host B/sample | speed-up vs flat fp32 |", "|---|---:|---:|---:|"]
+    lines = [
+        "| configuration | step ms | cross-host B/sample | speed-up vs best flat (same codec) |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
         mark = " **<- recommended**" if r is pick else ""
         lines.append(f"| {r.setup.label()}{mark} | {r.step_ms:.2f} | {r.cross_bytes:,.0f} | {r.speedup:.2f}x |")
@@ -105,18 +73,9 @@ def format_table(rows: list[Row], pick: Row) -> str:
 
 
 def projection(model, topo, batch_size: int) -> list[tuple[int, float | None, str]]:
-    """Best DMT speed-up vs flat fp32 per GPU count (hosts = GPUs / GPUs per host); None if infeasible."""
-    out = []
-    for gpus in GPU_COUNTS:
-        hosts = max(1, gpus // topo.gpus_per_host)
-        if hosts < 2 or hosts > model.num_tables:
-            out.append((gpus, None, "needs 2 <= hosts <= tables"))
-            continue
-        rows = sweep(model, topo.with_hosts(hosts), batch_size)
-        dmt = [r for r in rows if r.setup.is_dmt]
-        pick = recommend(dmt)
-        out.append((gpus, pick.speedup, pick.setup.label()))
-    return out
+    """Best DMT speed-up vs the best flat baseline (fp32, row-wise Adagrad's exact shardings) per
+    GPU count (hosts = GPUs / GPUs per host); None if infeasible."""
+    return planning_projection(model, topo, batch_size, GPU_COUNTS)
 
 
 def plot_projection(points, topo, path: str) -> None:
@@ -161,10 +120,14 @@ def assumptions(topo, model, batch_size: int) -> list[str]:
         f"x efficiency {e.efficiency:.2f}, alpha {e.latency_us:g} us + {e.latency_per_peer_us:g} us/peer",
         f"model: {model.num_tables} tables x D={model.embedding_dim}, pooling {model.pooling:g}, dense arch "
         f"{list(model.dense_arch)}, over arch {list(model.over_arch)}, batch {batch_size} per GPU (weak scaling)",
-        "flat baseline: table-wise over the world (bytes of dmt.perf.comm_model), lookups assumed balanced "
-        "(idle ranks when tables < GPUs are not penalised: favours flat)",
-        "DMT: contiguous towers round-robin on hosts, row- or column-wise (cw) tables inside a host, linear "
-        "tower modules, dot global interaction; codecs compress the cross-host tower exchange only",
+        "flat baselines: table-wise, table-row-wise, row-wise over the world and 2D (torchrec's DMPCollection: "
+        "table-wise over one rank per host, replicas synced over the host every step), bytes of "
+        "dmt.perf.comm_model; speed-ups are against the fastest at the same codec; table-wise lookups "
+        "assumed balanced (idle ranks when tables < GPUs are not penalised: favours flat)",
+        "DMT: contiguous towers round-robin on hosts, row-, column-wise (cw) or whole (tw) tables inside a "
+        "host (tw: the busiest GPU's share of the host's tables sets its lookup and exchange time), linear "
+        "tower modules, dot global interaction; codecs compress the cross-host tower exchange only; the "
+        "flat-or-DMT choice and the projection use row-wise Adagrad's exact shardings (not cw) and c <= 4",
         "non-blocking inter-host fabric; all-reduce bytes are dmt.perf.comm_counter's direct-exchange upper bound",
         "constants: calibrated on a 4x H200 box as 2 emulated hosts x 1 and x 2 GPUs (benchmarks/results/"
         "gpu_h200x4); the 400G RDMA efficiency and the per-peer latency are assumed, not measured",
@@ -175,13 +138,11 @@ def run_command(args: argparse.Namespace) -> int:
     from dmt.atomic import atomic_write_text
     from dmt.perf.cost_model import ModelShape, load_cluster
 
+    if args.plot is not None and args.report is not None and os.path.abspath(args.plot) == os.path.abspath(args.report):
+        raise DmtError(f"--plot and --report are the same file ({args.plot}); give two paths")
     topo = load_cluster(args.cluster)
     if args.hosts is not None:
-        if args.hosts < 1:
-            raise DmtError(f"--hosts={args.hosts} must be >= 1")
         topo = topo.with_hosts(args.hosts)
-    if args.batch_size < 1:
-        raise DmtError(f"--batch-size={args.batch_size} must be >= 1")
     model = ModelShape(
         num_tables=args.num_tables,
         num_embeddings=args.num_embeddings,
@@ -195,14 +156,18 @@ def run_command(args: argparse.Namespace) -> int:
         f"dmt plan-cluster: {topo.name}, {topo.hosts} hosts x {topo.gpus_per_host} GPUs; {model.num_tables} "
         f"tables x D={model.embedding_dim}, batch {args.batch_size}/GPU"
     )
-    rec = f"recommended: {pick.setup.label()}: {pick.step_ms:.2f} ms/step, {pick.speedup:.2f}x vs flat fp32"
+    choice = choose_layout(model, topo, args.batch_size)
+    rec = (
+        f"recommended: {pick.setup.label()}: {pick.step_ms:.2f} ms/step, {pick.speedup:.2f}x vs the best flat "
+        f"baseline at its codec\nflat or DMT (fp32, row-wise Adagrad): {choice.reason}"
+    )
     print(f"{head}\n\n{table}\n\n{rec}")
     points = projection(model, topo, args.batch_size) if (args.plot or args.report) else []
     if args.plot:
         plot_projection(points, topo, args.plot)
         print(f"wrote {args.plot}")
     if args.report:
-        proj = ["| GPUs | best DMT speed-up vs flat fp32 | configuration |", "|---:|---:|---|"]
+        proj = ["| GPUs | best DMT speed-up vs best flat (fp32) | configurations |", "|---:|---:|---|"]
         proj += [f"| {g} | {'-' if s is None else f'{s:.2f}x'} | {c} |" for g, s, c in points]
         text = "\n".join(
             [
