@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +54,18 @@ class Tower:
 
     def __post_init__(self) -> None:
         # Accept lists from callers and JSON, keep the dataclass hashable and immutable.
+        where = f"tower {self.name!r}"
+        if not isinstance(self.name, str):
+            raise PlanError(f"tower name {self.name!r} must be a string")
+        if isinstance(self.features, str):
+            raise PlanError(f"{where}: 'features' must be a list of feature names, got one string")
         object.__setattr__(self, "features", tuple(self.features))
+        if not all(isinstance(f, str) for f in self.features):
+            raise PlanError(f"{where}: 'features' must be a list of feature names")
+        # numpy integers and floats (the partitioner's) are numbers too; bools and strings are not.
+        object.__setattr__(self, "host", _integer(self.host, f"{where}: 'host'"))
+        object.__setattr__(self, "memory_bytes", _integer(self.memory_bytes, f"{where}: 'memory_bytes'", minimum=0))
+        object.__setattr__(self, "cost", _real(self.cost, f"{where}: 'cost'"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,14 @@ class TowerPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "towers", tuple(self.towers))
+        object.__setattr__(self, "num_hosts", _integer(self.num_hosts, "plan field 'num_hosts'"))
+        object.__setattr__(self, "version", _integer(self.version, "plan field 'version'"))
+        if not isinstance(self.method, str):
+            raise PlanError(f"plan field 'method' must be a string, got {self.method!r}")
+        if not isinstance(self.params, Mapping):
+            raise PlanError(f"plan field 'params' must be an object, got {self.params!r}")
+        if not all(isinstance(t, Tower) for t in self.towers):
+            raise PlanError("plan towers must be Tower objects")
         self._check_consistent()
 
     # ------------------------------------------------------------------ queries
@@ -193,29 +214,12 @@ class TowerPlan:
                 raise PlanError(f"plan is missing the required field {key!r}")
         if not isinstance(d["towers"], list):
             raise PlanError("plan field 'towers' must be a list")
-        towers = []
-        for i, t in enumerate(d["towers"]):
-            if not isinstance(t, Mapping) or "features" not in t or "host" not in t:
-                raise PlanError(f"plan tower #{i} needs at least 'features' and 'host'")
-            if not isinstance(t["features"], list) or not all(isinstance(f, str) for f in t["features"]):
-                raise PlanError(f"plan tower #{i}: 'features' must be a list of feature names")
-            if not isinstance(t["host"], int):
-                raise PlanError(f"plan tower #{i}: 'host' must be an integer, got {t['host']!r}")
-            towers.append(
-                Tower(
-                    name=str(t.get("name", f"tower_{i}")),
-                    features=tuple(t["features"]),
-                    host=t["host"],
-                    cost=float(t.get("cost", 0.0)),
-                    memory_bytes=int(t.get("memory_bytes", 0)),
-                )
-            )
         return cls(
-            towers=tuple(towers),
-            num_hosts=int(d["num_hosts"]),
-            method=str(d.get("method", "manual")),
-            params=dict(d.get("params", {})),
-            version=int(d["version"]),
+            towers=tuple(_tower_from_dict(i, t) for i, t in enumerate(d["towers"])),
+            num_hosts=_integer(d["num_hosts"], "plan field 'num_hosts'", strict=True),
+            method=d.get("method", "manual"),
+            params=d.get("params", {}),
+            version=d["version"],
         )
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -258,6 +262,45 @@ class TowerPlan:
         """Build a plan from feature groups, placing tower i on host i % num_hosts."""
         towers = tuple(Tower(f"tower_{i}", tuple(g), host=i % num_hosts) for i, g in enumerate(groups))
         return cls(towers=towers, num_hosts=num_hosts, method=method, params=dict(params or {}))
+
+
+def _tower_from_dict(i: int, t: Any) -> Tower:
+    """Tower #``i`` of a plan's JSON: every field of the right JSON type, nothing converted silently."""
+    if not isinstance(t, Mapping) or "features" not in t or "host" not in t:
+        raise PlanError(f"plan tower #{i} needs at least 'features' and 'host'")
+    if not isinstance(t["features"], list) or not all(isinstance(f, str) for f in t["features"]):
+        raise PlanError(f"plan tower #{i}: 'features' must be a list of feature names")
+    name = t.get("name", f"tower_{i}")
+    if not isinstance(name, str):
+        raise PlanError(f"plan tower #{i}: 'name' must be a string, got {name!r}")
+    return Tower(
+        name=name,
+        features=tuple(t["features"]),
+        host=_integer(t["host"], f"plan tower #{i}: 'host'", strict=True),
+        cost=_real(t.get("cost", 0.0), f"plan tower #{i}: 'cost'", strict=True),
+        memory_bytes=_integer(t.get("memory_bytes", 0), f"plan tower #{i}: 'memory_bytes'", minimum=0, strict=True),
+    )
+
+
+def _integer(value: Any, what: str, *, minimum: int | None = None, strict: bool = False) -> int:
+    """``value`` as an int. JSON (``strict``) must hold a JSON integer: ``"2"`` and ``2.7`` are refused, not
+    converted; Python callers may pass any integral number (numpy's too). Bools are never integers here."""
+    integral = isinstance(value, int) if strict else isinstance(value, numbers.Integral)
+    if isinstance(value, bool) or not integral:
+        raise PlanError(f"{what} must be an integer, got {value!r}; fix the plan or re-create it with `dmt partition`")
+    if minimum is not None and value < minimum:
+        raise PlanError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real(value: Any, what: str, *, strict: bool = False) -> float:
+    """``value`` as a finite float (JSON: an int or float; Python: any real number)."""
+    real = isinstance(value, int | float) if strict else isinstance(value, numbers.Real)
+    if isinstance(value, bool) or not real or not math.isfinite(value):
+        raise PlanError(
+            f"{what} must be a finite number, got {value!r}; fix the plan or re-create it with `dmt partition`"
+        )
+    return float(value)
 
 
 def contiguous_sizes(num_items: int, num_parts: int) -> tuple[int, ...]:

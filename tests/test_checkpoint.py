@@ -90,16 +90,22 @@ def _dmt_plan(tmp_path) -> list[str]:
 
 
 @pytest.mark.parametrize("model", ["flat", "dmt"])
-def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_path, monkeypatch, model):
-    """flat: the job relaunches itself (--max-restarts); dmt: the user relaunches with --resume."""
+def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_path, monkeypatch, capfd, model):
+    """flat: the job relaunches itself (--max-restarts); dmt: the user relaunches with --resume.
+
+    The kill is proven (the launcher's restart line, metrics.json's restarts / resumed_from_step),
+    and the resumed run's byte metrics count its own steps (they were 0.0 after any resume).
+    """
     dist = ["--batch-size", "16", "--hosts", "2", "--ranks-per-host", "2"]
     if model == "dmt":
         dist += _dmt_plan(tmp_path)
     assert _train(synthetic_criteo, tmp_path / "full", *dist) == 0
     # Rank 1 SIGKILLs itself right after the step-20 checkpoint; its peers die with it.
     kill_rank_after_checkpoint(monkeypatch, rank=1, step=20)
+    capfd.readouterr()
     if model == "flat":
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--max-restarts", "1") == 0
+        assert "restart 1 of 1 from the newest checkpoint" in capfd.readouterr().err
     else:
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--resume") != 0
         stop_killing(monkeypatch)
@@ -107,7 +113,12 @@ def test_kill9_a_rank_then_resume_matches_uninterrupted(synthetic_criteo, tmp_pa
         assert _train(synthetic_criteo, tmp_path / "killed", *dist, "--resume") == 0
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     killed = json.loads((tmp_path / "killed/metrics.json").read_text())
+    assert (killed["resumed_from_step"], killed["restarts"]) == (20, 1 if model == "flat" else 0)
+    assert (full["resumed_from_step"], full["restarts"]) == (0, 0)
     assert killed["losses"] == full["losses"] and len(full["losses"]) == 30
+    for key in ("cross_host_bytes_per_sample", "intra_host_bytes_per_sample"):
+        # steps 21-30 against steps 1-30 of the same job: the same tensors per step, ids aside
+        assert killed[key] > 0 and killed[key] == pytest.approx(full[key], rel=0.05), key
     _assert_same_state(
         tmp_path / "full/checkpoints/step_00000030", tmp_path / "killed/checkpoints/step_00000030", tmp_path
     )

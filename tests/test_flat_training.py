@@ -61,6 +61,8 @@ def test_sharded_matches_single_process(synthetic_criteo, tmp_path, single_proce
         sharding,
     )
     assert sharded["world_size"] == hosts * ranks
+    # every held-out row scored once on 4 ranks too: the last batch is padded, the padding masked
+    assert sharded["eval_rows"] == single_process["eval_rows"] == 1200
     np.testing.assert_allclose(sharded["losses"], single_process["losses"], rtol=2e-5, atol=2e-6)
     assert sharded["auc"] == pytest.approx(single_process["auc"], abs=1e-4)
 

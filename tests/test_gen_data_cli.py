@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -48,10 +50,11 @@ def test_gz_and_new_directories(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--rows", "0"], "--rows=0 must be >= 1"),
-        (["--rows", "-5"], "--rows=-5 must be >= 1"),
-        (["--rows", "10", "--seed", "-1"], "--seed=-1 must be >= 0"),
-        (["--rows", "10", "--groups", "0"], "num_groups=0 must be in [1, 26]"),
+        (["--rows", "0"], "argument --rows: 0 must be >= 1"),
+        (["--rows", "-5"], "argument --rows: -5 must be >= 1"),
+        (["--rows", "ten"], "argument --rows: 'ten' is not an integer"),
+        (["--rows", "10", "--seed", "-1"], "argument --seed: -1 must be between 0 and"),
+        (["--rows", "10", "--groups", "0"], "argument --groups: 0 must be >= 1"),
         (["--rows", "10", "--groups", "27"], "num_groups=27 must be in [1, 26]"),
     ],
 )
@@ -68,10 +71,11 @@ def test_unwritable_paths_exit_2_and_write_nothing(tmp_path, capsys):
     blocker.write_text("x")
     good = tmp_path / "d.txt"
     cases = [
-        (str(blocker / "sub" / "d.txt"), str(tmp_path / "t.json"), "not a writable directory"),
-        (str(good), str(blocker / "t.json"), "not a writable directory"),
+        (str(blocker / "sub" / "d.txt"), str(tmp_path / "t.json"), "is a file, not a directory"),
+        (str(good), str(blocker / "t.json"), "is a file, not a directory"),
         (str(tmp_path), str(tmp_path / "t.json"), "is a directory"),
         (str(good), str(good), "the same file"),
+        ("", str(tmp_path / "t.json"), "--out is empty"),
     ]
     for out, truth, message in cases:
         assert main(["gen-data", "--rows", "10", "--out", out, "--truth", truth]) == 2
@@ -91,10 +95,21 @@ def test_failed_truth_write_removes_the_data(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_special_files_are_refused_before_any_work(tmp_path, capsys):
+    """The atomic writer would rename over them (as root it replaced /dev/full with a regular file)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out, truth in ((fifo, tmp_path / "t.json"), (tmp_path / "d.txt", fifo)):
+        assert main(["gen-data", "--rows", "10", "--out", str(out), "--truth", str(truth)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not a regular file" in err[0] and str(fifo) in err[0], err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
 def test_missing_required_argument_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["gen-data", "--rows", "10", "--truth", str(tmp_path / "t.json")])
-    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+    assert main(["gen-data", "--rows", "10", "--truth", str(tmp_path / "t.json")]) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_truth_defaults_to_a_file_beside_the_rows(tmp_path):

@@ -68,7 +68,7 @@ def test_comm_compression_without_ranks(capsys, tmp_path, synthetic_criteo):
 
 
 def test_impossible_topology(capsys, tmp_path, synthetic_criteo):
-    _fails(capsys, tmp_path, ["--data", str(synthetic_criteo), "--hosts", "0"], "--hosts=0")
+    _fails(capsys, tmp_path, ["--data", str(synthetic_criteo), "--hosts", "0"], "--hosts", "0 must be >= 1")
 
 
 def test_bad_row_under_emulated_hosts_is_one_line(capfd, tmp_path):

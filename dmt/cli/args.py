@@ -8,6 +8,8 @@ modules' ratio c). The old spellings ``--sharding`` and ``--compression`` still 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from dmt.choices import USER_TOWER_SHARDINGS, FlatSharding
 
@@ -42,8 +44,58 @@ def add_tower_compression_argument(group: argparse._ArgumentGroup, default: floa
         "--tower-compression",
         "--compression",
         dest="tower_compression",
-        type=float,
+        type=POSITIVE_FLOAT,
         default=default,
         help=f"tower output compression ratio c: a tower of F features emits round(F/c) vectors ({default:g}; "
         "--compression is the old spelling)",
     )
+
+
+# ------------------------------------------------------------------ numbers
+# Every numeric flag of every subcommand parses through one of these, so a bad value (nan, a
+# negative seed, a zero size) is refused by argparse in one line with exit 2 before anything runs,
+# instead of a traceback later or a silent replacement (``--embedding-dim 0`` once meant "the
+# preset's"). Library configs keep their own checks in ``__post_init__`` for callers that skip the CLI.
+
+
+def int_arg(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[minimum, maximum]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"{value} must be {bounds}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_arg(minimum: float, *, above: bool = False, below: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float >= ``minimum`` (> with ``above``), and < ``below`` if given."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value <= minimum if above else value < minimum
+        if not math.isfinite(value) or too_low or (below is not None and value >= below):
+            low = f"> {minimum:g}" if above else f">= {minimum:g}"
+            bounds = low if below is None else f"{low} and < {below:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {bounds}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE_INT = int_arg(1)
+NON_NEGATIVE_INT = int_arg(0)
+SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
+POSITIVE_FLOAT = float_arg(0.0, above=True)
+FRACTION = float_arg(0.0, above=True, below=1.0)

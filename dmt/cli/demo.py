@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dmt.cli.args import add_tower_compression_argument
+from dmt.cli.args import POSITIVE_INT, SEED, add_tower_compression_argument, int_arg
+from dmt.cli.outputs import check_output_dir
 from dmt.errors import DmtError
 
 
@@ -24,14 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "log loss, cross-host bytes and throughput side by side, and write a report with plots.",
     )
     p.add_argument("--workdir", default="runs/demo", help="where data and results go (runs/demo)")
-    p.add_argument("--rows", type=int, default=300_000, help="generated rows (300000)")
-    p.add_argument("--hosts", type=int, default=2)
-    p.add_argument("--ranks-per-host", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128, help="per rank (128)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--towers", type=int, default=4, help="towers for DMT (4)")
+    p.add_argument("--rows", type=int_arg(1000), default=300_000, help="generated rows (300000; at least 1000)")
+    p.add_argument("--hosts", type=POSITIVE_INT, default=2)
+    p.add_argument("--ranks-per-host", type=POSITIVE_INT, default=2)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="per rank (128)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=1)
+    p.add_argument("--towers", type=POSITIVE_INT, default=4, help="towers for DMT (4)")
     add_tower_compression_argument(p, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=run)
 
 
@@ -44,8 +45,7 @@ def _run_dmt(argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.rows < 1000:
-        raise DmtError(f"--rows={args.rows} is too small for a demo; use at least 1000")
+    check_output_dir(args.workdir, "--workdir")
     work = Path(args.workdir)
     data, truth = _generate(args, work / "data")
     plan = _partition(args, data, truth, work)
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     }
     for name, (out, extra) in runs.items():
         print(f"[demo] training {name} on {args.hosts} hosts x {args.ranks_per_host} ranks -> {out}")
-        _run_dmt(["train", *_train_arguments(args, data), f"--out={out}", *extra])
+        # A demo re-run replaces its own earlier results (dmt train refuses a used --out otherwise).
+        _run_dmt(["train", *_train_arguments(args, data), f"--out={out}", "--overwrite", *extra])
     _report({name: out for name, (out, _) in runs.items()}, work)
     return 0
 

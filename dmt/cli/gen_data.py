@@ -13,6 +13,8 @@ import os
 import time
 
 from dmt.atomic import atomic_write_text
+from dmt.cli.args import POSITIVE_INT, SEED
+from dmt.cli.outputs import check_output_file
 from dmt.data.synthetic import PRESETS, generate_criteo
 from dmt.errors import DmtError
 
@@ -29,11 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "against). Both files are written atomically; a .gz output is gzip-compressed."
         ),
     )
-    p.add_argument("--rows", type=int, required=True, help="number of rows to generate (>= 1)")
+    p.add_argument("--rows", type=POSITIVE_INT, required=True, help="number of rows to generate (>= 1)")
     p.add_argument("--out", required=True, help="output TSV file (.gz to compress)")
     p.add_argument("--truth", help="output JSON file with the planted groups (default: <out>.truth.json)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
-    p.add_argument("--groups", type=int, default=None, help="number of planted groups (default: the preset's, 4)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed; same seed, same bytes (default: 0)")
+    p.add_argument(
+        "--groups", type=POSITIVE_INT, default=None, help="number of planted groups (default: the preset's, 4)"
+    )
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -46,10 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the rows and the truth file; print a one-line summary. Returns the exit code."""
-    if args.rows < 1:
-        raise DmtError(f"--rows={args.rows} must be >= 1")
-    if args.seed < 0:
-        raise DmtError(f"--seed={args.seed} must be >= 0")
+    check_output_file(args.out, "--out")  # before the default --truth is derived from it
     if args.truth is None:
         args.truth = f"{args.out}.truth.json"
     if os.path.abspath(args.out) == os.path.abspath(args.truth):
@@ -59,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         spec = PRESETS[args.preset](**overrides)
     except ValueError as e:
         raise DmtError(f"bad generator settings: {e}") from None
-    for path, flag in ((args.out, "--out"), (args.truth, "--truth")):
-        _check_writable(path, flag)
+    check_output_file(args.truth, "--truth")
 
     t0 = time.perf_counter()
     try:
@@ -81,15 +81,3 @@ def run(args: argparse.Namespace) -> int:
         f"(preset {args.preset}, seed {args.seed}); truth in {args.truth}"
     )
     return 0
-
-
-def _check_writable(path: str, flag: str) -> None:
-    """Fail before any work if ``path`` cannot be created: no half-done outputs later."""
-    if os.path.isdir(path):
-        raise DmtError(f"{flag} {path} is a directory; give a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    # atomic_open creates missing directories, so the nearest existing ancestor must be writable.
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise DmtError(f"{flag} {path}: cannot create files in {parent} (not a writable directory)")

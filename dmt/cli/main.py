@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
+from dmt.distributed.launch import JobStopped, watch_parent
 from dmt.errors import DmtError
 from dmt.quiet import quiet_third_party
 
@@ -47,8 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad arguments (one line printed, 2) or --help (0): an exit code like any other
+        return e.code if isinstance(e.code, int) else 2
     args.argv = argv  # lets a command re-launch itself under torchrun with the same arguments
+    _end_with_agent()
     try:
         return int(args.func(args) or 0)
     except DmtError as e:
@@ -57,6 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         _report(f"dmt {args.command}: error: no such file: {e.filename}")
         return 2
+    except JobStopped as e:
+        hint = "; a run with checkpoints continues with --resume" if args.command == "train" else ""
+        _report(f"dmt {args.command}: {e}: its torchrun agents and ranks were stopped (exit {e.exit_code}){hint}")
+        return e.exit_code
+
+
+_watching = False
+
+
+def _end_with_agent() -> None:
+    """A torchrun worker SIGKILLs itself if its agent vanishes (``kill -9``), instead of running on
+    and writing outputs for a job nobody owns (see ``dmt.distributed.launch``). Once per process."""
+    global _watching
+    if "TORCHELASTIC_RUN_ID" in os.environ and not _watching:
+        _watching = True
+        watch_parent(lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 def _report(line: str) -> None:

@@ -18,6 +18,7 @@ import argparse
 import os
 
 from dmt.cli.args import POSITIVE_FLOAT, POSITIVE_INT
+from dmt.cli.outputs import check_output_file
 from dmt.errors import DmtError
 from dmt.perf.planning import COMPRESSIONS, INTRA, MAX_RECOMMENDED_COMPRESSION, Row, choose_layout, recommend
 from dmt.perf.planning import projection as planning_projection
@@ -138,6 +139,8 @@ def run_command(args: argparse.Namespace) -> int:
     from dmt.atomic import atomic_write_text
     from dmt.perf.cost_model import ModelShape, load_cluster
 
+    check_output_file(args.plot, "--plot")  # before the sweep: a bad path used to fail after the work
+    check_output_file(args.report, "--report")
     if args.plot is not None and args.report is not None and os.path.abspath(args.plot) == os.path.abspath(args.report):
         raise DmtError(f"--plot and --report are the same file ({args.plot}); give two paths")
     topo = load_cluster(args.cluster)

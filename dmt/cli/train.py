@@ -6,7 +6,17 @@ import argparse
 import os
 import sys
 
-from dmt.cli.args import add_flat_sharding_argument, add_tower_compression_argument, add_tower_sharding_argument
+from dmt.cli.args import (
+    FRACTION,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    add_flat_sharding_argument,
+    add_tower_compression_argument,
+    add_tower_sharding_argument,
+)
+from dmt.cli.outputs import check_output_dir
 from dmt.errors import DmtError
 
 
@@ -23,15 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag of `dmt train`: what is trained, then how the run goes."""
+    _add_model_arguments(p)
+    _add_run_arguments(p)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Data, model, towers and the embedding exchange."""
     data = p.add_argument_group("data")
     data.add_argument("--data", required=True, help="Criteo TSV file (.gz ok)")
-    data.add_argument("--eval-fraction", type=float, default=0.2, help="last fraction of rows held out (0.2)")
+    data.add_argument("--eval-fraction", type=FRACTION, default=0.2, help="last fraction of rows held out (0.2)")
     data.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
     model.add_argument("--preset", choices=["debug", "small", "criteo"], default="small", help="model size (small)")
-    model.add_argument("--embedding-dim", type=int, help="override the preset's embedding dim")
-    model.add_argument("--num-embeddings", type=int, help="rows per table; ids are hashed modulo this")
+    model.add_argument("--embedding-dim", type=POSITIVE_INT, help="override the preset's embedding dim")
+    model.add_argument("--num-embeddings", type=POSITIVE_INT, help="rows per table; ids are hashed modulo this")
     tw = p.add_argument_group("towers (DMT)")
     tw.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`): train DMT over these towers")
     tw.add_argument(
@@ -57,31 +74,45 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="compress the embedding exchange: fp16, bf16, int8, lossy or FWD:BWD (e.g. fp16:bf16), "
         "then options, e.g. 'lossy:bf16,lossy_eb=0.01,lossy_warmup_iters=5000' (see dmt/distributed/qcomm/config.py)",
     )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Optimisation, distribution, checkpoints and outputs."""
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=256, help="per rank (256)")
-    opt.add_argument("--epochs", type=int, default=1)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: full epochs)")
-    opt.add_argument("--lr", type=float, default=0.05, help="embedding learning rate")
-    opt.add_argument("--dense-lr", type=float, default=0.05)
-    opt.add_argument("--tower-lr", type=float, default=0.005, help="learning rate of the tower modules (0.005)")
+    opt.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="per rank (256)")
+    opt.add_argument("--epochs", type=POSITIVE_INT, default=1)
+    opt.add_argument(
+        "--max-steps", type=NON_NEGATIVE_INT, default=0, help="stop after this many steps (0: full epochs)"
+    )
+    opt.add_argument("--lr", type=POSITIVE_FLOAT, default=0.05, help="embedding learning rate")
+    opt.add_argument("--dense-lr", type=POSITIVE_FLOAT, default=0.05)
+    opt.add_argument(
+        "--tower-lr", type=POSITIVE_FLOAT, default=0.005, help="learning rate of the tower modules (0.005)"
+    )
     opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
-    opt.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--eval-every", type=NON_NEGATIVE_INT, default=0, help="steps between evaluations (0: at the end)")
+    opt.add_argument("--seed", type=SEED, default=0)
     dist = p.add_argument_group("distribution")
-    dist.add_argument("--hosts", type=int, default=1, help="emulated hosts on this machine (1)")
-    dist.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
+    dist.add_argument("--hosts", type=POSITIVE_INT, default=1, help="emulated hosts on this machine (1)")
+    dist.add_argument("--ranks-per-host", type=POSITIVE_INT, default=1, help="ranks per emulated host (1)")
     add_flat_sharding_argument(dist)
     ck = p.add_argument_group("checkpoints")
-    ck.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
+    ck.add_argument("--checkpoint-every", type=NON_NEGATIVE_INT, default=0, help="save every N steps (0: never)")
     ck.add_argument(
         "--max-restarts",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=0,
         help="relaunch a failed emulated job this many times, each resuming from the newest checkpoint",
     )
     ck.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>")
-    p.add_argument("--out", default="runs/train", help="output directory (runs/train)")
+    ck.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in <out> (its checkpoints, metrics.json, run.json); without it "
+        "or --resume, a used <out> is refused",
+    )
+    p.add_argument("--out", default="runs/train", help="output directory (runs/train); locked while the run uses it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -104,10 +135,10 @@ def job_config(args: argparse.Namespace):
     from dmt.train.optim import OptimConfig
 
     overrides: dict = {"arch": args.model}
-    if args.embedding_dim:
+    if args.embedding_dim is not None:
         dense = ModelConfig.preset(args.preset).dense_arch
         overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
-    if args.num_embeddings:
+    if args.num_embeddings is not None:
         overrides["num_embeddings"] = (args.num_embeddings,) * 26
     towers = None
     if args.plan:
@@ -151,6 +182,7 @@ def job_config(args: argparse.Namespace):
         progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        overwrite=args.overwrite,
         towers=towers,
         comm=comm_compression(args.comm_compression),
     )
@@ -168,12 +200,11 @@ def comm_compression(spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dmt.distributed.launch import launch_local, under_torchrun
+    from dmt.distributed.launch import under_torchrun
 
-    if args.max_restarts < 0:
-        raise DmtError(f"--max-restarts={args.max_restarts} must be >= 0")
-    if args.hosts < 1 or args.ranks_per_host < 1:
-        raise DmtError(f"--hosts={args.hosts} and --ranks-per-host={args.ranks_per_host} must be >= 1")
+    check_output_dir(args.out, "--out")  # before anything: a bad --out used to fail after a full epoch
+    if args.resume and args.overwrite and not under_torchrun():
+        raise DmtError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     cfg = job_config(args)  # validate here, before any process starts
     if not os.path.isfile(cfg.data):
         raise FileNotFoundError(2, "no such file", cfg.data)
@@ -185,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         run_job(cfg, distributed=True)
         return 0
     if args.hosts * args.ranks_per_host > 1:
-        rc = _launch_with_restarts(args, launch_local)
+        rc = _launch_emulated(args, cfg)
         if rc == 0:
             _print_summary(cfg.out)
         return rc
@@ -196,17 +227,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_with_restarts(args: argparse.Namespace, launch_local) -> int:
+def _launch_emulated(args: argparse.Namespace, cfg) -> int:
+    """Claim the run directory here, then launch: the agents inherit its lock (dmt.train.run_dir),
+    and the ranks, told that the launcher holds it, do not claim it again."""
+    from dmt.train.run_dir import CLAIMED_ENV, claim_run_dir
+
+    with claim_run_dir(cfg, args.hosts * args.ranks_per_host, overwrite=args.overwrite) as lock:
+        rc = _launch_with_restarts(args, lock.fileno(), {CLAIMED_ENV: os.path.abspath(cfg.out)})
+        lock.failed = rc != 0
+        return rc
+
+
+def _launch_with_restarts(args: argparse.Namespace, lock_fd: int, env: dict[str, str]) -> int:
     """Launch the emulated job; after a failure, launch it again with --resume, up to --max-restarts times.
 
     Why not torchrun's own --max-restarts: measured on 2x2 gloo (torch 2.13), torchrun's restarted
     workers fail to re-form the gloo group ("connectFullMesh ... Connection refused" to the dead
     ranks' addresses), also with a fresh store prefix per attempt. Fresh agents on a fresh
-    rendezvous have no such state. Exit code 2 (bad input) is not retried: it would fail again.
+    rendezvous have no such state. Exit code 2 (bad input) is not retried: it would fail again, nor
+    is a stop by signal (JobStopped propagates).
     """
+    from dmt.distributed.launch import launch_local
+    from dmt.train.job import RESTARTS_ENV
+
     argv = list(args.argv)
     for attempt in range(args.max_restarts + 1):
-        rc = launch_local(argv, hosts=args.hosts, ranks_per_host=args.ranks_per_host)
+        rc = launch_local(
+            argv,
+            hosts=args.hosts,
+            ranks_per_host=args.ranks_per_host,
+            env={**env, RESTARTS_ENV: str(attempt)},
+            pass_fds=(lock_fd,),
+        )
         if rc in (0, 2) or attempt == args.max_restarts:
             return rc
         print(
@@ -215,6 +267,8 @@ def _launch_with_restarts(args: argparse.Namespace, launch_local) -> int:
             file=sys.stderr,
             flush=True,
         )
+        # The restart continues this run: --overwrite would contradict --resume (the ranks do not claim).
+        argv = [a for a in argv if a != "--overwrite"]
         if "--resume" not in argv:
             argv.append("--resume")
     return rc

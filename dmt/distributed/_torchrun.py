@@ -5,15 +5,25 @@ already printed one line naming the problem and exited 2. torchrun's own ``main`
 ``ChildFailedError``, whose uncaught traceback and failure table would bury that line; this
 wrapper exits with the worker's code instead. Any other failure of torchrun itself keeps its
 traceback.
+
+Started by ``dmt.distributed.launch.launch_local`` (``DMT_WATCH_PARENT`` set), the agent also ends
+with its launcher: when the launcher is gone (even by ``kill -9``), the agent sends itself SIGTERM,
+which torchrun turns into an orderly stop of its ranks; a stop by signal exits 128 + the signal
+number without torchrun's traceback (the launcher says why the job stopped).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
+
+from dmt.distributed.launch import WATCH_PARENT_ENV, watch_parent
 
 
 class _DropKnownNoise(logging.Filter):
@@ -35,11 +45,16 @@ def run(argv: list[str]) -> int:
         "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
     ):
         logging.getLogger(name).addFilter(_DropKnownNoise())
+    if os.environ.get(WATCH_PARENT_ENV):
+        # The launcher is gone: stop as if it had sent SIGTERM (torchrun stops the ranks, then returns).
+        watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         main(argv)
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1  # a signal (negative) is a failure too
+    except SignalException as e:
+        return 128 + int(e.sigval)
     return 0
 
 

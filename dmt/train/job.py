@@ -7,10 +7,12 @@ samples per step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,6 +27,14 @@ from dmt.train import checkpoint
 from dmt.train.build import TowerSpec, build_model
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.optim import OptimConfig
+from dmt.train.run_dir import (
+    CLAIMED_ENV,
+    claim_run_dir,
+    config_dict,
+    data_fingerprint,
+    read_changed_settings,
+    run_fingerprint,
+)
 
 if TYPE_CHECKING:
     from dmt.distributed.env import DistEnv
@@ -47,6 +57,7 @@ class JobConfig:
     comm: CommCompression | None = None  # compressed embedding comms (sharded runs only)
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     resume: bool = False  # continue from the newest complete checkpoint in <out>/checkpoints
+    overwrite: bool = False  # replace the run already in <out> (dmt.train.run_dir)
     skip_bad_rows: bool = False
     progress: bool = True
 
@@ -55,6 +66,17 @@ class JobConfig:
             raise DmtError(f"eval_fraction={self.eval_fraction} must be strictly between 0 and 1")
         if self.batch_size < 1 or self.epochs < 1 or self.max_steps < 0:
             raise DmtError(f"batch_size={self.batch_size} and epochs={self.epochs} must be >= 1, max_steps >= 0")
+        if self.eval_every < 0 or self.checkpoint_every < 0 or self.seed < 0:
+            raise DmtError(
+                f"eval_every={self.eval_every}, checkpoint_every={self.checkpoint_every} and seed={self.seed} "
+                "must be >= 0"
+            )
+        if not self.out:
+            raise DmtError("out is empty; give an output directory")
+
+
+# Set by `dmt train --max-restarts` for each relaunch: how many times the job was restarted.
+RESTARTS_ENV = "DMT_RESTARTS"
 
 
 def split_train_eval(arrays: CriteoArrays, eval_fraction: float) -> tuple[CriteoArrays, CriteoArrays]:
@@ -82,22 +104,59 @@ def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, 
 
 
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
-    """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics."""
+    """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics.
+
+    The run directory is claimed first (locked, checked for another run: ``dmt.train.run_dir``),
+    unless the launcher that started this rank holds it already.
+    """
     place = _join(distributed)
-    data = _load_data(cfg, place)
-    model, optimizer, counter = _build(cfg, place)
-    checkpoints = _Checkpoints(
-        os.path.join(cfg.out, "checkpoints"), model, optimizer, _fingerprint(cfg, place.world, data)
-    )
-    history = checkpoints.restore(cfg.resume, place.is_main)
-    start = time.perf_counter()
-    result = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
-    wall = time.perf_counter() - start
-    metrics = _metrics(cfg, place, data, result, history, model, counter, wall)
-    if place.is_main:
-        atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    with _own_run_dir(cfg, place):
+        data = _load_data(cfg, place)
+        model, optimizer, counter = _build(cfg, place)
+        checkpoints = _Checkpoints(
+            os.path.join(cfg.out, "checkpoints"), model, optimizer, _fingerprint(cfg, place.world, data)
+        )
+        history = checkpoints.restore(cfg.resume, place.is_main)
+        resumed_from = history.steps if history else 0  # ``train`` continues ``history`` in place
+        start = time.perf_counter()
+        result = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
+        wall = time.perf_counter() - start
+        metrics = _metrics(cfg, place, data, result, resumed_from, model, counter, wall)
+        if place.is_main:
+            atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     _leave(place)
     return metrics
+
+
+@contextlib.contextmanager
+def _own_run_dir(cfg: JobConfig, place: _Place):
+    """Hold ``cfg.out`` for the job: one process claims it, under torchrun rank 0 does (all ranks
+    fail alike if it cannot), and ranks of ``dmt train --hosts`` skip it (their launcher holds it)."""
+    if os.environ.get(CLAIMED_ENV) == os.path.abspath(cfg.out):
+        yield
+        return
+    if place.env is None:
+        with claim_run_dir(cfg, place.world, overwrite=cfg.overwrite):
+            yield
+        return
+    lock, problem = None, None
+    if place.is_main:
+        try:
+            lock = claim_run_dir(cfg, place.world, overwrite=cfg.overwrite)
+        except DmtError as e:
+            problem = str(e)
+    problem = checkpoint.agree(problem)
+    if problem:
+        raise DmtError(problem)
+    try:
+        yield
+    except BaseException:
+        if lock is not None:
+            lock.failed = True
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @dataclass(frozen=True)
@@ -119,6 +178,8 @@ class _Data:
     eval: CriteoArrays
     steps: int
     bad_rows_skipped: int
+    bad_row_examples: list[str]
+    source: dict  # dmt.train.run_dir.data_fingerprint of the file
 
 
 def _join(distributed: bool) -> _Place:
@@ -134,7 +195,8 @@ def _join(distributed: bool) -> _Place:
 
 
 def _load_data(cfg: JobConfig, place: _Place) -> _Data:
-    """Read the data, hold out the eval rows and count the training steps; fail if no global batch fits."""
+    """Read the data, hold out the eval rows and count the training steps; fail now (before any
+    training) if no global batch fits or the evaluation split is empty."""
     arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and place.is_main)
     train_arrays, eval_arrays = split_train_eval(arrays, cfg.eval_fraction)
     steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, place.world)
@@ -143,9 +205,35 @@ def _load_data(cfg: JobConfig, place: _Place) -> _Data:
             f"{len(train_arrays)} training rows cannot fill one global batch of {cfg.batch_size * place.world} "
             f"({cfg.batch_size} per rank x {place.world} ranks); use more data or a smaller --batch-size"
         )
+    if len(eval_arrays) == 0:
+        raise DmtError(
+            f"the evaluation split is empty: --eval-fraction {cfg.eval_fraction:g} of {len(arrays)} rows "
+            "holds out no row; raise --eval-fraction or use more data"
+        )
+    if report.bad_rows_skipped and place.is_main:
+        _print_skipped_rows(report.bad_rows_skipped, len(arrays), report.bad_row_examples)
     steps = cfg.epochs * steps_per_epoch
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    return _Data(train=train_arrays, eval=eval_arrays, steps=steps, bad_rows_skipped=report.bad_rows_skipped)
+    return _Data(
+        train=train_arrays,
+        eval=eval_arrays,
+        steps=steps,
+        bad_rows_skipped=report.bad_rows_skipped,
+        bad_row_examples=list(report.bad_row_examples),
+        source=data_fingerprint(cfg.data),
+    )
+
+
+def _print_skipped_rows(skipped: int, kept: int, examples: list[str]) -> None:
+    """Say how many rows --skip-bad-rows dropped, and a few of them: a third of the data gone is news."""
+    share = skipped / (skipped + kept)
+    shown = "; ".join(examples[:3])
+    print(
+        f"[dmt] --skip-bad-rows: skipped {skipped:,} malformed rows of {skipped + kept:,} ({share:.1%})"
+        + (f", e.g. {shown}" if shown else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _build(cfg: JobConfig, place: _Place):
@@ -170,17 +258,7 @@ def _build(cfg: JobConfig, place: _Place):
 
 def _fingerprint(cfg: JobConfig, world: int, data: _Data) -> dict:
     """What a checkpoint must share with this run to be resumed by it (as JSON reads it back)."""
-    return json.loads(
-        json.dumps(
-            {
-                "global_batch": cfg.batch_size * world,
-                "seed": cfg.seed,
-                "train_rows": len(data.train),
-                "model": cfg.model.to_dict(),
-                "towers": _towers_dict(cfg.towers),
-            }
-        )
-    )
+    return {**run_fingerprint(cfg, world, data.source), "train_rows": len(data.train)}
 
 
 class _Checkpoints:
@@ -233,9 +311,15 @@ def _train(
             rank=place.rank,
             world_size=place.world,
             shuffle=False,
+            pad_last=True,  # every row is scored; the padding is masked out (dmt.data.batching)
         )
 
     first_step = history.steps if history else 0
+    if first_step >= data.steps:
+        raise DmtError(
+            f"the checkpoint at step {first_step} already reaches this run's last step {data.steps} "
+            "(--epochs/--max-steps); raise them to train on, or use --overwrite to start over"
+        )
     batches = _epoch_batches(data.train, cfg, place.rank, place.world, first_step)
     if cfg.comm is not None and cfg.comm.uses_lossy:
         batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
@@ -262,12 +346,16 @@ def _metrics(
     place: _Place,
     data: _Data,
     result: LoopResult,
-    history: LoopResult | None,
+    resumed_from: int,
     model,
     counter,
     wall: float,
 ) -> dict:
-    """The content of metrics.json: the final evaluation, throughput, comm bytes, curves and the config."""
+    """The content of metrics.json: the final evaluation, throughput, comm bytes, curves and the config.
+
+    Throughput and bytes per sample cover the steps this process trained (``resumed_from`` to
+    ``result.steps``): the counter and the clock start with it.
+    """
     final = result.evals[-1]
     global_batch = cfg.batch_size * place.world
     return {
@@ -278,19 +366,19 @@ def _metrics(
         "steps": result.steps,
         "world_size": place.world,
         "global_batch": global_batch,
-        "samples_per_s": result.steps * cfg.batch_size * place.world / max(result.train_seconds, 1e-9),
+        "samples_per_s": result.steps * global_batch / max(result.train_seconds, 1e-9),
         "wall_seconds": wall,
         "train_rows": len(data.train),
         "eval_rows": final["num_samples"],
         "bad_rows_skipped": data.bad_rows_skipped,
-        **_comm_metrics(counter, result.steps - (history.steps if history else 0), global_batch),
+        "bad_row_examples": data.bad_row_examples,
+        "resumed_from_step": resumed_from,
+        "restarts": int(os.environ.get(RESTARTS_ENV, "0")),
+        **_comm_metrics(counter, result.steps - resumed_from, global_batch),
         **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),
         "losses": result.losses,
         "evals": result.evals,
-        "config": {
-            **asdict(cfg),
-            "towers": cfg.towers and {**_towers_dict(cfg.towers), "sharding": cfg.towers.sharding},
-        },
+        "config": config_dict(cfg),
     }
 
 
@@ -320,19 +408,6 @@ def _driving_codec_schedule(batches, schedules, first_step: int):
 def _codec_metrics(model) -> dict:
     """What each codec of this rank sent: bytes in/out, ratio and (if tracked) the error seen."""
     return {name: {**asdict(stats), "ratio": stats.ratio} for name, stats in codec_stats(model).items()}
-
-
-def _towers_dict(towers: TowerSpec | None) -> dict | None:
-    if towers is None:
-        return None
-    # Not the sharding inside a host: it changes where shards live, not the math, and DCP
-    # reshards on load (tests/test_checkpoint.py resumes a row-wise run column-wise).
-    inter = towers.global_interaction
-    return {
-        "plan": towers.plan.to_dict(),
-        "module": towers.module.to_dict(),
-        "global_interaction": inter.to_dict() if inter is not None else None,
-    }
 
 
 def _comm_counter(model, env):
@@ -366,20 +441,43 @@ def _comm_metrics(counter, steps: int, global_batch: int) -> dict:
 
 
 def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> LoopResult | None:
+    """Load the newest checkpoint after checking that this run wrote it (fingerprint) and that it is
+    intact (checksums: ``checkpoint.load_checkpoint``); the progress it recorded."""
     path = checkpoint.latest_checkpoint(root)
     if path is None:
         if is_main:
             print(f"[dmt] --resume: no checkpoint in {root} yet, starting from step 0")
         return None
     # Check before loading: a different model would fail inside DCP with a far less clear message.
-    meta = json.loads((path / "meta.json").read_text())
-    if meta["fingerprint"] != fingerprint:
-        diff = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
+    meta = checkpoint.read_meta(path)
+    diff = sorted(k for k in fingerprint if meta["fingerprint"].get(k) != fingerprint[k])
+    if diff:
         raise DmtError(
             f"checkpoint {path} was written by a different run (differs in {diff}); resume with "
-            "the same data, model, seed and global batch, or use a new --out"
+            "the same data, model, optimizers, seed and global batch, or use --overwrite or a new --out"
         )
+    progress = _progress(meta, path)
     checkpoint.load_checkpoint(path, model, optimizer)
     if is_main:
-        print(f"[dmt] resumed from {path} at step {meta['step']}")
-    return LoopResult(**meta["progress"])
+        changed = read_changed_settings(os.path.dirname(root))
+        note = f"; settings changed since the last run: {'; '.join(changed)}" if changed else ""
+        print(f"[dmt] resumed from {path} at step {meta['step']}{note}", flush=True)
+    return progress
+
+
+def _progress(meta: dict, path) -> LoopResult:
+    """The checkpoint's recorded progress as a LoopResult, or a one-line refusal if it is malformed."""
+    p = meta["progress"]
+    well_formed = (
+        set(p) == {f.name for f in fields(LoopResult)}
+        and p["steps"] == meta["step"]
+        and isinstance(p["losses"], list)
+        and isinstance(p["evals"], list)
+        and isinstance(p["train_seconds"], int | float)
+    )
+    if not well_formed:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path}: meta.json's progress is malformed; delete {path} to resume from the "
+            "previous checkpoint, or start over with --overwrite"
+        )
+    return LoopResult(**p)

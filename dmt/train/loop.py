@@ -22,6 +22,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from dmt.data.batching import PAD_LABEL
 from dmt.errors import DmtError
 from dmt.perf.comm_counter import CommCounter
 from dmt.train.metrics import binary_metrics
@@ -105,16 +106,17 @@ def _run_phase(pipeline, batches: Iterator[Batch]) -> list[tuple]:
 
 
 def evaluate(pipeline, model: torch.nn.Module, batches: Iterator[Batch]) -> dict:
-    """AUC / log loss / NE over every rank's evaluation batches."""
+    """AUC / log loss / NE over every rank's evaluation batches, padding rows (``PAD_LABEL``) left out."""
     model.eval()
     with torch.no_grad():
         outputs = _run_phase(pipeline, batches)
     model.train()
     if not outputs:
-        raise DmtError("no evaluation batches: the evaluation split is smaller than one global batch")
+        raise DmtError("no evaluation batches: the evaluation split is empty; raise --eval-fraction")
     logits = _gather_over_ranks(torch.cat([o[1].reshape(-1) for o in outputs]).float().cpu())
     labels = _gather_over_ranks(torch.cat([o[2].reshape(-1) for o in outputs]).float().cpu())
-    return binary_metrics(logits, labels)
+    scored = labels != PAD_LABEL  # the padding of the last batch (iter_batches(pad_last=True))
+    return binary_metrics(logits[scored], labels[scored])
 
 
 def _next_boundary(step: int, every: int, last: int) -> int:
