@@ -14,11 +14,14 @@ import os
 
 from dmt.choices import LinkKind
 from dmt.cli.args import (
+    NON_NEGATIVE_INT,
     POSITIVE_INT,
+    SEED,
     add_flat_sharding_argument,
     add_tower_compression_argument,
     add_tower_sharding_argument,
 )
+from dmt.cli.outputs import check_output_file
 from dmt.errors import DmtError
 
 DEFAULT_VARIANTS = "flat,dmt"
@@ -46,17 +49,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model (26 Criteo-shaped tables)")
     model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
-    model.add_argument("--num-embeddings", type=int, default=100_000, help="rows per table (100000)")
-    model.add_argument("--embedding-dim", type=int, default=64, help="(64)")
-    model.add_argument("--batch-size", type=int, default=1024, help="per rank (1024; e.g. 8192 on GPU)")
-    model.add_argument("--pooling", type=int, default=1, help="ids per sample and feature (1)")
+    model.add_argument("--num-embeddings", type=POSITIVE_INT, default=100_000, help="rows per table (100000)")
+    model.add_argument("--embedding-dim", type=POSITIVE_INT, default=64, help="(64)")
+    model.add_argument("--batch-size", type=POSITIVE_INT, default=1024, help="per rank (1024; e.g. 8192 on GPU)")
+    model.add_argument("--pooling", type=POSITIVE_INT, default=1, help="ids per sample and feature (1)")
 
 
 def _add_tower_arguments(p: argparse.ArgumentParser) -> None:
     tw = p.add_argument_group("towers (DMT)")
     plan = tw.add_mutually_exclusive_group()
     plan.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`)")
-    plan.add_argument("--towers", type=int, help="N towers of contiguous features, round-robin on hosts (default: H)")
+    plan.add_argument(
+        "--towers", type=POSITIVE_INT, help="N towers of contiguous features, round-robin on hosts (default: H)"
+    )
     tw.add_argument(
         "--tower-module",
         choices=["identity", "linear", "mlp", "dot", "dcn"],
@@ -86,9 +91,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="flat:2d: average the replicas (DMPCollection.sync) after every N steps (1)",
     )
     add_flat_sharding_argument(what)
-    what.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
-    what.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported (20)")
-    what.add_argument("--count-steps", type=int, default=2, help="extra steps whose bytes are counted (2)")
+    what.add_argument("--warmup", type=NON_NEGATIVE_INT, default=5, help="untimed steps first (5)")
+    what.add_argument("--steps", type=POSITIVE_INT, default=20, help="timed steps; the median is reported (20)")
+    what.add_argument("--count-steps", type=POSITIVE_INT, default=2, help="extra steps whose bytes are counted (2)")
     what.add_argument(
         "--comm-compression",
         metavar="SPEC",
@@ -97,13 +102,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--pipeline", action="store_true", help="step through torchrec's TrainPipelineSparseDist")
     what.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     what.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
-    what.add_argument("--seed", type=int, default=0)
+    what.add_argument("--seed", type=SEED, default=0)
 
 
 def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
     topo = p.add_argument_group("distribution")
-    topo.add_argument("--hosts", type=int, default=2, help="emulated hosts on this machine (2)")
-    topo.add_argument("--ranks-per-host", type=int, default=1, help="ranks per emulated host (1)")
+    topo.add_argument("--hosts", type=POSITIVE_INT, default=2, help="emulated hosts on this machine (2)")
+    topo.add_argument("--ranks-per-host", type=POSITIVE_INT, default=1, help="ranks per emulated host (1)")
     add_link_arguments(topo)
     topo.add_argument(
         "--slow-link",
@@ -249,6 +254,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_bench(bench_config(args, topology.num_hosts))
         return 0
     cfg = bench_config(args, args.hosts)  # validate here, before any process starts
+    check_output_file(args.out, "--out")
     import torch
 
     from dmt.perf.bench_variants import parse_variant
