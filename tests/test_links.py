@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dmt.choices import LinkKind
 from dmt.distributed.launch import launch_local
@@ -76,3 +77,19 @@ def test_every_rank_of_an_emulated_host_gets_its_host_id(tmp_path):
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     assert [s["NCCL_HOSTID"] for s in seen] == ["host0", "host0", "host1", "host1"]
     assert {s["NCCL_IB_DISABLE"] for s in seen} == {"1"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CPU the NCCL links are refused; a GPU box would train")
+def test_train_takes_the_link_and_refuses_it_where_it_cannot_apply(tmp_path, capsys):
+    """`dmt train --link`: NCCL links need GPUs, and a link needs emulated hosts to connect."""
+    from dmt.cli import main
+    from dmt.data import generate_criteo
+
+    data = tmp_path / "rows.tsv"
+    generate_criteo(data, rows=200, seed=0)
+    common = ["train", "--data", str(data), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--link", "hierarchical", "--hosts", "2"]) == 2
+    assert "--link hierarchical chooses NCCL transports and needs GPUs" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "b"), "--link", "nvlink"]) == 2
+    assert "--link connects emulated hosts" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

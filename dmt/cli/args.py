@@ -11,7 +11,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-from dmt.choices import USER_TOWER_SHARDINGS, FlatSharding
+from dmt.choices import USER_TOWER_SHARDINGS, FlatSharding, LinkKind
+from dmt.errors import DmtError
 
 
 def add_flat_sharding_argument(group: argparse._ArgumentGroup, default: str = FlatSharding.TABLE_WISE) -> None:
@@ -99,3 +100,34 @@ NON_NEGATIVE_INT = int_arg(0)
 SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
 POSITIVE_FLOAT = float_arg(0.0, above=True)
 FRACTION = float_arg(0.0, above=True, below=1.0)
+
+
+def add_link_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--link`` and its socket knobs (dmt.distributed.links), for `dmt bench` and `dmt train`."""
+    group.add_argument(
+        "--link",
+        choices=LinkKind.names(),
+        help="GPU: how the emulated hosts are connected: nvlink (NCCL's defaults, the default), hierarchical "
+        "(NVLink inside a host, NCCL TCP sockets between hosts: NCCL_HOSTID per host), sockets (TCP for every "
+        "collective). Not on CPU: use --shaped-link there",
+    )
+    group.add_argument(
+        "--socket-threads",
+        type=POSITIVE_INT,
+        help="NCCL_SOCKET_NTHREADS of the socket transport (1-16; NCCL's default otherwise): raises or lowers "
+        "the socket link's bandwidth",
+    )
+    group.add_argument(
+        "--sockets-per-thread", type=POSITIVE_INT, help="NCCL_NSOCKS_PERTHREAD (threads x sockets <= 64)"
+    )
+
+
+def emulated_link(args: argparse.Namespace):
+    """The :class:`dmt.distributed.links.EmulatedLink` of these arguments (bench's ``--slow-link`` = sockets)."""
+    from dmt.distributed.links import EmulatedLink
+
+    slow_link = getattr(args, "slow_link", False)
+    if slow_link and args.link not in (None, LinkKind.SOCKETS):
+        raise DmtError(f"--slow-link is the old spelling of --link sockets; it contradicts --link {args.link}")
+    kind = LinkKind.SOCKETS if slow_link else (args.link or LinkKind.NVLINK)
+    return EmulatedLink(kind, socket_threads=args.socket_threads, sockets_per_thread=args.sockets_per_thread)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from dmt.choices import LinkKind
 from dmt.cli.args import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
     SEED,
     add_flat_sharding_argument,
+    add_link_arguments,
     add_tower_compression_argument,
     add_tower_sharding_argument,
+    emulated_link,
 )
 from dmt.cli.outputs import check_output_file
 from dmt.errors import DmtError
@@ -121,36 +122,6 @@ def _add_topology_arguments(p: argparse.ArgumentParser) -> None:
         help="CPU, root: each emulated host in its own network namespace behind a tc-shaped "
         "link, e.g. 1gbit,0.5ms (see dmt/netns.py)",
     )
-
-
-def add_link_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--link`` and its socket knobs (dmt.distributed.links); `dmt train` can add the same."""
-    group.add_argument(
-        "--link",
-        choices=LinkKind.names(),
-        help="GPU: how the emulated hosts are connected: nvlink (NCCL's defaults, the default), hierarchical "
-        "(NVLink inside a host, NCCL TCP sockets between hosts: NCCL_HOSTID per host), sockets (TCP for every "
-        "collective). Not on CPU: use --shaped-link there",
-    )
-    group.add_argument(
-        "--socket-threads",
-        type=POSITIVE_INT,
-        help="NCCL_SOCKET_NTHREADS of the socket transport (1-16; NCCL's default otherwise): raises or lowers "
-        "the socket link's bandwidth",
-    )
-    group.add_argument(
-        "--sockets-per-thread", type=POSITIVE_INT, help="NCCL_NSOCKS_PERTHREAD (threads x sockets <= 64)"
-    )
-
-
-def emulated_link(args: argparse.Namespace):
-    """The :class:`dmt.distributed.links.EmulatedLink` of these arguments (``--slow-link`` = sockets)."""
-    from dmt.distributed.links import EmulatedLink
-
-    if args.slow_link and args.link not in (None, LinkKind.SOCKETS):
-        raise DmtError(f"--slow-link is the old spelling of --link sockets; it contradicts --link {args.link}")
-    kind = LinkKind.SOCKETS if args.slow_link else (args.link or LinkKind.NVLINK)
-    return EmulatedLink(kind, socket_threads=args.socket_threads, sockets_per_thread=args.sockets_per_thread)
 
 
 def comm_compression(spec: str | None):

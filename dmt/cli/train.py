@@ -13,8 +13,10 @@ from dmt.cli.args import (
     POSITIVE_INT,
     SEED,
     add_flat_sharding_argument,
+    add_link_arguments,
     add_tower_compression_argument,
     add_tower_sharding_argument,
+    emulated_link,
 )
 from dmt.cli.outputs import check_output_dir
 from dmt.errors import DmtError
@@ -97,6 +99,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     dist.add_argument("--hosts", type=POSITIVE_INT, default=1, help="emulated hosts on this machine (1)")
     dist.add_argument("--ranks-per-host", type=POSITIVE_INT, default=1, help="ranks per emulated host (1)")
     add_flat_sharding_argument(dist)
+    add_link_arguments(dist)
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpoint-every", type=NON_NEGATIVE_INT, default=0, help="save every N steps (0: never)")
     ck.add_argument(
@@ -210,13 +213,21 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(2, "no such file", cfg.data)
     if cfg.towers is not None and not under_torchrun() and args.hosts * args.ranks_per_host > 1:
         cfg.towers.plan.validate_hosts(args.hosts)
+    link = emulated_link(args)
     if under_torchrun():
+        from dmt.distributed.topology import Topology
         from dmt.train.job import run_job
 
+        link.check_rank_env(os.environ, Topology.from_env().host)
         run_job(cfg, distributed=True)
         return 0
+    if args.link is not None and args.hosts * args.ranks_per_host == 1:
+        raise DmtError("--link connects emulated hosts: give --hosts H --ranks-per-host L as well")
     if args.hosts * args.ranks_per_host > 1:
-        rc = _launch_emulated(args, cfg)
+        import torch
+
+        link.check_device(torch.cuda.is_available())
+        rc = _launch_emulated(args, cfg, link)
         if rc == 0:
             _print_summary(cfg.out)
         return rc
@@ -227,18 +238,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_emulated(args: argparse.Namespace, cfg) -> int:
+def _launch_emulated(args: argparse.Namespace, cfg, link) -> int:
     """Claim the run directory here, then launch: the agents inherit its lock (dmt.train.run_dir),
     and the ranks, told that the launcher holds it, do not claim it again."""
     from dmt.train.run_dir import CLAIMED_ENV, claim_run_dir
 
     with claim_run_dir(cfg, args.hosts * args.ranks_per_host, overwrite=args.overwrite) as lock:
-        rc = _launch_with_restarts(args, lock.fileno(), {CLAIMED_ENV: os.path.abspath(cfg.out)})
+        rc = _launch_with_restarts(args, lock.fileno(), {CLAIMED_ENV: os.path.abspath(cfg.out)}, link)
         lock.failed = rc != 0
         return rc
 
 
-def _launch_with_restarts(args: argparse.Namespace, lock_fd: int, env: dict[str, str]) -> int:
+def _launch_with_restarts(args: argparse.Namespace, lock_fd: int, env: dict[str, str], link) -> int:
     """Launch the emulated job; after a failure, launch it again with --resume, up to --max-restarts times.
 
     Why not torchrun's own --max-restarts: measured on 2x2 gloo (torch 2.13), torchrun's restarted
@@ -258,6 +269,7 @@ def _launch_with_restarts(args: argparse.Namespace, lock_fd: int, env: dict[str,
             ranks_per_host=args.ranks_per_host,
             env={**env, RESTARTS_ENV: str(attempt)},
             pass_fds=(lock_fd,),
+            host_launch=link.host_launch,  # the link's NCCL variables per emulated host (dmt.distributed.links)
         )
         if rc in (0, 2) or attempt == args.max_restarts:
             return rc

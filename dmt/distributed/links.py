@@ -131,8 +131,8 @@ class EmulatedLink:
         """
         if self.uses_nccl_env and not cuda:
             raise DmtError(
-                f"--link {self.kind.value} chooses NCCL transports and needs GPUs; on CPU (gloo) emulate a "
-                "slow inter-host link with --shaped-link RATE (root, network namespaces + tc)"
+                f"--link {self.kind.value} chooses NCCL transports and needs GPUs; on CPU (gloo) drop it "
+                "(`dmt bench --shaped-link RATE` emulates a slow inter-host link there: root, netns + tc)"
             )
 
     def check_rank_env(self, env: Mapping[str, str], host: int) -> None:
