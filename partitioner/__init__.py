@@ -2,12 +2,16 @@
 
 Pipeline: data -> :class:`FeatureRepresentation` (``partitioner.learned`` learns it from a briefly
 trained DLRM) + :class:`FeatureCosts` (``measure_costs``) -> :class:`TowerPartitioner` ->
-``plan_`` (a :class:`dmt.plan.TowerPlan`). The baselines share the estimator API.
+``plan_`` (a :class:`dmt.plan.TowerPlan`). The baselines share the estimator API. The balance
+limit is relative to the best achievable balance (``partitioner.balance``); the plan records how
+far to trust it (``partitioner.confidence``).
 
 This package may use scikit-learn and networkx; ``dmt`` and ``towers`` never import it. It has no
 torch.distributed code; only ``partitioner.learned`` imports torch, and only when used.
 """
 
+from partitioner.balance import BalanceBound, best_balance
+from partitioner.confidence import Confidence
 from partitioner.costs import FeatureCosts, measure_costs
 from partitioner.errors import PartitionError, PartitionErrorReason
 from partitioner.estimators import (
@@ -21,6 +25,8 @@ from partitioner.representation import FeatureEmbedder, FeatureRepresentation
 
 __all__ = [
     "METHODS",
+    "BalanceBound",
+    "Confidence",
     "FeatureCosts",
     "FeatureEmbedder",
     "FeatureRepresentation",
@@ -30,5 +36,6 @@ __all__ = [
     "RandomPartitioner",
     "RoundRobinPartitioner",
     "TowerPartitioner",
+    "best_balance",
     "measure_costs",
 ]

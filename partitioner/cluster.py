@@ -51,13 +51,17 @@ class SpectralClusterer(Clusterer):
 
     def cluster(self, graph: sp.csr_array, num_towers: int, rng: np.random.RandomState) -> np.ndarray:
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         num = graph.shape[0]
         if num_towers >= num:
             return np.arange(num) % num_towers
         emb = spectral_rows(graph, num_towers, rng)
         km = KMeans(num_towers, n_init=self.num_init, random_state=rng)
-        return km.fit_predict(emb).astype(np.int64)
+        # One thread: k-means over F points of K coordinates is microseconds of work, and OpenMP's
+        # threads spin-waiting for each other cost 50 ms a run on a busy 2-core machine.
+        with threadpool_limits(1):
+            return km.fit_predict(emb).astype(np.int64)
 
 
 def spectral_rows(graph: sp.csr_array, num_components: int, rng: np.random.RandomState) -> np.ndarray:

@@ -11,7 +11,13 @@ Fitted attributes (all partitioners):
     tower_loads_: (K,) lookup cost per tower.   tower_memory_: (K,) bytes per tower.
     tower_hosts_: (K,) host of every tower.     host_loads_: (H,) lookup cost per host.
     imbalance_: max tower load / mean load.      intra_affinity_: share of affinity inside towers.
-    plan_: the :class:`dmt.plan.TowerPlan`.
+    best_imbalance_: the lowest max / mean any assignment reaches (``partitioner.balance``).
+    max_imbalance_: the limit, (1 + balance_tolerance) x best_imbalance_.
+    tower_intra_affinity_: (K,) each tower's share of the total affinity.
+    tower_internal_share_: (K,) share of its features' affinity that stays inside each tower.
+    tower_stability_: (K,) stability over ``X.affinity_samples`` (None without them, or for a
+        baseline); confidence_: all of it (``partitioner.confidence.Confidence``).
+    plan_: the :class:`dmt.plan.TowerPlan`; ``params["confidence"]`` records the confidence.
 
 Example:
     >>> import numpy as np
@@ -34,7 +40,9 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from dmt import Tower, TowerPlan
+from partitioner.balance import BalanceBound, best_balance
 from partitioner.cluster import Clusterer, KernighanLinClusterer, SpectralClusterer
+from partitioner.confidence import Confidence, assess
 from partitioner.costs import FeatureCosts
 from partitioner.errors import PartitionError, PartitionErrorReason
 from partitioner.hosts import assign_hosts, towers_per_host
@@ -50,6 +58,7 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
 
     method: ClassVar[str]
     enforces_balance: ClassVar[bool] = True  # False: baselines that only report their balance
+    uses_affinity: ClassVar[bool] = False  # True: towers follow the affinity (stability is measured)
 
     def fit(
         self,
@@ -79,10 +88,10 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         rep = _as_representation(X)
         cost = _as_costs(costs, rep)
         self._check_params(num_hosts)
-        cons = self._constraints(rep, cost, num_hosts, host_memory_bytes)
+        cons, bound = self._constraints(rep, cost, num_hosts, host_memory_bytes)
         rng = check_random_state(self.random_state)
         graph = rep.affinity_graph(getattr(self, "num_neighbors", DEFAULT_NEIGHBORS))
-        labels = self._partition(rep, graph, cons, rng)
+        labels = _canonical(self._partition(rep, graph, cons, rng))
         reason = cons.violation(labels)
         if reason is PartitionErrorReason.MEMORY:
             raise PartitionError(
@@ -90,17 +99,35 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
             )
         if reason is not None and (self.enforces_balance or reason is not PartitionErrorReason.BALANCE):
             raise PartitionError(f"{self.method}: result breaks the {reason.value} constraint", reason)
-        self._set_fitted(rep, cost, graph, cons, labels, num_hosts, host_memory_bytes)
+        self.confidence_ = self._confidence(rep, graph, cons, labels, rng)
+        self._set_fitted(rep, cost, graph, cons, bound, labels, num_hosts, host_memory_bytes)
         if reason is PartitionErrorReason.BALANCE:
             warnings.warn(
-                f"{self.method}: max tower load is {self.imbalance_:.3f}x the mean, above "
-                f"1 + balance_tolerance = {1 + self.balance_tolerance:.3f}",
+                f"{self.method}: max tower load is {self.imbalance_:.3f}x the mean, above the limit "
+                f"{self.max_imbalance_:.3f}x ((1 + balance_tolerance {self.balance_tolerance}) x the best "
+                f"achievable {self.best_imbalance_:.3f}x)",
                 stacklevel=2,
             )
         return self
 
     def _partition(self, rep: FeatureRepresentation, graph, cons: Constraints, rng) -> np.ndarray:
         raise NotImplementedError
+
+    def _confidence(self, rep: FeatureRepresentation, graph, cons: Constraints, labels, rng) -> Confidence:
+        """Internal share per tower; stability and regret over ``rep.affinity_samples`` (methods
+        that read the affinity only: a baseline's towers do not depend on it)."""
+        samples = rep.affinity_samples if self.uses_affinity else None
+        resolution = getattr(self._balancer(rng), "resolution", 0.0) if samples is not None else 0.0
+
+        def resample(affinity: np.ndarray):
+            again = FeatureRepresentation(names=rep.names, affinity=affinity)
+            again_graph = again.affinity_graph(getattr(self, "num_neighbors", DEFAULT_NEIGHBORS))
+            return _canonical(self._partition(again, again_graph, cons, rng)), again_graph
+
+        def value(g, towers: np.ndarray) -> float:
+            return objective(g, towers, cons.num_towers, resolution)
+
+        return assess(graph, labels, samples, resample, value)
 
     # ----------------------------------------------------------------------------- validation
     def _check_params(self, num_hosts: int) -> None:
@@ -114,8 +141,13 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
 
     def _constraints(
         self, rep: FeatureRepresentation, cost: FeatureCosts, num_hosts: int, host_memory_bytes: float | None
-    ) -> Constraints:
-        """Build the constraints and reject requests that are infeasible on their face."""
+    ) -> tuple[Constraints, BalanceBound]:
+        """Build the constraints and reject requests that are infeasible on their face.
+
+        The load cap is ``(1 + balance_tolerance)`` x the best max load achievable for these costs
+        and this many towers (``partitioner.balance``), not x the mean: the mean is out of reach
+        whenever the costs do not split evenly (26 equal features in 8 towers: 1.23x at best).
+        """
         num, k = rep.num_features, int(self.num_towers)
         if num < k and not self.allow_empty:
             raise PartitionError(
@@ -123,37 +155,37 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
                 "towers or allow empty towers",
                 PartitionErrorReason.TOO_FEW_FEATURES,
             )
-        mean = float(cost.lookup_cost.sum()) / k
-        max_load = (1.0 + self.balance_tolerance) * mean
-        top = int(np.argmax(cost.lookup_cost))
-        if self.enforces_balance and cost.lookup_cost[top] > max_load * (1 + 1e-12):
-            raise PartitionError(
-                f"feature {rep.names[top]!r} alone costs {cost.lookup_cost[top]:,.6g}, above the "
-                f"max tower load (1 + {self.balance_tolerance}) x mean {mean:,.6g} = {max_load:,.6g}; "
-                "raise balance_tolerance or use fewer towers",
-                PartitionErrorReason.BALANCE,
-            )
         max_memory = math.inf
         if host_memory_bytes is not None:
             max_memory = float(host_memory_bytes) / towers_per_host(k, num_hosts)
             big = int(np.argmax(cost.memory_bytes))
             total = float(cost.memory_bytes.sum())
             if cost.memory_bytes[big] > max_memory or total > max_memory * k:
+                hosts = max(num_hosts + 1, math.ceil(total / float(host_memory_bytes)))
                 raise PartitionError(
                     f"tables need {total:,.0f} bytes ({rep.names[big]!r} alone "
                     f"{cost.memory_bytes[big]:,.0f}), but {k} towers on {num_hosts} hosts of "
                     f"{host_memory_bytes:,.0f} bytes leave {max_memory:,.0f} bytes per tower; "
-                    "add hosts or host memory",
+                    f"add hosts (at least {hosts}) or host memory",
                     PartitionErrorReason.MEMORY,
                 )
-        return Constraints(
-            num_towers=k,
-            cost=cost.lookup_cost,
+        bound = best_balance(
+            cost.lookup_cost,
+            k,
             memory=cost.memory_bytes.astype(np.float64),
-            max_load=max_load,
             max_memory=max_memory,
             allow_empty=self.allow_empty,
         )
+        cons = Constraints(
+            num_towers=k,
+            cost=cost.lookup_cost,
+            memory=cost.memory_bytes.astype(np.float64),
+            max_load=bound.max_load(self.balance_tolerance),
+            max_memory=max_memory,
+            allow_empty=self.allow_empty,
+            balanced=bound.labels,
+        )
+        return cons, bound
 
     # ------------------------------------------------------------------------------- results
     def _set_fitted(
@@ -162,6 +194,7 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         cost: FeatureCosts,
         graph,
         cons: Constraints,
+        bound: BalanceBound,
         labels: np.ndarray,
         num_hosts: int,
         host_memory_bytes: float | None,
@@ -175,8 +208,12 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
         self.tower_hosts_ = assign_hosts(self.tower_loads_, self.tower_memory_, num_hosts, host_memory_bytes)
         self.host_loads_ = np.bincount(self.tower_hosts_, weights=self.tower_loads_, minlength=num_hosts)
         self.imbalance_ = imbalance(self.tower_loads_, cons.num_towers)
+        self.best_imbalance_ = bound.best_imbalance
+        self.max_imbalance_ = cons.max_load / bound.mean_load if bound.mean_load > 0 else 1.0
         self.tower_intra_affinity_ = tower_intra_affinity(graph, labels, k)
         self.intra_affinity_ = float(self.tower_intra_affinity_.sum())
+        self.tower_internal_share_ = self.confidence_.internal_share
+        self.tower_stability_ = self.confidence_.stability
         if isinstance(rep.info.get("n_features_in"), int):
             self.n_features_in_ = rep.info["n_features_in"]
         towers = tuple(
@@ -196,10 +233,14 @@ class _BasePartitioner(ClusterMixin, BaseEstimator):
             "host_memory_bytes": host_memory_bytes,
             "stats": {
                 "imbalance": self.imbalance_,
+                "best_imbalance": self.best_imbalance_,
+                "imbalance_lower_bound": bound.lower_bound / bound.mean_load if bound.mean_load > 0 else 1.0,
+                "max_imbalance": self.max_imbalance_,
                 "intra_affinity": self.intra_affinity_,
                 "host_loads": self.host_loads_.tolist(),
                 **rep.info,
             },
+            "confidence": self.confidence_.to_dict([t.name for t in towers], rep.names),
         }
         self.plan_ = TowerPlan(towers=towers, num_hosts=num_hosts, method=self.method, params=params)
 
@@ -208,12 +249,14 @@ class TowerPartitioner(_BasePartitioner):
     """TP: group features that interact, under balance and memory constraints.
 
     Clusters the affinity graph (spectral by default), then :class:`LocalSearchBalancer` repairs
-    balance/memory and improves intra-tower affinity. The search also starts from the LPT
-    assignment and keeps the better result, so TP succeeds whenever the greedy baseline does.
+    balance/memory and improves intra-tower affinity. The search also starts from the most
+    balanced assignment (``partitioner.balance``) and keeps the better result, so TP succeeds for
+    every tower count whenever the tables fit in memory.
 
     Args:
         num_towers: K, the number of towers.
-        balance_tolerance: max tower cost / mean cost must stay <= 1 + this.
+        balance_tolerance: a tower's cost must stay <= (1 + this) x the best max tower cost
+            achievable for these costs and K (the mean, when the costs split evenly).
         clusterer: "spectral", "kernighan_lin" or a :class:`Clusterer`.
         num_neighbors: links kept per feature when the affinity is sparsified (F > 2000) or
             built from vectors.
@@ -222,6 +265,7 @@ class TowerPartitioner(_BasePartitioner):
     """
 
     method = "tp"
+    uses_affinity = True
 
     def __init__(
         self,
@@ -240,9 +284,9 @@ class TowerPartitioner(_BasePartitioner):
         self.allow_empty = allow_empty
         self.random_state = random_state
 
-    def _balancer(self) -> Balancer:
+    def _balancer(self, rng: np.random.RandomState) -> Balancer:
         """The refinement step; override to plug in another Balancer."""
-        return LocalSearchBalancer()
+        return LocalSearchBalancer(random_state=rng)
 
     def _partition(self, rep, graph, cons: Constraints, rng) -> np.ndarray:
         if isinstance(self.clusterer, Clusterer):
@@ -254,9 +298,11 @@ class TowerPartitioner(_BasePartitioner):
                 f"clusterer={self.clusterer!r} is not one of {sorted(CLUSTERERS)} or a Clusterer",
                 PartitionErrorReason.INPUT,
             )
-        balancer = self._balancer()
+        balancer = self._balancer(rng)
         results, errors = [], []
-        starts = [lambda: clusterer.cluster(graph, cons.num_towers, rng), lambda: lpt_assign(cons)]
+        # The most balanced assignment is feasible by construction: a start that always succeeds.
+        balanced = cons.balanced if cons.balanced is not None else lpt_assign(cons)
+        starts = [lambda: clusterer.cluster(graph, cons.num_towers, rng), lambda: balanced]
         for start in starts:
             try:
                 labels = balancer.balance(start(), graph, cons)
@@ -268,12 +314,10 @@ class TowerPartitioner(_BasePartitioner):
         if not results:
             reasons = {e.reason for e in errors}
             reason = PartitionErrorReason.MEMORY if PartitionErrorReason.MEMORY in reasons else errors[-1].reason
-            mean = float(cons.cost.sum()) / cons.num_towers
             memory = "" if math.isinf(cons.max_memory) else f" and tower memory <= {cons.max_memory:,.0f} bytes"
             raise PartitionError(
-                f"no assignment found with max tower cost <= {cons.max_load:,.6g} ((1 + {self.balance_tolerance}) "
-                f"x mean {mean:,.6g}; costliest feature {cons.cost.max():,.6g}){memory}; raise "
-                "balance_tolerance, use fewer towers or add memory",
+                f"no assignment found with max tower cost <= {cons.max_load:,.6g}{memory}: "
+                f"{type(balancer).__name__} failed ({errors[-1]}); add hosts or host memory",
                 reason,
             )
         return max(results, key=lambda r: r[0])[1]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils import check_random_state
 
 from partitioner.errors import PartitionError, PartitionErrorReason
 
@@ -50,6 +51,8 @@ class Constraints:
         max_load: the largest tower cost allowed.
         max_memory: the largest tower memory allowed (inf: no limit).
         allow_empty: whether a tower may end up with no feature.
+        balanced: (F,) a feasible assignment, the most balanced known (``partitioner.balance``);
+            searches may start from it. None: not known.
     """
 
     num_towers: int
@@ -58,6 +61,7 @@ class Constraints:
     max_load: float
     max_memory: float = math.inf
     allow_empty: bool = False
+    balanced: np.ndarray | None = None
 
     def loads(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(K,) cost, memory and feature count of every tower."""
@@ -176,6 +180,13 @@ class Balancer(abc.ABC):
 class LocalSearchBalancer(Balancer):
     """Repair by least-loss moves, then improve by gaining moves and swaps (see module docstring).
 
+    Moves and swaps stop at a local optimum that can still hold a feature in the wrong tower: when
+    its own tower is full, putting it back takes a chain (i: a -> b, j: b -> c, l: c -> a) that no
+    single move or swap gains. So the search then *kicks* (iterated local search, Lourenco et al.
+    2003): it moves a few random features to random towers, repairs and improves again, and keeps
+    the result when the objective rose. A kick costs one local search; with ``kicks`` of them
+    only on inputs of at most ``kick_features`` features, where a local search takes milliseconds.
+
     Args:
         resolution: weight g of the modularity penalty. The search maximises
             ``intra - g * sum_t vol_t^2 / (4 m)`` (vol_t: summed affinity degree of tower t, m: total
@@ -184,14 +195,48 @@ class LocalSearchBalancer(Balancer):
             Newman's modularity, which only keeps links stronger than chance.
         max_passes: improvement passes; each scores all moves once. Stops early at a local optimum.
         swap_tries: swap partners tried per feature in a pass (swaps matter when towers are full).
+        kicks: random restarts from the best labels after the first local optimum.
+        random_state: seed or RandomState of the kicks.
     """
 
-    def __init__(self, resolution: float = 1.0, max_passes: int = 30, swap_tries: int = 8) -> None:
+    kick_features = 1000  # above this many features no kicks: each would cost a full local search
+
+    def __init__(
+        self,
+        resolution: float = 1.0,
+        max_passes: int = 30,
+        swap_tries: int = 8,
+        kicks: int = 40,
+        random_state: int | np.random.RandomState | None = 0,
+    ) -> None:
         self.resolution = resolution
         self.max_passes = max_passes
         self.swap_tries = swap_tries
+        self.kicks = kicks
+        self.random_state = random_state
 
     def balance(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> np.ndarray:
+        best = self._descend(labels, graph, cons)
+        if self.kicks < 1 or len(best) > self.kick_features or cons.num_towers < 2:
+            return best
+        rng = check_random_state(self.random_state)
+        best_value = objective(graph, best, cons.num_towers, self.resolution)
+        eps = 1e-9 * max(1.0, abs(best_value))
+        for _ in range(self.kicks):
+            kicked = best.copy()
+            chosen = rng.choice(len(kicked), size=min(len(kicked), int(rng.randint(2, 5))), replace=False)
+            kicked[chosen] = (kicked[chosen] + rng.randint(1, cons.num_towers, len(chosen))) % cons.num_towers
+            try:
+                kicked = self._descend(kicked, graph, cons)
+            except PartitionError:
+                continue  # this kick could not be repaired; the best so far stands
+            value = objective(graph, kicked, cons.num_towers, self.resolution)
+            if value > best_value + eps:
+                best, best_value = kicked, value
+        return best
+
+    def _descend(self, labels: np.ndarray, graph: sp.csr_array, cons: Constraints) -> np.ndarray:
+        """Repair, then moves and swaps until none gains: one local optimum."""
         state = _SearchState(labels, graph, cons, self.resolution)
         state.repair()
         reason = cons.violation(state.labels)

@@ -6,10 +6,10 @@ Example:
     >>> w = np.array([[0, 9, 1, 0], [9, 0, 0, 1], [1, 0, 0, 9], [0, 1, 9, 0]], float)
     >>> tp = TowerPartitioner(2, random_state=0).fit(FeatureRepresentation(names=tuple("abcd"), affinity=w))
     >>> print(format_tower_table(tp))  # doctest: +NORMALIZE_WHITESPACE
-    tower    host  #features  cost share  memory  intra-tower affinity
-    tower_0     0          2      50.0 %     0 B                45.0 %
-    tower_1     0          2      50.0 %     0 B                45.0 %
-    total       -          4     100.0 %     0 B                90.0 %
+    tower    host  #features  cost share  memory  intra-tower affinity  internal
+    tower_0     0          2      50.0 %     0 B                45.0 %      90 %
+    tower_1     0          2      50.0 %     0 B                45.0 %      90 %
+    total       -          4     100.0 %     0 B                90.0 %         -
 """
 
 from __future__ import annotations
@@ -32,32 +32,28 @@ def human_bytes(n: float) -> str:
 
 
 def format_tower_table(model) -> str:
-    """One row per tower: host, #features, share of the lookup cost, memory, intra-tower affinity."""
+    """One row per tower: host, #features, share of the lookup cost, memory, intra-tower affinity,
+    the share of its features' affinity that stays inside, and its stability (when measured)."""
     loads = model.tower_loads_
     total = float(loads.sum()) or 1.0
     counts = np.bincount(model.labels_, minlength=len(loads))
-    rows = [("tower", "host", "#features", "cost share", "memory", "intra-tower affinity")]
+    stability = model.tower_stability_
+    head = ("tower", "host", "#features", "cost share", "memory", "intra-tower affinity", "internal")
+    rows = [head + (("stability",) if stability is not None else ())]
     for t, tower in enumerate(model.plan_.towers):
-        rows.append(
-            (
-                tower.name,
-                str(tower.host),
-                str(counts[t]),
-                f"{100 * loads[t] / total:.1f} %",
-                human_bytes(model.tower_memory_[t]),
-                f"{100 * model.tower_intra_affinity_[t]:.1f} %",
-            )
+        row = (
+            tower.name,
+            str(tower.host),
+            str(counts[t]),
+            f"{100 * loads[t] / total:.1f} %",
+            human_bytes(model.tower_memory_[t]),
+            f"{100 * model.tower_intra_affinity_[t]:.1f} %",
+            f"{100 * model.tower_internal_share_[t]:.0f} %",
         )
-    rows.append(
-        (
-            "total",
-            "-",
-            str(counts.sum()),
-            "100.0 %",
-            human_bytes(model.tower_memory_.sum()),
-            f"{100 * model.intra_affinity_:.1f} %",
-        )
-    )
+        rows.append(row + ((f"{stability[t]:.2f}",) if stability is not None else ()))
+    last = ("total", "-", str(counts.sum()), "100.0 %", human_bytes(model.tower_memory_.sum()))
+    last += (f"{100 * model.intra_affinity_:.1f} %", "-")
+    rows.append(last + (("-",) if stability is not None else ()))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths)))
@@ -134,8 +130,14 @@ def _draw_loads(ax_b, model) -> None:
     ax_b.bar(range(k), 100 * share, color=colors)
     mean = 100.0 / model.num_towers
     ax_b.axhline(mean, color="black", ls="--", lw=1, label=f"mean {mean:.2f} %")
-    cap = mean * (1 + model.balance_tolerance)
-    ax_b.axhline(cap, color="red", ls=":", lw=1, label=f"cap (1 + {model.balance_tolerance}) x mean")
+    cap = mean * model.max_imbalance_
+    ax_b.axhline(
+        cap,
+        color="red",
+        ls=":",
+        lw=1,
+        label=f"cap (1 + {model.balance_tolerance}) x best {model.best_imbalance_:.3f} x mean",
+    )
     handles, _ = ax_b.get_legend_handles_labels()
     handles += [Patch(color=plt.get_cmap("tab10")(h % 10), label=f"host {h}") for h in np.unique(hosts)]
     for t, s in enumerate(share):

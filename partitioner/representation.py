@@ -49,6 +49,9 @@ class FeatureRepresentation:
             model gains from interacting features i and j. The diagonal is ignored.
         source: how the representation was made (goes into the plan's params).
         info: extra numbers the source reports (e.g. training loss), JSON types.
+        affinity_samples: (B, F, F) resampled affinities (bootstrap replicates of ``affinity``):
+            the partitioner re-partitions each to measure how stable its towers are
+            (``partitioner.confidence``). None: no resamples, no stability.
     """
 
     names: tuple[str, ...]
@@ -56,6 +59,7 @@ class FeatureRepresentation:
     affinity: np.ndarray | sp.spmatrix | sp.sparray | None = None
     source: str = "given"
     info: dict[str, Any] = field(default_factory=dict)
+    affinity_samples: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -81,6 +85,15 @@ class FeatureRepresentation:
             values = a.data if sp.issparse(a) else np.asarray(a)
             if not np.isfinite(values).all() or (values < 0).any():
                 raise PartitionError("affinity must be finite and >= 0", PartitionErrorReason.INPUT)
+        if self.affinity_samples is not None:
+            s = np.asarray(self.affinity_samples, dtype=np.float64)
+            if s.ndim != 3 or s.shape[1:] != (num, num):
+                raise PartitionError(
+                    f"affinity_samples have shape {s.shape}, expected (B, {num}, {num})", PartitionErrorReason.INPUT
+                )
+            if not np.isfinite(s).all() or (s < 0).any():
+                raise PartitionError("affinity_samples must be finite and >= 0", PartitionErrorReason.INPUT)
+            object.__setattr__(self, "affinity_samples", s)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an ``.npz`` (atomically) that :meth:`load` reads back; the affinity is stored dense."""
@@ -92,6 +105,8 @@ class FeatureRepresentation:
             arrays["vectors"] = self.vectors
         if self.affinity is not None:
             arrays["affinity"] = self.dense_affinity()
+        if self.affinity_samples is not None:
+            arrays["affinity_samples"] = self.affinity_samples
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         with atomic_open(path, "wb") as f:
@@ -109,6 +124,7 @@ class FeatureRepresentation:
                     affinity=z.get("affinity"),
                     source=meta["source"],
                     info=meta["info"],
+                    affinity_samples=z.get("affinity_samples"),
                 )
         except (OSError, ValueError, KeyError) as e:
             raise PartitionError(

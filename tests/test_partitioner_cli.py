@@ -49,6 +49,10 @@ def tp_run(data):
                 "2",
                 "--steps",
                 "150",
+                "--probes",
+                "2",
+                "--resamples",
+                "8",
                 "--plot",
                 str(data / "towers.png"),
                 "--truth",
@@ -71,6 +75,32 @@ def test_tp_writes_plan_table_png_and_ari(data, tp_run):
     assert len(plan.features) == 26
     assert (data / "towers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (data / "rep.npz").exists()
+    assert "from 2 probe(s)" in out and "best achievable" in out and "stability" in out
+    confidence = plan.params["confidence"]
+    assert len(confidence["stability"]) == 4 and confidence["num_resamples"] == 8
+    assert isinstance(confidence["trusted"], bool) and len(confidence["internal_share"]) == 4
+    assert confidence["regret"] >= 0
+
+
+def test_too_little_data_is_flagged_in_the_output_and_the_plan(data, capsys):
+    # 3,000 rows: the probes disagree, towers change between resamples (stability ~0.5).
+    rc = main(_args(data, "--max-rows", "3000", "--steps", "60", "--probes", "2", "--resamples", "8"))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "warning: low confidence: on 8 resamples" in out and "3,000 rows are likely too few" in out
+    confidence = TowerPlan.from_json(data / "plan.json").params["confidence"]
+    assert confidence["trusted"] is False and confidence["warning"].startswith("low confidence")
+
+
+def test_eight_towers_work_at_the_default_tolerance(data, tp_run, capsys):
+    # 26 features cannot be within 1.1x of the mean in 8 towers; the limit is 1.1x the best achievable.
+    assert tp_run[0] == 0
+    assert main(_args(data, "--num-towers", "8", "--representation", str(data / "rep.npz"))) == 0
+    plan = TowerPlan.from_json(data / "plan.json")
+    assert plan.num_towers == 8 and len(plan.features) == 26
+    stats = plan.params["stats"]
+    assert stats["imbalance"] <= stats["max_imbalance"] == pytest.approx(1.1 * stats["best_imbalance"])
+    assert "best achievable" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["random", "round_robin", "greedy"])
@@ -95,6 +125,8 @@ def test_baselines_reuse_the_cached_representation(data, tp_run, capsys, method)
         (["--steps", "0"], "tp needs >= 1 steps"),
         (["--truth", "/nonexistent/truth.json"], "cannot read --truth"),
         (["--hosts", "0"], "--hosts=0 must be >= 1"),
+        (["--probes", "0"], "--probes=0 must be >= 1"),
+        (["--resamples", "-1"], "--resamples=-1 must be >= 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(data, capsys, extra, message):

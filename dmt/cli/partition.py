@@ -2,10 +2,14 @@
 
     dmt partition --data train.txt --num-towers 4 --hosts 2 --out plan.json --plot towers.png
 
-Steps: read the data, measure per-feature costs, learn the feature representation from a briefly
-trained flat DLRM (``--steps``; cached with ``--representation``), fit the partitioner, print the
-per-tower table, write the plan (atomically) and optionally the PNG and the adjusted Rand index
-against planted groups (``--truth``, from ``dmt gen-data``).
+Steps: read the data, measure per-feature costs, learn the feature representation from
+``--probes`` briefly trained flat DLRMs (at most ``--steps`` each; cached with
+``--representation``), fit the partitioner, print the per-tower table (with each tower's internal
+affinity share and its stability over ``--resamples`` bootstrap resamples), warn when the towers
+are too unstable to trust (the plan's ``params["confidence"]`` records it), write the plan
+(atomically) and optionally the PNG and the adjusted Rand index against planted groups
+(``--truth``, from ``dmt gen-data``). The balance limit is ``--balance-tolerance`` over the best
+max tower cost achievable for these costs, so every tower count can be planned.
 
 The partitioner package (scikit-learn, networkx) is imported inside ``run``: ``dmt`` itself never
 imports it, so training hosts need neither library.
@@ -39,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hosts", type=int, default=1, help="hosts to spread the towers over (1)")
     p.add_argument("--method", choices=METHOD_NAMES, default="tp", help="tp (default) or a baseline")
     p.add_argument(
-        "--balance-tolerance", type=float, default=0.1, help="max tower cost may exceed the mean by this fraction (0.1)"
+        "--balance-tolerance",
+        type=float,
+        default=0.1,
+        help="max tower cost may exceed the best achievable max tower cost by this fraction (0.1); "
+        "the best is the mean when the costs split evenly",
     )
     p.add_argument("--host-memory-gb", type=float, help="memory per host for tables + optimizer state (no limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe model and the partitioner (0)")
@@ -51,9 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     probe.add_argument(
         "--score",
-        choices=["attribution", "dot"],
+        choices=["attribution", "dot", "embedding"],
         default="attribution",
-        help="pair score: gradient x input of the interaction (default) or mean |dot|",
+        help="pair score: gradient x input of the interaction (default), mean |dot|, or the "
+        "similarity of the learned embeddings (covariance cosine)",
+    )
+    probe.add_argument(
+        "--probes", type=int, default=3, help="probe models trained with different seeds, affinities averaged (3)"
+    )
+    probe.add_argument(
+        "--resamples",
+        type=int,
+        default=24,
+        help="bootstrap resamples of the affinity used to measure tower stability (24); 0 skips it",
     )
     probe.add_argument("--representation", help="cache file (.npz): read if it exists, else written after learning")
     cost = p.add_argument_group("cost model")
@@ -82,6 +100,10 @@ def _check_args(args: argparse.Namespace) -> None:
         problems.append(f"--balance-tolerance={args.balance_tolerance} must be >= 0")
     if args.steps < 0 or (args.steps == 0 and args.method == "tp" and not _cached(args)):
         problems.append(f"--steps={args.steps}: tp needs >= 1 steps to learn how features interact")
+    if args.probes < 1:
+        problems.append(f"--probes={args.probes} must be >= 1")
+    if args.resamples < 0:
+        problems.append(f"--resamples={args.resamples} must be >= 0")
     for name in ("embedding_dim", "num_embeddings", "batch_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
@@ -118,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Heavy imports only now: `dmt --help` and the other commands stay fast and sklearn-free.
     from partitioner.metrics import ari_vs_groups
-    from partitioner.report import format_tower_table, human_bytes, plot_partition
+    from partitioner.report import plot_partition
 
     progress = not args.no_progress
     arrays, rows = _read(args, progress)
@@ -126,16 +148,7 @@ def run(args: argparse.Namespace) -> int:
     rep = _representation(arrays, rows, args, progress)
     estimator, fit_s = _fit(rep, costs, args)
     estimator.plan_.to_json(args.out)
-
-    print()
-    print(format_tower_table(estimator))
-    host_share = 100 * estimator.host_loads_ / max(float(estimator.host_loads_.sum()), 1e-300)
-    print(
-        f"\nmethod {args.method}: max/mean tower cost {estimator.imbalance_:.3f} (limit "
-        f"{1 + args.balance_tolerance:.3f}); host cost shares "
-        f"{', '.join(f'{s:.1f} %' for s in host_share)}; tables {human_bytes(costs.memory_bytes.sum())}; "
-        f"partitioned in {fit_s:.2f} s"
-    )
+    _print_summary(estimator, costs, args, fit_s, rows)
     if groups is not None:
         ari = ari_vs_groups(estimator.features_, estimator.labels_, groups)
         print(f"adjusted Rand index vs the {len(groups)} planted groups of {args.truth}: {ari:.3f}")
@@ -144,6 +157,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _print_summary(estimator, costs, args: argparse.Namespace, fit_s: float, rows: int) -> None:
+    """The per-tower table, the balance against what is achievable, and a warning if the plan is unstable."""
+    from partitioner.report import format_tower_table, human_bytes
+
+    print()
+    print(format_tower_table(estimator))
+    host_share = 100 * estimator.host_loads_ / max(float(estimator.host_loads_.sum()), 1e-300)
+    print(
+        f"\nmethod {args.method}: max/mean tower cost {estimator.imbalance_:.3f} (best achievable "
+        f"{estimator.best_imbalance_:.3f}, limit {estimator.max_imbalance_:.3f}); host cost shares "
+        f"{', '.join(f'{s:.1f} %' for s in host_share)}; tables {human_bytes(costs.memory_bytes.sum())}; "
+        f"partitioned in {fit_s:.2f} s"
+    )
+    verdict = estimator.plan_.params.get("confidence", {}).get("warning")
+    if verdict:
+        print(
+            f"warning: {verdict}; {rows:,} rows are likely too few to trust this plan: use more rows or more --probes"
+        )
 
 
 def _read(args: argparse.Namespace, progress: bool):
@@ -216,10 +249,12 @@ def _learn_representation(arrays, args: argparse.Namespace, progress: bool, sour
     rep = _learn(arrays, args, progress)
     rep = dataclasses.replace(rep, info={**rep.info, "source_data": source})
     info = rep.info
+    cv = f", pair-score variation {100 * info['pair_score_cv']:.0f} %" if "pair_score_cv" in info else ""
     print(
-        f"representation: {rep.source}; probe held-out AUC {info['initial_heldout_auc']:.4f} -> "
-        f"{info['heldout_auc']:.4f} (best at step {info['best_step']} of {info['steps_run']} run, "
-        f"{time.perf_counter() - t0:.1f} s)"
+        f"representation: {rep.source} from {info['num_probes']} probe(s); held-out AUC "
+        f"{info['initial_heldout_auc']:.4f} -> {info['heldout_auc']:.4f} (median best step "
+        f"{info['best_step']} of {info['steps_run']} run, {info['samples_seen']:,} samples seen, stopped: "
+        f"{info['stop_reason']}){cv}; {time.perf_counter() - t0:.1f} s"
     )
     if args.representation:
         rep.save(args.representation)
@@ -246,4 +281,7 @@ def _learn(arrays, args: argparse.Namespace, progress: bool):
     from partitioner.learned import LearnedEmbedder, ProbeConfig  # imports torch
 
     cfg = ProbeConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    return LearnedEmbedder(cfg, score=args.score, progress=progress).embed(arrays)
+    embedder = LearnedEmbedder(
+        cfg, score=args.score, num_probes=args.probes, num_resamples=args.resamples, progress=progress
+    )
+    return embedder.embed(arrays)
