@@ -2,8 +2,10 @@
 
 Each fix is the smallest change that makes torchrec's own path work (a subclass, a swap limited
 to one constructor call, environment variables pinned while torchrec reads them); none forks a
-torchrec module. All were verified on torchrec 1.8.0 (CPU, gloo) and torchrec 1.6.1 (H200, NCCL)
-unless a docstring says otherwise.
+torchrec module. All are verified on torchrec 1.8.0 (CPU, gloo) by the tests named below. On
+torchrec 1.6.1 (H200, NCCL) they were verified before they moved here; since the move, `dmt bench`
+ran every flat and DMT variant there, but the NCCL parity test 2x1 failed
+(benchmarks/results/gpu_h200x4_hier/README.md): rerun `benchmarks/gpu_suite.sh parity` first.
 
 | fix | torchrec problem | test |
 |---|---|---|
