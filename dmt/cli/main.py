@@ -26,7 +26,7 @@ from dmt.errors import DmtError
 from dmt.quiet import quiet_third_party
 
 # Modules under dmt.cli, in the order `dmt --help` lists them.
-COMMANDS = ("gen_data", "partition", "train", "demo", "bench", "plan_cluster")
+COMMANDS = ("gen_data", "preprocess", "partition", "train", "demo", "bench", "plan_cluster")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,9 +22,41 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from dmt.data.multi_hot import MLPERF_MULTI_HOT_SIZES
 from dmt.errors import DmtError
 
 ARCHS = ("dlrm", "dlrm_dcn")
+PRESETS = ("debug", "small", "criteo", "mlperf_dcnv2")
+# Distinct values per feature of Criteo 1TB (torchrec_dlrm's "Full Size" run); MLPerf caps them at 40M.
+CRITEO_1TB_CARDINALITIES = (
+    227605432,
+    39060,
+    17295,
+    7424,
+    20265,
+    3,
+    7122,
+    1543,
+    63,
+    130229467,
+    3067956,
+    405282,
+    10,
+    2209,
+    11938,
+    155,
+    4,
+    976,
+    14,
+    292775614,
+    40790948,
+    187188510,
+    590152,
+    12973,
+    108,
+    36,
+)
+MLPERF_ROW_CAP = 40_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +76,9 @@ class ModelConfig:
             default a = sqrt(1 / rows), which for large tables puts every embedding near 0, where
             the dot interaction is a saddle point (a dot's gradient is the other embedding):
             measured below, training then sits at the base rate for a seed-dependent time.
+        multi_hot_sizes: ids per sample of each feature, made from the one-hot Criteo id by
+            ``dmt.data.MultiHot`` (MLPerf DLRM-DCNv2's inputs); empty: one-hot. The tables pool
+            the bag (sum), so the model itself is unchanged.
     """
 
     arch: str = "dlrm"
@@ -56,8 +91,10 @@ class ModelConfig:
     dcn_num_layers: int = 2
     dcn_low_rank: int = 16
     embedding_init: float | None = None
+    multi_hot_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "multi_hot_sizes", tuple(int(s) for s in self.multi_hot_sizes))
         object.__setattr__(self, "num_embeddings", tuple(int(n) for n in self.num_embeddings))
         object.__setattr__(self, "sparse_features", tuple(self.sparse_features))
         object.__setattr__(self, "dense_arch", tuple(self.dense_arch))
@@ -78,10 +115,26 @@ class ModelConfig:
             )
         if not self.over_arch or self.over_arch[-1] != 1:
             raise DmtError(f"over_arch={list(self.over_arch)} must end in 1 (one logit)")
+        if self.multi_hot_sizes and (
+            len(self.multi_hot_sizes) != len(self.sparse_features) or min(self.multi_hot_sizes) < 1
+        ):
+            raise DmtError(
+                f"multi_hot_sizes={list(self.multi_hot_sizes)} needs one size >= 1 per sparse feature "
+                f"({len(self.sparse_features)}), or none for one-hot inputs"
+            )
 
     @staticmethod
-    def preset(name: str, **overrides: object) -> ModelConfig:
-        """Named shapes: "debug" (tests, seconds on CPU), "small" (demo), "criteo" (Kaggle-sized)."""
+    def preset(name: str, *, row_cap: int | None = None, **overrides: object) -> ModelConfig:
+        """Named shapes: "debug" (tests, seconds on CPU), "small" (demo), "criteo" (Kaggle-sized),
+        "mlperf_dcnv2" (MLPerf Training's DLRM-DCNv2 on Criteo 1TB).
+
+        ``row_cap`` caps every table at that many rows (ids are hashed modulo the size).
+        "mlperf_dcnv2" is the reference model of MLPerf DLRM-DCNv2 (torchrec_dlrm's flags:
+        embedding dim 128, bottom MLP 512-256-128, top MLP 1024-1024-512-256-1, DCN-v2 with 3
+        layers of low rank 512, multi-hot inputs ``MLPERF_MULTI_HOT_SIZES``) over Criteo 1TB's
+        real cardinalities, capped at MLPerf's 40M rows per table unless ``row_cap`` says
+        otherwise: ``row_cap=1000`` gives the same model small enough for a CPU.
+        """
         presets = {
             "debug": dict(
                 embedding_dim=8, num_embeddings=(1000,) * 26, dense_arch=(16, 8), over_arch=(16, 1), dcn_low_rank=4
@@ -94,10 +147,27 @@ class ModelConfig:
                 over_arch=(512, 256, 1),
                 dcn_low_rank=64,
             ),
+            "mlperf_dcnv2": dict(
+                arch="dlrm_dcn",
+                embedding_dim=128,
+                num_embeddings=CRITEO_1TB_CARDINALITIES,
+                dense_arch=(512, 256, 128),
+                over_arch=(1024, 1024, 512, 256, 1),
+                dcn_num_layers=3,
+                dcn_low_rank=512,
+                multi_hot_sizes=MLPERF_MULTI_HOT_SIZES,
+            ),
         }
         if name not in presets:
             raise DmtError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
-        return ModelConfig(**{**presets[name], **overrides})
+        if name == "mlperf_dcnv2" and row_cap is None:
+            row_cap = MLPERF_ROW_CAP
+        cfg = {**presets[name], **overrides}
+        if row_cap is not None:
+            if row_cap < 1:
+                raise DmtError(f"row_cap={row_cap} must be >= 1")
+            cfg["num_embeddings"] = tuple(min(int(n), row_cap) for n in cfg["num_embeddings"])
+        return ModelConfig(**cfg)
 
     def replace(self, **changes: object) -> ModelConfig:
         return dataclasses.replace(self, **changes)
