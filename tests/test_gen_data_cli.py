@@ -116,3 +116,22 @@ def test_truth_defaults_to_a_file_beside_the_rows(tmp_path):
     assert main(["gen-data", "--rows", "10", "--out", str(tmp_path / "d.txt")]) == 0
     truth = json.loads((tmp_path / "d.txt.truth.json").read_text())
     assert truth["rows"] == 10 and len(truth["groups"]) >= 2
+
+
+def test_days_are_the_pieces_of_one_file(tmp_path, capsys):
+    base = ["--rows", "20000", "--seed", "2", "--preset", "tiny"]
+    assert main(["gen-data", *base, "--out", str(tmp_path / "one.tsv")]) == 0
+    assert main(["gen-data", *base, "--days", "3", "--workers", "2", "--out", str(tmp_path / "days")]) == 0
+    days = [(tmp_path / "days" / f"day_{d}").read_bytes() for d in range(3)]
+    assert all(days) and b"".join(days) == (tmp_path / "one.tsv").read_bytes()
+    truth = json.loads((tmp_path / "days" / "truth.json").read_text())
+    assert (
+        truth["rows"] == 20000
+        and truth["groups"] == json.loads((tmp_path / "one.tsv.truth.json").read_text())["groups"]
+    )
+    assert "next: dmt preprocess" in capsys.readouterr().out
+
+
+def test_workers_without_days_is_refused(tmp_path, capsys):
+    assert main(["gen-data", "--rows", "10", "--workers", "2", "--out", str(tmp_path / "x.tsv")]) == 2
+    assert "--days" in capsys.readouterr().err and not (tmp_path / "x.tsv").exists()

@@ -221,11 +221,12 @@ _SHAPES = [(np.float32, ()), (np.float32, (13,)), (np.int64, (26,))]
 
 def test_tail_split_and_eval_data_paths(data, tmp_path):
     tsv, npy = data
-    rows, _ = open_rows(str(npy))
+    rows, report = open_rows(str(npy))
+    assert report is None  # preprocessed data: dmt preprocess recorded its bad rows
     s = tail_split(rows, 0.2)
     assert (len(s.train), len(s.val)) == (4000, 1000)
-    tsv_rows, bad = open_rows(str(tsv))
-    assert len(tsv_rows) == ROWS and bad == 0
+    tsv_rows, report = open_rows(str(tsv))
+    assert len(tsv_rows) == ROWS and report.bad_rows_skipped == 0
     np.testing.assert_array_equal(tsv_rows.gather(np.arange(ROWS)).sparse, rows.gather(np.arange(ROWS)).sparse)
     day_rows, _ = open_rows(str(npy / "day_1_labels.npy"))
     assert len(day_rows) == ROWS - ROWS // 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dmt.cli.args import NON_NEGATIVE_INT, POSITIVE_INT
+from dmt.cli.outputs import check_output_dir
 from dmt.data.preprocess import PreprocessConfig, preprocess_criteo
 
 
@@ -39,19 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=256,
         help="plain files are parsed in ranges of about this many MB: the unit of parallel work and of restart (256)",
     )
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Preprocess, then print one line per day and a total. Returns the exit code."""
+    check_output_dir(args.out, "--out")  # before any worker starts
     cfg = PreprocessConfig(
         inputs=tuple(args.data),
         out=args.out,
         workers=args.workers,
         skip_bad_rows=args.skip_bad_rows,
         part_bytes=args.part_mb << 20,
-        progress=args.progress,
+        progress=not args.no_progress,
     )
     report = preprocess_criteo(cfg)
     for day in report.days:

@@ -21,6 +21,11 @@ from dmt.cli.args import (
 from dmt.cli.outputs import check_output_dir
 from dmt.errors import DmtError
 
+# Plain names here (not imported from the modules that define them): `dmt --help` must not import torch.
+PRESETS = ("debug", "small", "criteo", "mlperf_dcnv2")
+SPLIT_CHOICES = ("tail", "kaggle", "terabyte")
+MULTI_HOT_METHODS = ("hash", "table")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -43,14 +48,40 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Data, model, towers and the embedding exchange."""
     data = p.add_argument_group("data")
-    data.add_argument("--data", required=True, help="Criteo TSV file (.gz ok)")
-    data.add_argument("--eval-fraction", type=FRACTION, default=0.2, help="last fraction of rows held out (0.2)")
+    data.add_argument(
+        "--data",
+        required=True,
+        help="Criteo TSV file (.gz ok; small files), or a `dmt preprocess` directory / day .npy (memory-mapped)",
+    )
+    data.add_argument(
+        "--split",
+        choices=SPLIT_CHOICES,
+        default="tail",
+        help="train / evaluation cut of --data: tail (the last --eval-fraction of rows), kaggle (7 days "
+        "of rows: 0-5 train, day 6's first half evaluates), terabyte (days 0-22 train, day 23's first half)",
+    )
+    data.add_argument("--eval-fraction", type=FRACTION, default=0.2, help="--split tail: rows held out (0.2)")
+    data.add_argument("--eval-data", help="evaluate on this input (file, day or directory); train on all of --data")
     data.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
+    data.add_argument("--data-workers", type=POSITIVE_INT, default=2, help="threads building the next batches (2)")
+    data.add_argument("--prefetch", type=POSITIVE_INT, default=4, help="batches built ahead of the step (4)")
     model = p.add_argument_group("model")
-    model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], default="dlrm")
-    model.add_argument("--preset", choices=["debug", "small", "criteo"], default="small", help="model size (small)")
+    model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], help="architecture (default: the preset's)")
+    model.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="small",
+        help="model shape (small); mlperf_dcnv2: MLPerf DLRM-DCNv2 (multi-hot, dim 128, 40M-row cap)",
+    )
     model.add_argument("--embedding-dim", type=POSITIVE_INT, help="override the preset's embedding dim")
     model.add_argument("--num-embeddings", type=POSITIVE_INT, help="rows per table; ids are hashed modulo this")
+    model.add_argument("--row-cap", type=POSITIVE_INT, help="cap every table of the preset at this many rows")
+    model.add_argument(
+        "--multi-hot-method",
+        choices=MULTI_HOT_METHODS,
+        default="hash",
+        help="how multi-hot presets make their extra ids: hash (no memory) or table (torchrec_dlrm's exact tables)",
+    )
     tw = p.add_argument_group("towers (DMT)")
     tw.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`): train DMT over these towers")
     tw.add_argument(
@@ -93,7 +124,19 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
-    opt.add_argument("--eval-every", type=NON_NEGATIVE_INT, default=0, help="steps between evaluations (0: at the end)")
+    opt.add_argument(
+        "--eval-every",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help="steps between evaluations, besides every epoch end (0: epoch ends only)",
+    )
+    opt.add_argument(
+        "--early-stop",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        metavar="N",
+        help="stop after N evaluations without a better AUC (0: never); the best is reported either way",
+    )
     opt.add_argument("--seed", type=SEED, default=0)
     dist = p.add_argument_group("distribution")
     dist.add_argument("--hosts", type=POSITIVE_INT, default=1, help="emulated hosts on this machine (1)")
@@ -137,9 +180,9 @@ def job_config(args: argparse.Namespace):
     from dmt.train.job import JobConfig
     from dmt.train.optim import OptimConfig
 
-    overrides: dict = {"arch": args.model}
+    overrides: dict = {} if args.model is None else {"arch": args.model}
     if args.embedding_dim is not None:
-        dense = ModelConfig.preset(args.preset).dense_arch
+        dense = ModelConfig.preset(args.preset, row_cap=args.row_cap).dense_arch
         overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
     if args.num_embeddings is not None:
         overrides["num_embeddings"] = (args.num_embeddings,) * 26
@@ -166,7 +209,7 @@ def job_config(args: argparse.Namespace):
     return JobConfig(
         data=args.data,
         out=args.out,
-        model=ModelConfig.preset(args.preset, **overrides),
+        model=ModelConfig.preset(args.preset, row_cap=args.row_cap, **overrides),
         optim=OptimConfig(
             sparse=args.sparse_optimizer,
             sparse_lr=args.lr,
@@ -175,6 +218,12 @@ def job_config(args: argparse.Namespace):
             tower_lr=args.tower_lr,
         ),
         eval_fraction=args.eval_fraction,
+        eval_data=args.eval_data,
+        split=args.split,
+        multi_hot_method=args.multi_hot_method,
+        early_stop=args.early_stop,
+        data_workers=args.data_workers,
+        prefetch=args.prefetch,
         batch_size=args.batch_size,
         epochs=args.epochs,
         max_steps=args.max_steps,
@@ -209,8 +258,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite and not under_torchrun():
         raise DmtError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     cfg = job_config(args)  # validate here, before any process starts
-    if not os.path.isfile(cfg.data):
-        raise FileNotFoundError(2, "no such file", cfg.data)
+    for path in (cfg.data, cfg.eval_data):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(2, "no such file or directory", path)
     if cfg.towers is not None and not under_torchrun() and args.hosts * args.ranks_per_host > 1:
         cfg.towers.plan.validate_hosts(args.hosts)
     link = emulated_link(args)
@@ -291,7 +341,10 @@ def _print_summary(out: str) -> None:
 
     with open(f"{out}/metrics.json") as f:
         m = json.load(f)
+    best = m["best"]
+    best_note = "" if best["step"] == m["steps"] else f" (best {best['auc']:.4f} at step {best['step']})"
+    stop_note = "  stopped early" if m["stopped_early"] else ""
     print(
-        f"auc {m['auc']:.4f}  logloss {m['logloss']:.4f}  ne {m['ne']:.4f}  steps {m['steps']}  "
-        f"samples/s {m['samples_per_s']:,.0f}  -> {out}/metrics.json"
+        f"auc {m['auc']:.4f}{best_note}  logloss {m['logloss']:.4f}  ne {m['ne']:.4f}  steps {m['steps']}"
+        f"{stop_note}  samples/s {m['samples_per_s']:,.0f}  -> {out}/metrics.json"
     )

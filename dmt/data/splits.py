@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from dmt.data.criteo import read_criteo
+from dmt.data.criteo import ReadReport, read_criteo
 from dmt.data.npy_layout import Preprocessed, open_preprocessed
 from dmt.data.npy_source import RowSet
 from dmt.errors import DataFormatError, DmtError
@@ -120,12 +120,12 @@ def is_preprocessed(path: str) -> bool:
 
 def open_rows(
     path: str, *, skip_bad_rows: bool = False, max_tsv_bytes: int = MAX_TSV_BYTES, progress: bool = False
-) -> tuple[RowSet, int]:
+) -> tuple[RowSet, ReadReport | None]:
     """Rows of ``path``: a preprocessed directory or day file (memory-mapped), or a small TSV (read).
 
     Returns:
-        The rows and the malformed TSV rows skipped (0 for preprocessed data; ``dmt preprocess``
-        recorded its own in the manifest).
+        The rows and, for a TSV, the read's report (malformed rows skipped, examples); None for
+        preprocessed data (``dmt preprocess`` recorded its own in the manifest).
 
     Raises:
         DataFormatError: bad data (see ``open_preprocessed`` and ``read_criteo``).
@@ -133,10 +133,10 @@ def open_rows(
     """
     if is_preprocessed(path):
         data = open_preprocessed(path)
-        return RowSet.from_data(data, os.path.basename(os.path.normpath(path))), 0
+        return RowSet.from_data(data, os.path.basename(os.path.normpath(path))), None
     check_tsv_size(path, max_tsv_bytes)
     arrays, report = read_criteo(path, skip_bad_rows=skip_bad_rows, progress=progress)
-    return RowSet.from_arrays(arrays, os.path.basename(path)), report.bad_rows_skipped
+    return RowSet.from_arrays(arrays, os.path.basename(path)), report
 
 
 def check_tsv_size(path: str, max_tsv_bytes: int = MAX_TSV_BYTES) -> None:

@@ -46,6 +46,7 @@ from dmt.errors import DmtError
 
 TRUTH_VERSION = 1
 _CHUNK_ROWS = 8192  # rows per random stream; fixed, so the output depends on nothing else
+CHUNK_ROWS = _CHUNK_ROWS
 _CALIBRATION_ROWS = 65536  # sample used to centre the latent vectors and calibrate the bias
 
 # Shaped like Criteo Kaggle: a few features with millions of ids, most with hundreds or thousands.
@@ -227,6 +228,7 @@ def generate_criteo(
     seed: int,
     spec: SyntheticSpec = SyntheticSpec(),
     progress: bool = False,
+    first_chunk: int = 0,
 ) -> dict[str, Any]:
     """Write ``rows`` synthetic rows as Criteo TSV (atomically; gzip if ``path`` ends in .gz).
 
@@ -236,6 +238,8 @@ def generate_criteo(
         seed: non-negative seed; the same seed and spec give the same bytes.
         spec: the generator's settings.
         progress: show a tqdm progress bar.
+        first_chunk: start the row stream at this chunk of ``CHUNK_ROWS`` rows, so files written
+            with consecutive ranges (in parallel) are the pieces of one long file, same bytes.
 
     Returns:
         The ground truth: ``{"version", "seed", "rows", "groups", "cardinalities", "missing_rate",
@@ -256,7 +260,7 @@ def generate_criteo(
         # Level 1: compressing at the default level 9 would take longer than generating.
         gz = path.endswith(".gz")
         out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) if gz else raw
-        for chunk, start in enumerate(range(0, rows, _CHUNK_ROWS)):
+        for chunk, start in enumerate(range(0, rows, _CHUNK_ROWS), start=first_chunk):
             n = min(_CHUNK_ROWS, rows - start)
             # Always draw a whole chunk: the first N rows are then the same for any row count.
             data = model.sample(np.random.default_rng([seed, 2, chunk]), _CHUNK_ROWS, keep=n)

@@ -8,9 +8,9 @@ samples per step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -18,23 +18,25 @@ from typing import TYPE_CHECKING
 import torch
 
 from dmt.atomic import atomic_write_text
-from dmt.data.batching import iter_batches, num_global_batches
-from dmt.data.criteo import CriteoArrays, read_criteo
+from dmt.data.criteo import CriteoArrays
+from dmt.data.multi_hot import METHODS as MULTI_HOT_METHODS
+from dmt.data.prefetch import Prefetcher
 from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig
 from dmt.train import checkpoint
 from dmt.train.build import TowerSpec, build_model
+from dmt.train.data import SPLIT_CHOICES, JobData, eval_batches, load_job_data, train_stream
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.optim import OptimConfig
 from dmt.train.run_dir import (
     CLAIMED_ENV,
     claim_run_dir,
     config_dict,
-    data_fingerprint,
     read_changed_settings,
     run_fingerprint,
 )
+from dmt.train.stage_clock import StageClock
 
 if TYPE_CHECKING:
     from dmt.distributed.env import DistEnv
@@ -46,11 +48,15 @@ class JobConfig:
     out: str
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval_fraction: float = 0.2  # the last rows of the data are held out for evaluation
+    eval_fraction: float = 0.2  # split "tail": the last rows of the data are held out for evaluation
+    eval_data: str | None = None  # evaluate on this input (file, day or directory) instead of a split
+    split: str = "tail"  # how ``data`` is cut into train / evaluation: dmt.train.data.SPLIT_CHOICES
+    multi_hot_method: str = "hash"  # models with multi_hot_sizes: dmt.data.MultiHot's method
     batch_size: int = 256  # per rank; the global batch is batch_size * world size
     epochs: int = 1
     max_steps: int = 0  # 0: run ``epochs`` full epochs
-    eval_every: int = 0
+    eval_every: int = 0  # steps between evaluations, besides every epoch end and the last step
+    early_stop: int = 0  # stop after this many evaluations without a better AUC; 0: never
     flat_sharding: str = "table_wise"  # the flat model's tables over all ranks (dmt.choices.FlatSharding)
     seed: int = 0
     towers: TowerSpec | None = None  # None: the flat model; else DMT over these towers
@@ -60,6 +66,8 @@ class JobConfig:
     overwrite: bool = False  # replace the run already in <out> (dmt.train.run_dir)
     skip_bad_rows: bool = False
     progress: bool = True
+    data_workers: int = 2  # threads building the next batches (dmt.data.Prefetcher)
+    prefetch: int = 4  # batches built ahead of the step
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
@@ -73,6 +81,20 @@ class JobConfig:
             )
         if not self.out:
             raise DmtError("out is empty; give an output directory")
+        self._check_data_options()
+
+    def _check_data_options(self) -> None:
+        if self.split not in SPLIT_CHOICES:
+            raise DmtError(f"split={self.split!r} is not one of {list(SPLIT_CHOICES)}")
+        if self.eval_data and self.split != "tail":
+            raise DmtError(f"--eval-data and --split {self.split} both say what to evaluate on; give one of them")
+        if self.multi_hot_method not in MULTI_HOT_METHODS:
+            raise DmtError(f"multi_hot_method={self.multi_hot_method!r} is not one of {list(MULTI_HOT_METHODS)}")
+        if min(self.early_stop, self.data_workers - 1, self.prefetch - 1) < 0:
+            raise DmtError(
+                f"early_stop={self.early_stop} must be >= 0, data_workers={self.data_workers} and "
+                f"prefetch={self.prefetch} >= 1"
+            )
 
 
 # Set by `dmt train --max-restarts` for each relaunch: how many times the job was restarted.
@@ -85,43 +107,28 @@ def split_train_eval(arrays: CriteoArrays, eval_fraction: float) -> tuple[Criteo
     return arrays.slice(0, cut), arrays.slice(cut, len(arrays))
 
 
-def _epoch_batches(arrays: CriteoArrays, cfg: JobConfig, rank: int, world: int, start_step: int = 0):
-    """This rank's batches from global step ``start_step`` on: the data order depends only on the seed."""
-    per_epoch = num_global_batches(len(arrays), cfg.batch_size, world)
-    for epoch in range(start_step // per_epoch, cfg.epochs):
-        start = start_step - epoch * per_epoch if epoch == start_step // per_epoch else 0
-        yield from iter_batches(
-            arrays,
-            batch_size=cfg.batch_size,
-            num_embeddings=cfg.model.num_embeddings,
-            rank=rank,
-            world_size=world,
-            shuffle=True,
-            seed=cfg.seed,
-            epoch=epoch,
-            start=start,
-        )
-
-
 def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
     """Train the flat or DMT model described by ``cfg``; rank 0 writes ``<out>/metrics.json``. Returns the metrics.
 
     The run directory is claimed first (locked, checked for another run: ``dmt.train.run_dir``),
     unless the launcher that started this rank holds it already.
     """
+    clock = StageClock()
     place = _join(distributed)
     with _own_run_dir(cfg, place):
-        data = _load_data(cfg, place)
-        model, optimizer, counter = _build(cfg, place)
+        data = clock.stage("data", lambda: load_job_data(cfg, world=place.world, is_main=place.is_main))
+        model, optimizer, counter = clock.stage("build", lambda: _build(cfg, place))
         checkpoints = _Checkpoints(
             os.path.join(cfg.out, "checkpoints"), model, optimizer, _fingerprint(cfg, place.world, data)
         )
-        history = checkpoints.restore(cfg.resume, place.is_main)
-        resumed_from = history.steps if history else 0  # ``train`` continues ``history`` in place
+        history = clock.stage("restore", lambda: checkpoints.restore(cfg.resume, place.is_main))
+        # ``train`` continues ``history`` in place: keep what it held before for this run's own numbers.
+        before = dataclasses.replace(history) if history else LoopResult()
         start = time.perf_counter()
         result = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
         wall = time.perf_counter() - start
-        metrics = _metrics(cfg, place, data, result, resumed_from, model, counter, wall)
+        metrics = _metrics(cfg, place, data, result, before, model, counter, wall)
+        metrics["stage_seconds"] = clock.report(result, before=before)
         if place.is_main:
             atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     _leave(place)
@@ -170,18 +177,6 @@ class _Place:
     env: DistEnv | None
 
 
-@dataclass(frozen=True)
-class _Data:
-    """The data split for this job, and how many global steps it trains (epochs, capped by max_steps)."""
-
-    train: CriteoArrays
-    eval: CriteoArrays
-    steps: int
-    bad_rows_skipped: int
-    bad_row_examples: list[str]
-    source: dict  # dmt.train.run_dir.data_fingerprint of the file
-
-
 def _join(distributed: bool) -> _Place:
     """Join the torchrun process group (``distributed``), or stand alone as rank 0 of 1 on the CPU."""
     if not distributed:
@@ -191,48 +186,6 @@ def _join(distributed: bool) -> _Place:
     env = init_distributed()
     return _Place(
         rank=env.topology.rank, world=env.topology.world_size, device=env.device, is_main=env.is_main, env=env
-    )
-
-
-def _load_data(cfg: JobConfig, place: _Place) -> _Data:
-    """Read the data, hold out the eval rows and count the training steps; fail now (before any
-    training) if no global batch fits or the evaluation split is empty."""
-    arrays, report = read_criteo(cfg.data, skip_bad_rows=cfg.skip_bad_rows, progress=cfg.progress and place.is_main)
-    train_arrays, eval_arrays = split_train_eval(arrays, cfg.eval_fraction)
-    steps_per_epoch = num_global_batches(len(train_arrays), cfg.batch_size, place.world)
-    if steps_per_epoch == 0:
-        raise DmtError(
-            f"{len(train_arrays)} training rows cannot fill one global batch of {cfg.batch_size * place.world} "
-            f"({cfg.batch_size} per rank x {place.world} ranks); use more data or a smaller --batch-size"
-        )
-    if len(eval_arrays) == 0:
-        raise DmtError(
-            f"the evaluation split is empty: --eval-fraction {cfg.eval_fraction:g} of {len(arrays)} rows "
-            "holds out no row; raise --eval-fraction or use more data"
-        )
-    if report.bad_rows_skipped and place.is_main:
-        _print_skipped_rows(report.bad_rows_skipped, len(arrays), report.bad_row_examples)
-    steps = cfg.epochs * steps_per_epoch
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    return _Data(
-        train=train_arrays,
-        eval=eval_arrays,
-        steps=steps,
-        bad_rows_skipped=report.bad_rows_skipped,
-        bad_row_examples=list(report.bad_row_examples),
-        source=data_fingerprint(cfg.data),
-    )
-
-
-def _print_skipped_rows(skipped: int, kept: int, examples: list[str]) -> None:
-    """Say how many rows --skip-bad-rows dropped, and a few of them: a third of the data gone is news."""
-    share = skipped / (skipped + kept)
-    shown = "; ".join(examples[:3])
-    print(
-        f"[dmt] --skip-bad-rows: skipped {skipped:,} malformed rows of {skipped + kept:,} ({share:.1%})"
-        + (f", e.g. {shown}" if shown else ""),
-        file=sys.stderr,
-        flush=True,
     )
 
 
@@ -256,7 +209,7 @@ def _build(cfg: JobConfig, place: _Place):
     return model, optimizer, counter
 
 
-def _fingerprint(cfg: JobConfig, world: int, data: _Data) -> dict:
+def _fingerprint(cfg: JobConfig, world: int, data: JobData) -> dict:
     """What a checkpoint must share with this run to be resumed by it (as JSON reads it back)."""
     return {**run_fingerprint(cfg, world, data.source), "train_rows": len(data.train)}
 
@@ -294,7 +247,7 @@ class _Checkpoints:
 def _train(
     cfg: JobConfig,
     place: _Place,
-    data: _Data,
+    data: JobData,
     model,
     optimizer,
     counter,
@@ -303,16 +256,9 @@ def _train(
 ) -> LoopResult:
     """Train from ``history`` (or step 0) to ``data.steps``, checkpointing every ``cfg.checkpoint_every`` steps."""
 
-    def eval_batches():
-        return iter_batches(
-            data.eval,
-            batch_size=cfg.batch_size,
-            num_embeddings=cfg.model.num_embeddings,
-            rank=place.rank,
-            world_size=place.world,
-            shuffle=False,
-            pad_last=True,  # every row is scored; the padding is masked out (dmt.data.batching)
-        )
+    def evaluation():
+        # Every row is scored: the last batch is padded and the padding masked out (PAD_LABEL).
+        return iter(Prefetcher(eval_batches(data, cfg, rank=place.rank, world=place.world), **_prefetch(cfg)))
 
     first_step = history.steps if history else 0
     if first_step >= data.steps:
@@ -320,22 +266,31 @@ def _train(
             f"the checkpoint at step {first_step} already reaches this run's last step {data.steps} "
             "(--epochs/--max-steps); raise them to train on, or use --overwrite to start over"
         )
-    batches = _epoch_batches(data.train, cfg, place.rank, place.world, first_step)
-    if cfg.comm is not None and cfg.comm.uses_lossy:
-        batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
-    result = train(
-        model,
-        optimizer,
-        batches,
-        eval_batches,
-        LoopConfig(steps=data.steps, eval_every=cfg.eval_every, progress=cfg.progress),
-        device=place.device,
-        is_main=place.is_main,
-        history=history,
-        checkpoint_every=cfg.checkpoint_every,
-        on_checkpoint=checkpoints.save,
-        counter=counter,
+    stream = train_stream(data, cfg, rank=place.rank, world=place.world, start_step=first_step)
+    loop = LoopConfig(
+        steps=data.steps,
+        eval_every=cfg.eval_every,
+        steps_per_epoch=data.steps_per_epoch,
+        early_stop=cfg.early_stop,
+        progress=cfg.progress,
     )
+    with Prefetcher(stream, **_prefetch(cfg)) as prefetched:
+        batches = iter(prefetched)
+        if cfg.comm is not None and cfg.comm.uses_lossy:
+            batches = _driving_codec_schedule(batches, lossy_schedules(model), first_step)
+        result = train(
+            model,
+            optimizer,
+            batches,
+            evaluation,
+            loop,
+            device=place.device,
+            is_main=place.is_main,
+            history=history,
+            checkpoint_every=cfg.checkpoint_every,
+            on_checkpoint=checkpoints.save,
+            counter=counter,
+        )
     if cfg.checkpoint_every and result.steps not in checkpoints.saved_at:  # the data ran out between checkpoints
         checkpoints.save(result)
     return result
@@ -344,42 +299,53 @@ def _train(
 def _metrics(
     cfg: JobConfig,
     place: _Place,
-    data: _Data,
+    data: JobData,
     result: LoopResult,
-    resumed_from: int,
+    before: LoopResult,
     model,
     counter,
     wall: float,
 ) -> dict:
     """The content of metrics.json: the final evaluation, throughput, comm bytes, curves and the config.
 
-    Throughput and bytes per sample cover the steps this process trained (``resumed_from`` to
-    ``result.steps``): the counter and the clock start with it.
+    Bytes per sample come from the steps this process counted (``dmt.train.loop.count_window``:
+    20 steady-state steps, or all of a short run); throughput from all the run's training steps
+    and their seconds (a resumed run carries the earlier ones in ``before``).
     """
-    final = result.evals[-1]
+    final, best = result.evals[-1], result.best_eval()
     global_batch = cfg.batch_size * place.world
     return {
         "model": cfg.model.arch if cfg.towers is None else f"dmt({cfg.model.arch})",
         "auc": final["auc"],
         "logloss": final["logloss"],
         "ne": final["ne"],
+        "best": {k: best[k] for k in ("step", "auc", "logloss", "ne")},
+        "stopped_early": result.stopped_early,
         "steps": result.steps,
+        "steps_per_epoch": data.steps_per_epoch,
         "world_size": place.world,
         "global_batch": global_batch,
         "samples_per_s": result.steps * global_batch / max(result.train_seconds, 1e-9),
         "wall_seconds": wall,
         "train_rows": len(data.train),
         "eval_rows": final["num_samples"],
+        "data": {"train": data.train.name, "eval": data.eval.name, "memory_mapped": not data.in_memory},
         "bad_rows_skipped": data.bad_rows_skipped,
         "bad_row_examples": data.bad_row_examples,
-        "resumed_from_step": resumed_from,
+        "resumed_from_step": before.steps,
+        "comm_counted_steps": result.counted_steps - before.counted_steps,
         "restarts": int(os.environ.get(RESTARTS_ENV, "0")),
-        **_comm_metrics(counter, result.steps - resumed_from, global_batch),
+        **_comm_metrics(counter, result.counted_steps - before.counted_steps, global_batch),
         **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),
         "losses": result.losses,
         "evals": result.evals,
         "config": config_dict(cfg),
     }
+
+
+def _prefetch(cfg: JobConfig) -> dict:
+    """How far ahead, and on how many threads, the next batches are built (``dmt.data.Prefetcher``)."""
+    return {"depth": cfg.prefetch, "workers": cfg.data_workers}
 
 
 def _leave(place: _Place) -> None:
@@ -468,8 +434,9 @@ def _resume(root: str, model, optimizer, fingerprint: dict, is_main: bool) -> Lo
 def _progress(meta: dict, path) -> LoopResult:
     """The checkpoint's recorded progress as a LoopResult, or a one-line refusal if it is malformed."""
     p = meta["progress"]
+    # Checkpoints written before a field existed lack it; the field's default stands in.
     well_formed = (
-        set(p) == {f.name for f in fields(LoopResult)}
+        {"steps", "losses", "evals", "train_seconds"} <= set(p) <= {f.name for f in fields(LoopResult)}
         and p["steps"] == meta["step"]
         and isinstance(p["losses"], list)
         and isinstance(p["evals"], list)

@@ -2,8 +2,10 @@
 
 Sharded models run through torchrec's TrainPipelineSparseDist, which overlaps the next batch's
 input all-to-all with the current forward/backward. Unsharded models in one process have nothing
-to overlap and use a plain step with the same contract. Training proceeds in phases of
-``eval_every`` steps; each phase drains the pipeline, then the model is evaluated on all ranks.
+to overlap and use a plain step with the same contract. Training proceeds in phases that end at
+an evaluation (every ``eval_every`` steps, every epoch end, the last step) or a checkpoint; each
+phase drains the pipeline. Only the loss of each training step is kept (no logits), so a phase of
+a whole epoch costs no memory per step beyond one scalar.
 """
 
 from __future__ import annotations
@@ -31,14 +33,25 @@ from dmt.train.metrics import binary_metrics
 @dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     steps: int  # optimizer steps to run (each on one global batch)
-    eval_every: int = 0  # steps between evaluations; 0 evaluates only at the end
+    eval_every: int = 0  # steps between evaluations; 0: only at epoch ends and the end
+    steps_per_epoch: int = 0  # also evaluate at the end of every epoch; 0: no epochs to mark
+    early_stop: int = 0  # stop after this many evaluations without a better AUC; 0: never
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise DmtError(f"steps={self.steps} must be >= 1")
-        if self.eval_every < 0:
-            raise DmtError(f"eval_every={self.eval_every} must be >= 0")
+        if min(self.eval_every, self.steps_per_epoch, self.early_stop) < 0:
+            raise DmtError(
+                f"eval_every={self.eval_every}, steps_per_epoch={self.steps_per_epoch} and "
+                f"early_stop={self.early_stop} must be >= 0"
+            )
+
+    def next_eval(self, step: int) -> int:
+        """The first step after ``step`` that ends with an evaluation."""
+        return min(
+            _next_boundary(step, self.eval_every, self.steps), _next_boundary(step, self.steps_per_epoch, self.steps)
+        )
 
 
 @dataclass
@@ -47,6 +60,20 @@ class LoopResult:
     evals: list[dict] = field(default_factory=list)  # {"step": s, "auc":..., "logloss":..., "ne":...}
     steps: int = 0
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    counted_steps: int = 0  # training steps whose collectives the counter saw (count_window)
+    stopped_early: bool = False  # early stop: the evaluation AUC stopped improving
+
+    def best_eval(self) -> dict | None:
+        """The evaluation with the highest AUC (the earliest of equals)."""
+        return max(self.evals, key=lambda e: e["auc"], default=None)
+
+    def stalled(self, patience: int) -> bool:
+        """The last ``patience`` evaluations did not beat the best one before them."""
+        if not patience or len(self.evals) <= patience:
+            return False
+        before = max(e["auc"] for e in self.evals[:-patience])
+        return max(e["auc"] for e in self.evals[-patience:]) <= before
 
 
 class _PlainPipeline:
@@ -77,15 +104,6 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a CPU tensor over ranks, returned on the CPU."""
-    if _world() > 1:
-        x = x.to(_comm_device(), copy=True)
-        dist.all_reduce(x)
-        x = x.cpu() / _world()
-    return x
-
-
 def _gather_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """Every rank's CPU tensor (same shape on all ranks), concatenated in rank order, on the CPU."""
     if _world() == 1:
@@ -96,13 +114,15 @@ def _gather_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).cpu()
 
 
-def _run_phase(pipeline, batches: Iterator[Batch]) -> list[tuple]:
-    outputs = []
+def _run_phase(pipeline, batches: Iterator[Batch], keep: Callable[[tuple], object] = lambda o: o) -> list:
+    """Step until ``batches`` ends; ``keep(output)`` of every step (training keeps the loss only,
+    so a phase of a whole epoch holds no logits)."""
+    kept = []
     while True:
         try:
-            outputs.append(pipeline.progress(batches))
+            kept.append(keep(pipeline.progress(batches)))
         except StopIteration:
-            return outputs
+            return kept
 
 
 def evaluate(pipeline, model: torch.nn.Module, batches: Iterator[Batch]) -> dict:
@@ -117,6 +137,36 @@ def evaluate(pipeline, model: torch.nn.Module, batches: Iterator[Batch]) -> dict
     labels = _gather_over_ranks(torch.cat([o[2].reshape(-1) for o in outputs]).float().cpu())
     scored = labels != PAD_LABEL  # the padding of the last batch (iter_batches(pad_last=True))
     return binary_metrics(logits[scored], labels[scored])
+
+
+# Bytes are counted on a window of steps, not on every step: counting patches torch.distributed's
+# Python collectives for its duration (dmt.perf.comm_counter), work the hot path need not do once
+# the shapes are known. Steady state starts after the pipeline filled and caches warmed.
+COUNT_AFTER, COUNT_STEPS = 5, 20
+
+
+def count_window(first_step: int, last_step: int) -> range:
+    """The training steps whose collectives are counted: 20 steps after 5 of warm-up, or all of a short run."""
+    if last_step - first_step <= COUNT_AFTER + COUNT_STEPS:
+        return range(first_step, last_step)
+    return range(first_step + COUNT_AFTER, first_step + COUNT_AFTER + COUNT_STEPS)
+
+
+def _record_losses(result: LoopResult, step_losses: list[torch.Tensor]) -> None:
+    """Append the phase's per-step losses, averaged over ranks in one collective (not one per step)."""
+    # Gathered and summed here in rank order, not all-reduced: an all-reduce's summation order
+    # depends on the vector's length (gloo cuts it into chunks), so a phase of another length
+    # (a resumed run's) would report a loss 1 ulp apart for the same step.
+    local = torch.stack(step_losses).float().cpu()
+    losses = _gather_over_ranks(local).reshape(_world(), -1).mean(dim=0).tolist()
+    for i, value in enumerate(losses):
+        if not math.isfinite(value):
+            raise DmtError(
+                f"loss became {value} at step {result.steps + i + 1}; lower the learning "
+                "rates (--lr / --dense-lr) or check the input data"
+            )
+    result.losses += losses
+    result.steps += len(losses)
 
 
 def _next_boundary(step: int, every: int, last: int) -> int:
@@ -141,50 +191,44 @@ def train(
 
     ``history`` continues a resumed run (its ``steps`` must match where ``train_batches`` starts);
     ``on_checkpoint`` is called every ``checkpoint_every`` steps with the result so far.
-    ``counter`` counts the training steps' collectives (evaluation and bookkeeping are labelled
-    "eval" and "other", so they don't mix with the forward/backward bytes).
+    ``counter`` counts the collectives of the training steps in ``count_window`` (and
+    ``result.counted_steps`` says how many), not of evaluations or bookkeeping.
     """
-    counting = counter if counter is not None else contextlib.nullcontext()
-    other = (lambda name: counter.phase(name)) if counter is not None else (lambda name: contextlib.nullcontext())
     if isinstance(model, DistributedModelParallel):
         pipeline = TrainPipelineSparseDist(model, optimizer, device)
     else:
         pipeline = _PlainPipeline(model, optimizer)
     result = history or LoopResult()
+    window = count_window(result.steps, cfg.steps) if counter is not None else range(0)
     bar = tqdm(total=cfg.steps, initial=result.steps, desc="train", unit="step", disable=not (cfg.progress and is_main))
     model.train()
     while result.steps < cfg.steps:
-        next_eval = _next_boundary(result.steps, cfg.eval_every, cfg.steps)
+        next_eval = cfg.next_eval(result.steps)
         next_ckpt = _next_boundary(result.steps, checkpoint_every, cfg.steps)
-        n = min(next_eval, next_ckpt) - result.steps
+        stop = min(next_eval, next_ckpt, *(b for b in (window.start, window.stop) if b > result.steps))
+        n = stop - result.steps
+        counting = counter if result.steps in window else contextlib.nullcontext()
         start = time.perf_counter()
         with counting:
-            outputs = _run_phase(pipeline, itertools.islice(train_batches, n))
+            step_losses = _run_phase(pipeline, itertools.islice(train_batches, n), keep=lambda o: o[0].detach())
         result.train_seconds += time.perf_counter() - start
-        if not outputs:
+        if not step_losses:
             break  # out of data
-        # One collective per phase, not per step: per-step losses are all-reduced together.
-        with counting, other("other"):
-            losses = _mean_over_ranks(torch.stack([o[0].detach().float().cpu() for o in outputs])).tolist()
-        for i, value in enumerate(losses):
-            if not math.isfinite(value):
-                raise DmtError(
-                    f"loss became {value} at step {result.steps + i + 1}; lower the learning "
-                    "rates (--lr / --dense-lr) or check the input data"
-                )
-        result.losses += losses
-        result.steps += len(outputs)
-        bar.update(len(outputs))
-        out_of_data = len(outputs) < n
+        if result.steps in window:
+            result.counted_steps += len(step_losses)
+        _record_losses(result, step_losses)
+        bar.update(len(step_losses))
+        out_of_data = len(step_losses) < n
         if result.steps == next_eval or out_of_data:
-            with counting, other("eval"):
-                metrics = evaluate(pipeline, model, eval_batches())
+            start = time.perf_counter()
+            metrics = evaluate(pipeline, model, eval_batches())
+            result.eval_seconds += time.perf_counter() - start
             result.evals.append({"step": result.steps, **metrics})
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", auc=f"{metrics['auc']:.4f}")
-        if on_checkpoint is not None and result.steps == next_ckpt and checkpoint_every:
-            with counting, other("other"):
-                on_checkpoint(result)
-        if out_of_data:
+            result.stopped_early = result.stalled(cfg.early_stop)
+        if on_checkpoint is not None and checkpoint_every and result.steps == next_ckpt:
+            on_checkpoint(result)
+        if out_of_data or result.stopped_early:
             break
     bar.close()
     return result

@@ -48,8 +48,12 @@ def data_fingerprint(path: str | os.PathLike) -> dict:
     """Path, size, mtime and a sampled SHA-256 of a data file (whole file up to 1 MiB).
 
     The sampled hash reads 1 MiB whatever the file size, and tells apart files of equal size and
-    row count (a resume on other data of the same length was accepted before it existed).
+    row count (a resume on other data of the same length was accepted before it existed). A
+    preprocessed directory is fingerprinted file by file (its ``.npy`` days and manifest, by
+    name), the sizes summed and the hashes hashed together.
     """
+    if os.path.isdir(path):
+        return _directory_fingerprint(path)
     size = os.path.getsize(path)
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
@@ -63,6 +67,18 @@ def data_fingerprint(path: str | os.PathLike) -> dict:
         "path": os.path.abspath(path),
         "size": size,
         "mtime_ns": os.stat(path).st_mtime_ns,
+        "sample_sha256": h.hexdigest(),
+    }
+
+
+def _directory_fingerprint(path: str | os.PathLike) -> dict:
+    names = sorted(n for n in os.listdir(path) if n.endswith(".npy") or n == "manifest.json")
+    parts = [(n, data_fingerprint(os.path.join(path, n))) for n in names]
+    h = hashlib.sha256("".join(f"{n}:{p['sample_sha256']};" for n, p in parts).encode())
+    return {
+        "path": os.path.abspath(path),
+        "size": sum(p["size"] for _, p in parts),
+        "mtime_ns": max((p["mtime_ns"] for _, p in parts), default=0),
         "sample_sha256": h.hexdigest(),
     }
 
