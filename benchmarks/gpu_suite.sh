@@ -162,3 +162,35 @@ if [ "$part" = 2x2cw ]; then  # towers column-wise inside the host (exact for Ad
     sleep 3
   done
 fi
+
+# Issue 15/16: the whole job at data scale on the hierarchical link. "scale_data" generates ROWS
+# (default 100M) rows as 24 Terabyte-named days and preprocesses them (timed); "scale_train" trains
+# one epoch (--split terabyte) of NAMES (default "dmt flat") at BATCH per GPU on HOSTS x L GPUs and,
+# with BENCH=1, runs dmt bench on the same model and batch for the samples/s the job should reach.
+scale=${SCALE_DIR:-/tmp/scale}
+if [ "$part" = scale_data ]; then
+  rows=${ROWS:-100000000}; rm -rf "$scale"; mkdir -p "$scale"
+  t0=$SECONDS; $py -m dmt.cli gen-data --rows "$rows" --days 24 --out "$scale/tsv" --seed 0 2>&1 | tail -1
+  echo "gen-data: $((SECONDS - t0)) s"; du -sh "$scale/tsv"
+  t0=$SECONDS; $py -m dmt.cli preprocess "$scale"/tsv/day_{0..23} --out "$scale/npy" --no-progress 2>&1 | tail -1
+  echo "preprocess: $((SECONDS - t0)) s"; du -sh "$scale/npy"; nproc
+fi
+if [ "$part" = scale_train ]; then
+  L=${L:-1}; batch=${BATCH:-8192}; link=${LINK:-hierarchical}
+  model="--preset criteo --num-embeddings 200000 --embedding-dim 128"
+  dmtargs="--plan benchmarks/plans/contiguous_2towers_2hosts.json --tower-module linear --tower-compression 4 --tower-sharding table_wise"
+  for name in ${NAMES:-dmt flat}; do
+    extra=$([ "$name" = dmt ] && echo "$dmtargs" || echo "--flat-sharding table_wise")
+    t0=$SECONDS
+    timeout "${TRAIN_TIMEOUT:-500}" $py -m dmt.cli train --data "$scale/npy" --split terabyte $model $extra --hosts 2 \
+        --ranks-per-host "$L" --link "$link" --batch-size "$batch" --epochs 1 ${TRAIN_EXTRA:-} --no-progress \
+        --out "$out/scale_${name}_b${batch}${SUFFIX:-}" 2>&1 | grep -v -i "warn" | tail -3
+    echo "train $name: $((SECONDS - t0)) s wall"; sleep 3
+  done
+  if [ "${BENCH:-0}" = 1 ]; then
+    timeout 200 $py -m dmt.cli bench --hosts 2 --ranks-per-host "$L" --link "$link" --num-embeddings 200000 \
+        --embedding-dim 128 --batch-size "$batch" --towers 2 --tower-module linear --tower-compression 4 \
+        --tower-sharding table_wise --warmup 10 --steps 30 --no-progress --variants flat,dmt \
+        --out "$out/scale_bench_b${batch}${SUFFIX:-}.json" 2>&1 | grep -v -i "warn" | tail -6
+  fi
+fi
