@@ -83,7 +83,16 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="how multi-hot presets make their extra ids: hash (no memory) or table (torchrec_dlrm's exact tables)",
     )
     tw = p.add_argument_group("towers (DMT)")
-    tw.add_argument("--plan", help="TowerPlan JSON (from `dmt partition`): train DMT over these towers")
+    tw.add_argument(
+        "--plan",
+        help="TowerPlan JSON (from `dmt partition`): train DMT over these towers; 'auto': the cost model "
+        "picks flat or DMT (towers, c, sharding) for this job's hosts, link and batch, and says why",
+    )
+    tw.add_argument(
+        "--cluster",
+        help="--plan auto: cluster preset or JSON the cost model predicts for (default: the calibrated "
+        "preset of this machine and --link)",
+    )
     tw.add_argument(
         "--tower-module",
         choices=["identity", "linear", "mlp", "dot", "dcn"],
@@ -187,7 +196,16 @@ def job_config(args: argparse.Namespace):
     if args.num_embeddings is not None:
         overrides["num_embeddings"] = (args.num_embeddings,) * 26
     towers = None
-    if args.plan:
+    model = ModelConfig.preset(args.preset, row_cap=args.row_cap, **overrides)
+    if args.cluster and args.plan != "auto":
+        raise DmtError("--cluster describes the cluster for --plan auto; add --plan auto or drop --cluster")
+    if args.plan == "auto":
+        from dmt.cli.auto_layout import auto_towers
+        from dmt.train.run_dir import CLAIMED_ENV
+
+        announce = os.environ.get("RANK", "0") == "0" and CLAIMED_ENV not in os.environ
+        towers = auto_towers(args, model, announce=announce)
+    elif args.plan:
         from dmt.plan import TowerPlan
         from dmt.train.build import TowerSpec
         from towers import TowerModuleConfig
@@ -209,7 +227,7 @@ def job_config(args: argparse.Namespace):
     return JobConfig(
         data=args.data,
         out=args.out,
-        model=ModelConfig.preset(args.preset, row_cap=args.row_cap, **overrides),
+        model=model,
         optim=OptimConfig(
             sparse=args.sparse_optimizer,
             sparse_lr=args.lr,

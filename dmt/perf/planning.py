@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from dmt.choices import TowerSharding
 from dmt.errors import DmtError
@@ -198,3 +199,16 @@ def cluster_for_job(*, hosts: int, ranks_per_host: int, link: str, cuda: bool) -
     if kind == "hierarchical" and ranks_per_host == 1:
         kind = "sockets"  # one GPU per host: everything between ranks crosses hosts
     return load_cluster(f"h200x4-2x{ranks_per_host}-{kind}").with_hosts(hosts)
+
+
+def auto_plan(choice: LayoutChoice, features: tuple[str, ...], hosts: int):
+    """The TowerPlan of ``choice``'s DMT configuration (contiguous towers, tower i on host i % H);
+    None when the choice is flat. ``dmt partition`` makes learned towers; this is the fast default."""
+    from dmt.plan import TowerPlan, contiguous_sizes
+
+    if choice.kind == "flat":
+        return None
+    sizes = contiguous_sizes(len(features), choice.dmt.setup.num_towers)
+    bounds = itertools.accumulate(sizes, initial=0)
+    groups = [features[a:b] for a, b in itertools.pairwise(bounds)]
+    return TowerPlan.from_groups(groups, num_hosts=hosts, method="contiguous", params={"chosen_by": "cost model"})
