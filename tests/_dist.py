@@ -192,4 +192,9 @@ def _collect(procs: list[Any], results: Any, outcome: dict[int, tuple[str, Any]]
                     "rank(s) died without reporting: " + ", ".join(f"{r} (exit code {procs[r].exitcode})" for r in dead)
                 )
         if time.monotonic() > deadline:
-            raise ChildError(f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}")
+            # What the finished ranks said: a rank that failed a check and moved on leaves its
+            # peers waiting in a collective, and its report is the only clue to why.
+            said = "".join(f"\n--- rank {r} ({st}):\n{str(v)[-4000:]}" for r, (st, v) in sorted(outcome.items()))
+            raise ChildError(
+                f"distributed test timed out after {timeout:.0f}s; ranks that finished: {sorted(outcome)}{said}"
+            )

@@ -99,6 +99,7 @@ POSITIVE_INT = int_arg(1)
 NON_NEGATIVE_INT = int_arg(0)
 SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
 POSITIVE_FLOAT = float_arg(0.0, above=True)
+NON_NEGATIVE_FLOAT = float_arg(0.0)
 FRACTION = float_arg(0.0, above=True, below=1.0)
 
 

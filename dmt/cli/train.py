@@ -8,6 +8,7 @@ import sys
 
 from dmt.cli.args import (
     FRACTION,
+    NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
@@ -41,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Every flag of `dmt train`: what is trained, then how the run goes."""
+    _add_data_arguments(p)
     _add_model_arguments(p)
     _add_run_arguments(p)
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Data, model, towers and the embedding exchange."""
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What is read, how it is split, how batches are built."""
     data = p.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -65,6 +67,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
     data.add_argument("--data-workers", type=POSITIVE_INT, default=2, help="threads building the next batches (2)")
     data.add_argument("--prefetch", type=POSITIVE_INT, default=4, help="batches built ahead of the step (4)")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Model, towers and the embedding exchange."""
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=["dlrm", "dlrm_dcn"], help="architecture (default: the preset's)")
     model.add_argument(
@@ -76,6 +82,12 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--embedding-dim", type=POSITIVE_INT, help="override the preset's embedding dim")
     model.add_argument("--num-embeddings", type=POSITIVE_INT, help="rows per table; ids are hashed modulo this")
     model.add_argument("--row-cap", type=POSITIVE_INT, help="cap every table of the preset at this many rows")
+    model.add_argument(
+        "--embedding-init",
+        type=NON_NEGATIVE_FLOAT,
+        metavar="A",
+        help="tables start uniform in [-A, A] (preset default 0.1, about 2x --lr; 0: torchrec's sqrt(1/rows))",
+    )
     model.add_argument(
         "--multi-hot-method",
         choices=MULTI_HOT_METHODS,
@@ -185,45 +197,10 @@ def global_interaction_config(name: str):
 
 
 def job_config(args: argparse.Namespace):
-    from dmt.model.flat import ModelConfig  # torchrec import only when running
-    from dmt.train.job import JobConfig
+    from dmt.train.job import JobConfig  # torchrec import only when running
     from dmt.train.optim import OptimConfig
 
-    overrides: dict = {} if args.model is None else {"arch": args.model}
-    if args.embedding_dim is not None:
-        dense = ModelConfig.preset(args.preset, row_cap=args.row_cap).dense_arch
-        overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
-    if args.num_embeddings is not None:
-        overrides["num_embeddings"] = (args.num_embeddings,) * 26
-    towers = None
-    model = ModelConfig.preset(args.preset, row_cap=args.row_cap, **overrides)
-    if args.cluster and args.plan != "auto":
-        raise DmtError("--cluster describes the cluster for --plan auto; add --plan auto or drop --cluster")
-    if args.plan == "auto":
-        from dmt.cli.auto_layout import auto_towers
-        from dmt.train.run_dir import CLAIMED_ENV
-
-        announce = os.environ.get("RANK", "0") == "0" and CLAIMED_ENV not in os.environ
-        towers = auto_towers(args, model, announce=announce)
-    elif args.plan:
-        from dmt.plan import TowerPlan
-        from dmt.train.build import TowerSpec
-        from towers import TowerModuleConfig
-
-        try:
-            module = TowerModuleConfig(
-                kind=args.tower_module, compression=args.tower_compression, hidden=args.tower_hidden
-            )
-        except ValueError as e:
-            raise DmtError(f"bad tower module: {e}") from None
-        towers = TowerSpec(
-            plan=TowerPlan.from_json(args.plan),
-            module=module,
-            sharding=args.tower_sharding,
-            global_interaction=global_interaction_config(args.global_interaction),
-        )
-    elif args.tower_module != "identity" or args.tower_compression != 1.0:
-        raise DmtError("--tower-module/--tower-compression need --plan (a TowerPlan from `dmt partition`)")
+    model = model_config(args)
     return JobConfig(
         data=args.data,
         out=args.out,
@@ -253,9 +230,57 @@ def job_config(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         overwrite=args.overwrite,
-        towers=towers,
+        towers=tower_spec(args, model),
         comm=comm_compression(args.comm_compression),
     )
+
+
+def model_config(args: argparse.Namespace):
+    """The preset with the flags' overrides."""
+    from dmt.model.flat import ModelConfig
+
+    overrides: dict = {} if args.model is None else {"arch": args.model}
+    if args.embedding_dim is not None:
+        dense = ModelConfig.preset(args.preset, row_cap=args.row_cap).dense_arch
+        overrides |= {"embedding_dim": args.embedding_dim, "dense_arch": (*dense[:-1], args.embedding_dim)}
+    if args.num_embeddings is not None:
+        overrides["num_embeddings"] = (args.num_embeddings,) * 26
+    if args.embedding_init is not None:
+        overrides["embedding_init"] = None if args.embedding_init == 0 else args.embedding_init
+    return ModelConfig.preset(args.preset, row_cap=args.row_cap, **overrides)
+
+
+def tower_spec(args: argparse.Namespace, model):
+    """The towers to train (a plan file, or the cost model's choice for --plan auto); None: flat."""
+    towers = None
+    if args.cluster and args.plan != "auto":
+        raise DmtError("--cluster describes the cluster for --plan auto; add --plan auto or drop --cluster")
+    if args.plan == "auto":
+        from dmt.cli.auto_layout import auto_towers
+        from dmt.train.run_dir import CLAIMED_ENV
+
+        announce = os.environ.get("RANK", "0") == "0" and CLAIMED_ENV not in os.environ
+        towers = auto_towers(args, model, announce=announce)
+    elif args.plan:
+        from dmt.plan import TowerPlan
+        from dmt.train.build import TowerSpec
+        from towers import TowerModuleConfig
+
+        try:
+            module = TowerModuleConfig(
+                kind=args.tower_module, compression=args.tower_compression, hidden=args.tower_hidden
+            )
+        except ValueError as e:
+            raise DmtError(f"bad tower module: {e}") from None
+        towers = TowerSpec(
+            plan=TowerPlan.from_json(args.plan),
+            module=module,
+            sharding=args.tower_sharding,
+            global_interaction=global_interaction_config(args.global_interaction),
+        )
+    elif args.tower_module != "identity" or args.tower_compression != 1.0:
+        raise DmtError("--tower-module/--tower-compression need --plan (a TowerPlan from `dmt partition`)")
+    return towers
 
 
 def comm_compression(spec: str | None):

@@ -73,9 +73,13 @@ class ModelConfig:
         over_arch: top MLP widths; the last must be 1 (one logit).
         dcn_num_layers, dcn_low_rank: cross network shape for ``arch="dlrm_dcn"``.
         embedding_init: tables start uniform in [-a, a] with this a; None keeps torchrec's
-            default a = sqrt(1 / rows), which for large tables puts every embedding near 0, where
-            the dot interaction is a saddle point (a dot's gradient is the other embedding):
-            measured below, training then sits at the base rate for a seed-dependent time.
+            a = sqrt(1 / rows). Default 0.1, about 2 x the default sparse learning rate: row-wise
+            Adagrad's first step moves a looked-up row by ~lr * sqrt(D) whatever the gradient's
+            size, and from torchrec's tiny init (0.0045 at 50k rows) that step points every row
+            along the dense vector, its only non-tiny partner in the dot interaction: the
+            embeddings collapse onto one line (effective rank 2 of 16) and flat and DMT runs
+            then stall at the base rate for a seed-dependent time (issue 18; measured in
+            benchmarks/results/learning/README.md, tested in tests/test_embedding_collapse.py).
         multi_hot_sizes: ids per sample of each feature, made from the one-hot Criteo id by
             ``dmt.data.MultiHot`` (MLPerf DLRM-DCNv2's inputs); empty: one-hot. The tables pool
             the bag (sum), so the model itself is unchanged.
@@ -90,7 +94,7 @@ class ModelConfig:
     over_arch: tuple[int, ...] = (128, 64, 1)
     dcn_num_layers: int = 2
     dcn_low_rank: int = 16
-    embedding_init: float | None = None
+    embedding_init: float | None = 0.1
     multi_hot_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -156,6 +160,7 @@ class ModelConfig:
                 dcn_num_layers=3,
                 dcn_low_rank=512,
                 multi_hot_sizes=MLPERF_MULTI_HOT_SIZES,
+                embedding_init=None,  # the reference's (torchrec's) init, with its own learning rates
             ),
         }
         if name not in presets:

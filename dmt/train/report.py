@@ -20,8 +20,9 @@ def results_table(runs: dict[str, dict]) -> str:
     """Markdown table of the headline figures of each run, with DMT/flat ratios against the first run."""
     base = next(iter(runs.values()))
     rows = [
-        "| run | AUC | log loss | NE | steps | samples/s | cross-host B/sample | intra-host B/sample |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | AUC | best AUC (step) | log loss | NE | steps | samples/s | cross-host B/sample "
+        "| intra-host B/sample |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in runs.items():
         cross = m.get("cross_host_bytes_per_sample", 0.0)
@@ -31,10 +32,15 @@ def results_table(runs: dict[str, dict]) -> str:
             else ""
         )
         rows.append(
-            f"| {name} | {m['auc']:.4f} | {m['logloss']:.4f} | {m['ne']:.4f} | {m['steps']} "
+            f"| {name} | {m['auc']:.4f} | {_best(m)} | {m['logloss']:.4f} | {m['ne']:.4f} | {m['steps']} "
             f"| {m['samples_per_s']:,.0f} | {cross:,.0f}{ratio} | {m.get('intra_host_bytes_per_sample', 0.0):,.0f} |"
         )
     return "\n".join(rows)
+
+
+def _best(m: dict) -> str:
+    best = m.get("best")  # metrics.json of older runs has none
+    return f"{best['auc']:.4f} ({best['step']})" if best else "-"
 
 
 def _save(fig, path: Path) -> None:
@@ -116,8 +122,11 @@ def plot_towers(plan: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(runs: dict[str, dict], out_dir: str | os.PathLike, title: str = "DMT vs flat") -> Path:
-    """Write report.md and its plots into ``out_dir``; returns the report's path."""
+def write_report(
+    runs: dict[str, dict], out_dir: str | os.PathLike, title: str = "DMT vs flat", notes: tuple[str, ...] = ()
+) -> Path:
+    """Write report.md and its plots into ``out_dir``; returns the report's path. ``notes``:
+    paragraphs printed under the table (e.g. how large the seed noise is)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "curves.png")
@@ -127,6 +136,7 @@ def write_report(runs: dict[str, dict], out_dir: str | os.PathLike, title: str =
         "",
         results_table(runs),
         "",
+        *(line for note in notes for line in (note, "")),
         "![loss and AUC](curves.png)",
         "",
         "![bytes per sample](bytes.png)",
