@@ -52,9 +52,9 @@ def _npy_files(root: Path) -> list[str]:
 
 
 def _run_cli(*argv: str) -> int:
-    """``dmt preprocess ARGV``'s exit code (argparse's own exits included)."""
+    """``dmt preprocess ARGV``'s exit code (argparse's own exits included); no progress bar on stderr."""
     try:
-        return main(["preprocess", *argv])
+        return main(["preprocess", *argv, "--no-progress"])
     except SystemExit as e:
         return int(e.code)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from dmt.cli.args import NON_NEGATIVE_INT, POSITIVE_INT
-from dmt.cli.outputs import check_output_dir
 from dmt.data.preprocess import PreprocessConfig, preprocess_criteo
 
 
@@ -46,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Preprocess, then print one line per day and a total. Returns the exit code."""
-    check_output_dir(args.out, "--out")  # before any worker starts
     cfg = PreprocessConfig(
         inputs=tuple(args.data),
         out=args.out,
