@@ -53,10 +53,13 @@ SUITES = {
     "criteo": {"rows": 0, "batch_size": 128, "curve_every": 62},  # 8,000 rows: 62 steps/epoch
 }
 # Model/optimizer overrides on ModelConfig.preset("small") / OptimConfig() (what `dmt train` builds).
+# "default" and "adagrad" keep torchrec's table init: the default before issue 18's fix (0.1 since).
 RECIPES = {
-    "default": {},
+    "default": {"model": {"embedding_init": None}},
     "init0.1": {"model": {"embedding_init": 0.1}},
-    "adagrad": {"optim": {"sparse": "adagrad"}},
+    "adagrad": {"model": {"embedding_init": None}, "optim": {"sparse": "adagrad"}},
+    "init0.1_tlr0.002": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.002}},
+    "init0.1_tlr0.02": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02}},
     "init0.1_adagrad": {"model": {"embedding_init": 0.1}, "optim": {"sparse": "adagrad"}},
     "small_data": {"model": {"embedding_init": 0.1, "embedding_dim": 8, "dense_arch": (64, 8)}},
 }
