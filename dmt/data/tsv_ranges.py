@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dmt.data.criteo import CriteoArrays, _explain  # the one place that words a bad row
+from dmt.data.criteo import CriteoArrays, _explain, _last_newline  # one home each: wording a bad row, row ends
 from dmt.data.criteo_kernel import PAD, parse_block
 from dmt.errors import DataFormatError
 
@@ -173,19 +173,6 @@ def _parse_lines(store: np.ndarray, cut: int, skip_bad_rows: bool, stats: RangeS
     stats.lines += nlines
     stats.rows += len(arrays)
     return arrays
-
-
-def _last_newline(store: np.ndarray, lo: int, hi: int) -> int:
-    """Index of the last newline in ``store[lo:hi]``, or -1; scans backwards from the end."""
-    step = 1 << 16
-    top = hi
-    while top > lo:
-        bottom = max(lo, top - step)
-        hits = np.flatnonzero(store[bottom:top] == 10)
-        if len(hits):
-            return bottom + int(hits[-1])
-        top = bottom
-    return -1
 
 
 def lines_before(path: str, offset: int) -> int:
