@@ -160,3 +160,21 @@ def test_cli_choices_match_the_library():
     from dmt.train.data import SPLIT_CHOICES
 
     assert (cli.PRESETS, cli.SPLIT_CHOICES, cli.MULTI_HOT_METHODS) == (PRESETS, SPLIT_CHOICES, METHODS)
+
+
+def test_kaggle_split_leaves_out_torchrecs_unlabelled_test_day(tmp_path):
+    from dmt.data.npy_layout import write_day
+    from dmt.model.flat import ModelConfig
+    from dmt.train.data import load_job_data
+    from dmt.train.job import JobConfig
+
+    def day(stem, n):
+        write_day(tmp_path, stem, np.zeros((n, 13)), np.zeros((n, 26)), np.zeros((n, 1)))
+
+    day("day_0", 70)
+    day("test", 30)  # torchrec's tools write Kaggle's test.txt too: no labels to train or score on
+    cfg = JobConfig(
+        data=str(tmp_path), out=str(tmp_path / "r"), model=ModelConfig.preset("debug"), split="kaggle", batch_size=4
+    )
+    data = load_job_data(cfg, world=1, is_main=True)
+    assert (len(data.train), len(data.eval)) == (60, 5)  # 7 days of 10 rows: 0-5 train, day 6's first half

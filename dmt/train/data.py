@@ -101,14 +101,19 @@ def _open(path: str, cfg, is_main: bool) -> tuple[RowSet, int, list[str]]:
 
 
 def _split(cfg, rows: RowSet) -> tuple[RowSet, RowSet]:
-    """Train and evaluation rows of one input by ``cfg.split`` (the validation half for the named ones)."""
+    """Train and evaluation rows of one input by ``cfg.split`` (the validation half for the named ones).
+
+    Preprocessed days go through ``dmt.data.named_split``, the one place that knows both conventions
+    (the kaggle split leaves out the unlabelled "test" day torchrec's tools write); a TSV can only
+    be cut the Kaggle way, by rows.
+    """
     if cfg.split == "tail":
         s = tail_split(rows, cfg.eval_fraction)
-    elif cfg.split == "terabyte" and not is_preprocessed(cfg.data):
-        raise DmtError("--split terabyte needs preprocessed days (day_0 .. day_23): run `dmt preprocess` first")
+    elif is_preprocessed(cfg.data):
+        s = named_split(open_preprocessed(cfg.data), cfg.split)
     elif cfg.split == "terabyte":
-        s = named_split(open_preprocessed(cfg.data), "terabyte")
-    else:  # kaggle: 7 "days" of rows, whatever the input format
+        raise DmtError("--split terabyte needs preprocessed days (day_0 .. day_23): run `dmt preprocess` first")
+    else:
         s = kaggle_split(rows)
     return s.train, s.val
 
