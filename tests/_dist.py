@@ -3,8 +3,9 @@
 ``run_distributed(fn, world_size=4, local_world_size=2, **kwargs)`` starts ``world_size`` processes
 with the ``spawn`` start method, sets the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) so ranks ``h*L .. h*L+L-1`` form emulated host ``h``,
-joins a gloo process group (or NCCL with ``backend="nccl"``: each rank then sees only GPU
-``rank % num_gpus`` as ``cuda:0``) and calls ``fn(rank, world_size, **kwargs)`` in each. It returns the
+joins a gloo process group (or NCCL with ``backend="nccl"``: each emulated host is an NCCL node
+of its own and sees its own L GPUs, or with fewer GPUs than ranks GPU ``rank % num_gpus``) and
+calls ``fn(rank, world_size, **kwargs)`` in each. It returns the
 ranks' return values (which must pickle). A child's exception is re-raised in the test with the
 child's traceback; a child killed by a signal (e.g. a gloo SIGABRT) or a run past ``timeout``
 fails the test instead of hanging it; shortly before that timeout every child dumps its Python
@@ -28,6 +29,8 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+
+from dmt.distributed.links import host_id
 
 DEFAULT_TIMEOUT_S = 240.0
 
@@ -67,6 +70,10 @@ def _child(
     )
     local_rank = rank % local_world_size
     if backend == "nccl":  # before CUDA starts: torchrec puts shards on cuda:{rank % local size}
+        # Emulated hosts are NCCL nodes of their own (the hierarchical link, dmt.distributed.links):
+        # sockets between hosts, and two hosts' ranks may share one GPU (NCCL refuses a GPU twice
+        # only within one node), so a 1-GPU box runs the 2-host checks too.
+        os.environ.update(NCCL_HOSTID=host_id(rank // local_world_size), NCCL_IB_DISABLE="1")
         if num_gpus >= world_size:  # each emulated host sees its own L GPUs, as dmt.distributed.launch does
             host = rank // local_world_size
             gpus = range(host * local_world_size, (host + 1) * local_world_size)

@@ -155,7 +155,7 @@ def test_build_sharding_plan_places_towers_on_their_hosts():
             1,
             "dlrm_dcn",
             id="2x1",
-            marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (the device machine)"),
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the 2 hosts may share it)"),
         ),
         # 2 hosts x 2 GPUs: intra-host sharded lookups and DDP on NVLink, towers grouped per host.
         pytest.param(
