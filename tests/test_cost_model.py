@@ -77,7 +77,8 @@ def test_step_sums_its_parts():
     topo = _topo(step_overhead_ms=1.0, overlap=0.5, codec_ms=0.25)
     p = predict_step(TINY, Setup(num_towers=2, compression=2, codec=CODECS["fp16"]), topo, 1000)
     assert p.codec_ms == pytest.approx(2 * 0.25)  # forward and backward tower exchange
-    assert p.hidden_ms == pytest.approx(0.5 * min(p.compute_ms, p.comm_ms))
+    # the host's step overhead runs under queued collectives as the compute does
+    assert p.hidden_ms == pytest.approx(0.5 * min(1.0 + p.compute_ms, p.comm_ms))
     assert p.step_ms == pytest.approx(1.0 + p.compute_ms + p.codec_ms + p.comm_ms - p.hidden_ms)
     assert p.comm_ms == pytest.approx(sum(c.ms for c in p.collectives))
 

@@ -71,7 +71,7 @@ class Machine:
         effective_tflops: dense FLOP rate per rank reached by the model's layers (fitted).
         step_overhead_ms: fixed cost of a step: kernel launches, Python, dense optimizer (fitted).
         codec_ms: encode + decode of one compressed collective, beyond its bytes (fitted).
-        overlap: fraction of min(compute, comm) hidden by running them concurrently (fitted).
+        overlap: fraction of min(step overhead + compute, comm) hidden under queued collectives (fitted).
         pipeline_ms: extra (or saved, if negative) time of torchrec's pipelined step (fitted).
         pipeline_overlap: in a pipelined step, the fraction of min(overhead + compute, comm)
             hidden: its side streams let the host's launch work run under the collectives (fitted).
