@@ -35,7 +35,7 @@ def test_slow_link_cluster_trains_the_chosen_dmt(synthetic_criteo, tmp_path, cap
     assert err.count("--plan auto: DMT:") == 1  # the launcher says it once, not every rank
     m = json.loads((tmp_path / "metrics.json").read_text())
     towers = m["config"]["towers"]
-    assert m["model"] == "dmt(dlrm)" and towers["module"]["kind"] == "linear"
+    assert m["model"] == "dmt(dlrm)" and towers["module"]["kind"] == "dot"  # c=4 (the reason line says)
     assert sorted(f for t in towers["plan"]["towers"] for f in t["features"]) == sorted(FEATURES)
 
 

@@ -14,7 +14,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     work = tmp_path / "demo"
     assert main(["demo", "--workdir", str(work), "--rows", "20000", "--batch-size", "64"]) == 0
     out = capsys.readouterr().out
-    assert "| flat DLRM |" in out and "| DMT (TP towers, linear c=4) |" in out
+    assert "| flat DLRM |" in out and "| DMT (TP towers, dot c=4) |" in out
     flat = json.loads((work / "flat/metrics.json").read_text())
     dmt = json.loads((work / "dmt/metrics.json").read_text())
     assert flat["world_size"] == dmt["world_size"] == 4

@@ -29,9 +29,15 @@ def _results(tp_auc: float) -> list[dict]:
 
 def test_goal_check_compares_seed_means_at_epoch_one_and_the_end():
     text = goal_check(_results(tp_auc=0.799))
-    assert "| r | 1 | -0.0010 (meets) | +0.0990 (meets) |" in text
-    assert "| r | 2 | +0.0000 (meets) | +0.1100 (meets) |" in text
-    assert "| r | 1 | -0.0100 (misses)" in goal_check(_results(tp_auc=0.79))
+    assert "| r | linear | 3 | 1 | -0.0010 (meets) | +0.0990 (meets) |" in text
+    assert "| r | linear | 3 | 2 | +0.0000 (meets) | +0.1100 (meets) |" in text
+    assert "| r | linear | 3 | 1 | -0.0100 (misses)" in goal_check(_results(tp_auc=0.79))
+    assert "| dot |" not in text  # no dot-tower runs: no dot row
+
+
+def test_goal_check_uses_the_seeds_every_variant_ran():
+    runs = [*_results(tp_auc=0.799), _run("r", "flat", 3, [0.5, 0.5])]  # flat's extra seed is not compared
+    assert "| r | linear | 3 | 1 | -0.0010 (meets)" in goal_check(runs)
 
 
 def test_a_longer_run_answers_a_shorter_request():

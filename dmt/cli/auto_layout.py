@@ -90,5 +90,8 @@ def auto_towers(args: argparse.Namespace, model, *, announce: bool):
     if plan is None:
         return None
     setup = choice.dmt.setup
-    module = TowerModuleConfig(kind="linear", compression=setup.compression)
+    # Dot towers (in-tower dots, then projection) learn as fast as flat at c=4, linear ones do not
+    # (benchmarks/results/learning); at c=1 the identity is the flat model itself.
+    kind = "dot" if setup.compression > 1 else "identity"
+    module = TowerModuleConfig(kind=kind, compression=setup.compression)
     return TowerSpec(plan=plan, module=module, sharding=setup.intra_sharding, global_interaction=None)

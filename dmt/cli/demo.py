@@ -1,8 +1,9 @@
 """`dmt demo`: the main job end to end on generated data, no download needed.
 
 generate Criteo-format rows with planted feature groups (once) -> partition the features into towers
-from a briefly trained probe model -> train the flat DLRM and DMT (those towers, linear tower
-modules with compression c) on 2 emulated hosts x 2 ranks -> print the comparison and write a report.
+from a briefly trained probe model -> train the flat DLRM and DMT (those towers, dot tower modules:
+in-tower pairwise dots, then compression c) on 2 emulated hosts x 2 ranks -> print the comparison
+and write a report.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="(2) evaluated at each epoch end; DMT's towers catch up with flat in the second epoch",
     )
     p.add_argument("--towers", type=POSITIVE_INT, default=4, help="towers for DMT (4)")
+    p.add_argument(
+        "--tower-module",
+        choices=["dot", "linear", "mlp", "dcn"],
+        default="dot",
+        help="DMT's tower module (dot: in-tower pairwise dots, then projection; learns as fast as flat)",
+    )
     add_tower_compression_argument(p, default=4.0)
     p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=run)
@@ -56,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     plan = _partition(args, data, truth, work)
     runs = {
         "flat DLRM": (work / "flat", []),
-        f"DMT (TP towers, linear c={args.tower_compression:g})": (
+        f"DMT (TP towers, {args.tower_module} c={args.tower_compression:g})": (
             work / "dmt",
-            [f"--plan={plan}", "--tower-module=linear", f"--tower-compression={args.tower_compression}"],
+            [f"--plan={plan}", f"--tower-module={args.tower_module}", f"--tower-compression={args.tower_compression}"],
         ),
     }
     for name, (out, extra) in runs.items():

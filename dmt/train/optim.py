@@ -34,12 +34,14 @@ class OptimConfig:
     sparse_lr: float = 0.05
     dense: str = "adagrad"
     dense_lr: float = 0.05
-    # Tower modules (DMT): their own, smaller rate. Adagrad/Adam steps are scale-free, so at
-    # dense_lr every entry of a projection that starts as the (near-)identity moves by ~lr in the
-    # first steps and scrambles the tower output while the embeddings are still ~0: measured on
-    # 1M planted-group rows (2x1), linear towers at c=1 stayed at AUC 0.56 (seeds 0 and 1) where
-    # the identical identity-tower model reached 0.84.
-    tower_lr: float = 0.005
+    # Tower modules (DMT): their own, smaller rate. Adagrad/Adam steps are scale-free: every entry
+    # of a projection that starts as the (near-)isometry moves by ~lr in the first steps. At the
+    # dense rate (0.05) that scrambles the tower output before the tables have learned anything
+    # (demo data, 1 epoch, TP c=4: AUC 0.685 over 3 seeds, flat 0.793). 0.02 is the measured best
+    # with tables starting at +-0.1 (8 seeds: dot towers 0.799 vs flat 0.795; at 0.005 the in-tower
+    # dots of the dot tower, which start at weight 0, come in too late: 0.765 over 3 seeds);
+    # benchmarks/results/learning/README.md.
+    tower_lr: float = 0.02
 
     def __post_init__(self) -> None:
         if self.sparse not in SPARSE_OPTIMIZERS:
