@@ -140,9 +140,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--lr", type=POSITIVE_FLOAT, default=0.05, help="embedding learning rate")
     opt.add_argument("--dense-lr", type=POSITIVE_FLOAT, default=0.05)
-    opt.add_argument(
-        "--tower-lr", type=POSITIVE_FLOAT, default=0.02, help="learning rate of the tower modules (0.02)"
-    )
+    opt.add_argument("--tower-lr", type=POSITIVE_FLOAT, default=0.02, help="learning rate of the tower modules (0.02)")
     opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
     opt.add_argument(
