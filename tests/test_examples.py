@@ -32,5 +32,5 @@ def test_flat_vs_dmt_example_writes_a_report(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| flat |" in report and "| dmt linear c=4 |" in report
+    assert "| flat |" in report and "| dmt dot c=4 |" in report
     assert (tmp_path / "report" / "curves.png").stat().st_size > 0

@@ -123,12 +123,13 @@ def run_rank(args: argparse.Namespace) -> None:
     #    DMP (dmt.shard_flat) and loaded with the seeded weights, and its optimizers.
     runs = {"flat": fit(*build_model(model_cfg, optim_cfg, seed=0, towers=None, env=env))}
 
-    # 4. transform: a linear tower module per plan tower (compressing c times), towers grouped by host;
+    # 4. transform: a dot tower module per plan tower (its in-tower dots, then compression c times;
+    #    it learns as fast as flat, benchmarks/results/learning), towers grouped by host;
     # 5. shard: each tower's tables inside its host, ids and outputs cross hosts only between peers.
     #    With towers, build_model does both: dmt.transform of the same seeded flat model, then dmt.shard.
-    module = TowerModuleConfig(kind="linear", compression=args.tower_compression)
+    module = TowerModuleConfig(kind="dot", compression=args.tower_compression)
     towers = TowerSpec(plan=TowerPlan.from_json(args.plan), module=module)
-    runs[f"dmt linear c={args.tower_compression:g}"] = fit(
+    runs[f"dmt dot c={args.tower_compression:g}"] = fit(
         *build_model(model_cfg, optim_cfg, seed=0, towers=towers, env=env)
     )
 
