@@ -59,6 +59,7 @@ SUITES = {
 # move: "default" is the setting before issue 18 (torchrec's table init, tower lr 0.005);
 # "init0.1_tlr0.02" is today's default (tables +-0.1, tower lr 0.02).
 OLD_TOWER_LR = {"tower_lr": 0.005}
+WIDE = {"embedding_init": 0.1, "embedding_dim": 128, "dense_arch": (512, 256, 128), "over_arch": (512, 256, 1)}
 RECIPES = {
     "default": {"model": {"embedding_init": None}, "optim": OLD_TOWER_LR},
     "init0.1": {"model": {"embedding_init": 0.1}, "optim": OLD_TOWER_LR},
@@ -67,6 +68,11 @@ RECIPES = {
     "init0.1_tlr0.01": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.01}},
     "init0.1_tlr0.02": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02}},
     "init0.1_tlr0.05": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.05}},
+    "init0.1_tlr0.02_dlr0.005": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02, "dense_lr": 0.005}},
+    # The "criteo" preset's MLP widths (and D=128, as the GPU runs) on the demo's tables.
+    "wide_dlr0.05": {"model": WIDE, "optim": {"tower_lr": 0.02}},
+    "wide_dlr0.005_tlr0.02": {"model": WIDE, "optim": {"tower_lr": 0.02, "dense_lr": 0.005}},
+    "wide_dlr0.005_tlr0.002": {"model": WIDE, "optim": {"tower_lr": 0.002, "dense_lr": 0.005}},
     "default_tlr0.02": {"model": {"embedding_init": None}, "optim": {"tower_lr": 0.02}},
     "init0.05": {"model": {"embedding_init": 0.05}, "optim": OLD_TOWER_LR},
     "init0.1_adagrad": {"model": {"embedding_init": 0.1}, "optim": {"sparse": "adagrad", **OLD_TOWER_LR}},

@@ -71,3 +71,25 @@ def test_first_step_keeps_the_embeddings_spread(planted, towers, init):
     # A random init fills all D directions (rank ~D); half of them must survive the first step.
     assert before > 0.8 * cfg.embedding_dim
     assert after >= cfg.embedding_dim / 2, f"embeddings collapsed to rank {after:.1f} of {cfg.embedding_dim}"
+
+
+def _loss_after_one_step(cfg: ModelConfig, optim: OptimConfig, batch) -> float:
+    model, optimizer = build_model(cfg, optim, seed=0, towers=None)
+    optimizer.zero_grad()
+    model(batch)[0].backward()
+    optimizer.step()
+    with torch.no_grad():
+        return float(model(batch)[0])
+
+
+def test_wide_preset_rates_keep_the_first_step_in_range(planted):
+    """The "criteo" preset's wide MLPs: Adagrad's first step moves every weight by ~lr, so at the
+    small preset's dense rate (0.05) the logits jump to thousands and the ReLUs die (an epoch then
+    learns nothing); the preset's own rates keep the first step's loss near log(2)."""
+    arrays, _ = planted
+    cfg = ModelConfig.preset("criteo", row_cap=1000)
+    batch = next(iter(iter_batches(arrays, batch_size=512, num_embeddings=cfg.num_embeddings, shuffle=False)))
+    own = _loss_after_one_step(cfg, OptimConfig.for_preset("criteo"), batch)
+    small_rates = _loss_after_one_step(cfg, OptimConfig.for_preset("small"), batch)
+    assert own < 1.5, f"loss {own:.1f} after one step at the preset's rates"
+    assert small_rates > 10 * own  # the overshoot the preset's rates avoid

@@ -62,3 +62,11 @@ def test_flat_models_have_no_tower_group():
 def test_bad_tower_rate_is_refused():
     with pytest.raises(DmtError, match="tower_lr"):
         OptimConfig(tower_lr=0.0)
+
+
+def test_presets_bring_their_rates_and_flags_override_them():
+    assert OptimConfig.for_preset("small") == OptimConfig()
+    wide = OptimConfig.for_preset("criteo")
+    assert (wide.dense_lr, wide.tower_lr, wide.sparse_lr) == (0.005, 0.002, OptimConfig().sparse_lr)
+    assert OptimConfig.for_preset("mlperf_dcnv2", dense_lr=0.01, tower_lr=None).dense_lr == 0.01
+    assert OptimConfig.for_preset("mlperf_dcnv2", dense_lr=0.01, tower_lr=None).tower_lr == 0.002

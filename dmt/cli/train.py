@@ -139,8 +139,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--max-steps", type=NON_NEGATIVE_INT, default=0, help="stop after this many steps (0: full epochs)"
     )
     opt.add_argument("--lr", type=POSITIVE_FLOAT, default=0.05, help="embedding learning rate")
-    opt.add_argument("--dense-lr", type=POSITIVE_FLOAT, default=0.05)
-    opt.add_argument("--tower-lr", type=POSITIVE_FLOAT, default=0.02, help="learning rate of the tower modules (0.02)")
+    opt.add_argument(
+        "--dense-lr",
+        type=POSITIVE_FLOAT,
+        help="learning rate of the MLPs (the preset's: 0.05; criteo, mlperf_dcnv2: 0.005)",
+    )
+    opt.add_argument(
+        "--tower-lr",
+        type=POSITIVE_FLOAT,
+        help="learning rate of the tower modules (the preset's: 0.02; criteo, mlperf_dcnv2: 0.002)",
+    )
     opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
     opt.add_argument(
@@ -203,7 +211,8 @@ def job_config(args: argparse.Namespace):
         data=args.data,
         out=args.out,
         model=model,
-        optim=OptimConfig(
+        optim=OptimConfig.for_preset(
+            args.preset,
             sparse=args.sparse_optimizer,
             sparse_lr=args.lr,
             dense=args.dense_optimizer,

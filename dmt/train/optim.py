@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -43,6 +44,13 @@ class OptimConfig:
     # benchmarks/results/learning/README.md.
     tower_lr: float = 0.02
 
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> OptimConfig:
+        """The rates a model preset trains with (:data:`PRESET_RATES`), then ``overrides``; a None
+        override keeps the preset's value (an unset CLI flag)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**PRESET_RATES.get(preset, {}), **given})
+
     def __post_init__(self) -> None:
         if self.sparse not in SPARSE_OPTIMIZERS:
             raise DmtError(f"sparse optimizer {self.sparse!r} is not one of {sorted(SPARSE_OPTIMIZERS)}")
@@ -53,6 +61,20 @@ class OptimConfig:
                 f"learning rates must be > 0, got sparse_lr={self.sparse_lr}, dense_lr={self.dense_lr}, "
                 f"tower_lr={self.tower_lr}"
             )
+
+
+# The wide presets' dense and tower rates. An Adagrad step moves every weight by about lr whatever
+# its gradient, so a unit's first change grows with its fan-in and compounds through wide layers:
+# the "criteo" MLPs (bottom 512-256-D, top 512-256-1) at dense lr 0.05 reach a loss of 2,000-5,000
+# at step 1, their ReLUs die and an epoch learns nothing (AUC 0.54-0.56 on 20M generated rows on
+# the GPU; 0.539 on the demo's data) while 0.005 reaches 0.819 there (0.015: 0.684). The small
+# preset learns best at 0.05 (at 0.005: 0.769 vs 0.793). A tower projection's fan-in is F x D,
+# 13x wider at D=128 than the demo's, so its rate drops the same way.
+# benchmarks/results/learning/README.md ("Wide models").
+PRESET_RATES: dict[str, dict[str, float]] = {
+    "criteo": {"dense_lr": 0.005, "tower_lr": 0.002},
+    "mlperf_dcnv2": {"dense_lr": 0.005, "tower_lr": 0.002},
+}
 
 
 def _kwargs(name: str, lr: float) -> dict:
