@@ -54,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parallel; together they are the rows one file of --rows would hold",
     )
     p.add_argument("--workers", type=POSITIVE_INT, help="--days: parallel writers (default: every core)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    # A progress bar by default, as every other command; --progress was the opt-in before.
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(progress=True)
     p.set_defaults(func=run)
 
 
