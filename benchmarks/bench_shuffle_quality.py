@@ -68,7 +68,8 @@ def _sorted(arrays: CriteoArrays, by: str) -> CriteoArrays:
 
 def _fit(batches: Iterator, steps: int, eval_arrays: CriteoArrays, args) -> dict:
     cfg = ModelConfig.preset(args.preset)
-    model, optimizer = build_model(cfg, OptimConfig(), seed=0, towers=None)  # as `dmt train` builds it
+    optim = OptimConfig.for_preset(args.preset)  # as `dmt train` builds it, the preset's rates too
+    model, optimizer = build_model(cfg, optim, seed=0, towers=None)
 
     def eval_batches():
         return iter_batches(eval_arrays, batch_size=args.batch_size, num_embeddings=cfg.num_embeddings, shuffle=False)
