@@ -113,8 +113,8 @@ def _train_arguments(args: argparse.Namespace, data: Path) -> list[str]:
 # (benchmarks/results/learning/README.md, "The demo itself").
 NOISE_NOTE = (
     "How much is noise: the demo's own runs at seeds 0, 1 and 2 (these settings) gave flat "
-    "0.7996 and DMT (TP, c=4) 0.7368 after epoch 1 (DMT's seed sd 0.033), flat 0.7901 and DMT "
-    "0.7781 after epoch 2 (sd 0.027); DMT starts slower and mostly catches up in epoch 2 (issue 18). "
+    "0.7996 and DMT (TP, dot c=4) 0.7461 after epoch 1 (DMT's seed sd 0.047: when it takes off "
+    "varies from seed to seed), flat 0.7901 and DMT 0.8001 after epoch 2 (sd 0.007) (issue 18). "
     "A gap within about twice the sd is noise; the best AUC and its step are beside the last."
 )
 
