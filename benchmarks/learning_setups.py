@@ -50,7 +50,7 @@ VARIANTS = {
 # The goal pairs: (TP towers, random towers) of one tower module, each compared with flat.
 GOAL_PAIRS = {"linear": ("dmt_tp_c4", "dmt_random_c4"), "dot": ("dmt_tp_dot_c4", "dmt_random_dot_c4")}
 VARIANT_SETS = {
-    "table": ["flat", "dmt_tp_c4", "dmt_random_c4"],
-    "dot_table": ["flat", "dmt_tp_dot_c4", "dmt_random_dot_c4"],
+    "table": ["flat", *GOAL_PAIRS["linear"]],
+    "dot_table": ["flat", *GOAL_PAIRS["dot"]],
     "kinds": [v for v in VARIANTS if v != "dmt_random_c4"],
 }
