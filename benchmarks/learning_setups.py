@@ -8,7 +8,8 @@ these names, so a recipe's meaning must not change once it has runs (add a new n
 # Model/optimizer overrides on ModelConfig.preset("small") / OptimConfig() (what `dmt train` builds).
 # Each recipe names its table init and tower rate, so its runs keep their meaning when defaults
 # move: "default" is the setting before issue 18 (torchrec's table init, tower lr 0.005);
-# "init0.1_tlr0.02" is today's default (tables +-0.1, tower lr 0.02).
+# "init0.1_tlr0.02" was the default (tables +-0.1, tower lr 0.02) until the "small" preset moved to
+# per-coordinate Adagrad tables ("init0.1_tlr0.02_adagrad").
 OLD_TOWER_LR = {"tower_lr": 0.005}
 WIDE = {"embedding_init": 0.1, "embedding_dim": 128, "dense_arch": (512, 256, 128), "over_arch": (512, 256, 1)}
 RECIPES = {
@@ -18,6 +19,8 @@ RECIPES = {
     "init0.1_tlr0.002": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.002}},
     "init0.1_tlr0.01": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.01}},
     "init0.1_tlr0.02": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02}},
+    # The "small" preset's defaults since the stalls (dmt.train.optim.PRESET_RATES): Adagrad tables.
+    "init0.1_tlr0.02_adagrad": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02, "sparse": "adagrad"}},
     "init0.1_tlr0.05": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.05}},
     "init0.1_tlr0.02_dlr0.005": {"model": {"embedding_init": 0.1}, "optim": {"tower_lr": 0.02, "dense_lr": 0.005}},
     # The "criteo" preset's MLP widths (and D=128, as the GPU runs) on the demo's tables.
@@ -46,11 +49,24 @@ VARIANTS = {
     "dmt_tp_c4_selfdots": ("tp", {"kind": "linear", "compression": 4}, {"self_dots": True}),
     "dmt_random_c4_selfdots": ("random", {"kind": "linear", "compression": 4}, {"self_dots": True}),
     "dmt_tp_c4_rawtowers": ("tp", {"kind": "linear", "compression": 4}, {"raw_towers": True}),
+    # Dot towers whose dot columns start at 0 (the init before towers.config.DOT_WEIGHT_INIT).
+    "dmt_tp_dot0_c4": ("tp", {"kind": "dot", "compression": 4, "dot_init": 0.0}, None),
+    "dmt_random_dot0_c4": ("random", {"kind": "dot", "compression": 4, "dot_init": 0.0}, None),
+    "dmt_tp_dot0_c4_hierarchical": (
+        "tp",
+        {"kind": "dot", "compression": 4, "dot_init": 0.0},
+        {"self_dots": True, "raw_towers": True},
+    ),
 }
 # The goal pairs: (TP towers, random towers) of one tower module, each compared with flat.
-GOAL_PAIRS = {"linear": ("dmt_tp_c4", "dmt_random_c4"), "dot": ("dmt_tp_dot_c4", "dmt_random_dot_c4")}
+GOAL_PAIRS = {
+    "linear": ("dmt_tp_c4", "dmt_random_c4"),
+    "dot": ("dmt_tp_dot_c4", "dmt_random_dot_c4"),
+    "dot, dot columns at 0": ("dmt_tp_dot0_c4", "dmt_random_dot0_c4"),
+}
 VARIANT_SETS = {
     "table": ["flat", *GOAL_PAIRS["linear"]],
     "dot_table": ["flat", *GOAL_PAIRS["dot"]],
-    "kinds": [v for v in VARIANTS if v != "dmt_random_c4"],
+    "dot0_table": ["flat", *GOAL_PAIRS["dot, dot columns at 0"]],
+    "kinds": [v for v in VARIANTS if v not in ("dmt_random_c4", "dmt_random_dot0_c4")],
 }

@@ -13,6 +13,7 @@ from towers import (
     group_isometry,
     num_tower_outputs,
 )
+from towers.config import DOT_WEIGHT_INIT
 
 B, D = 3, 4
 
@@ -99,11 +100,46 @@ def test_projection_init_is_a_partial_isometry(num_features: int, num_outputs: i
     torch.testing.assert_close(w, torch.kron(groups, torch.eye(D)))
 
 
-def test_compressing_tower_starts_at_the_isometry() -> None:
+@pytest.mark.parametrize("kind", ["linear", "mlp", "dcn"])
+def test_compressing_tower_starts_at_the_isometry(kind: str) -> None:
     kt = _kt(8)
-    tower = build_tower_module(8, D, TowerModuleConfig(kind="dot", compression=2, hidden=(8,)))
+    hidden = (8,) if kind == "mlp" else ()
+    tower = build_tower_module(8, D, TowerModuleConfig(kind=kind, compression=2, hidden=hidden))
     expected = kt.values() @ group_isometry(8, 4, D).T
     torch.testing.assert_close(tower(kt), expected)
+
+
+def test_dot_tower_starts_at_the_isometry_plus_a_small_random_map_of_the_dots() -> None:
+    """The dot columns start random, not 0: otherwise no gradient reaches the embeddings through the
+    in-tower dots until their weights have grown (a saddle; towers.modules.DOT_WEIGHT_INIT)."""
+    torch.manual_seed(0)
+    f, pairs = 8, 8 * 7 // 2
+    tower = build_tower_module(f, D, TowerModuleConfig(kind="dot", compression=2, hidden=(8,)))
+    weight = tower.projection.linear.weight
+    torch.testing.assert_close(weight[:, : f * D], group_isometry(f, 4, D))
+    dot_weights = weight[:, f * D :]
+    assert dot_weights.shape == (4 * D, pairs)
+    assert dot_weights.std().item() == pytest.approx(DOT_WEIGHT_INIT / pairs**0.5, rel=0.2)
+
+    # Swapping two features of one isometry group keeps the group sums but moves their pairs' dots:
+    # the output changes, and the embeddings get a gradient through the dots at step 0.
+    kt = _kt(f, requires_grad=True)
+    x = kt.values().detach().view(B, f, D)
+    swapped = x[:, [1, 0, *range(2, f)]].reshape(B, f * D)
+    moved = tower(KeyedTensor(keys=kt.keys(), length_per_key=[D] * f, values=swapped))
+    assert not torch.allclose(tower(kt), moved)
+    upstream = torch.randn(B, 4 * D)
+    (tower(kt) * upstream).sum().backward()
+    through_dots = kt.values().grad - upstream @ group_isometry(f, 4, D)
+    assert through_dots.abs().max().item() > 1e-3
+
+
+def test_dot_init_zero_starts_the_dot_columns_at_zero() -> None:
+    """``dot_init=0`` is the earlier init (benchmarks/learning_setups' "dot0" variants)."""
+    tower = build_tower_module(8, D, TowerModuleConfig(kind="dot", compression=2, dot_init=0.0))
+    assert tower.projection.linear.weight[:, 8 * D :].abs().max().item() == 0.0
+    kt = _kt(8)
+    torch.testing.assert_close(tower(kt), kt.values() @ group_isometry(8, 4, D).T)
 
 
 def test_identity_keeps_key_order() -> None:

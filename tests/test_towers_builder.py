@@ -132,6 +132,9 @@ def test_config_json_round_trip() -> None:
         ({"kind": "dot", "cross_rank": 4}, "cross_rank=4"),
         ({"kind": "dcn", "num_cross_layers": 0}, "num_cross_layers=0"),
         ({"kind": "dcn", "cross_rank": -1}, "cross_rank=-1"),
+        ({"kind": "dot", "dot_init": -0.1}, "dot_init=-0.1"),
+        ({"kind": "dot", "dot_init": float("inf")}, "dot_init=inf"),
+        ({"kind": "linear", "compression": 2, "dot_init": 0.3}, "dot_init=0.3 only applies to kind='dot'"),
     ],
 )
 def test_bad_tower_config_names_the_value(kwargs: dict, match: str) -> None:

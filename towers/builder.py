@@ -37,7 +37,7 @@ def build_tower_module(num_features: int, embedding_dim: int, config: TowerModul
     if config.kind in ("linear", "mlp"):
         return ProjectionTower(f, d, c, config.hidden)
     if config.kind == "dot":
-        return DotTower(f, d, c, config.hidden)
+        return DotTower(f, d, c, config.hidden, dot_init=config.dot_weight_init)
     assert config.kind == "dcn", config.kind  # the config validated the kind
     return DCNTower(f, d, c, config.hidden, num_cross_layers=config.num_cross_layers, cross_rank=config.cross_rank)
 

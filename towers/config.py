@@ -21,6 +21,15 @@ from typing import Any
 from dmt.errors import DmtError
 
 TOWER_KINDS = ("identity", "linear", "mlp", "dot", "dcn")
+# A compressing dot tower's dot columns start normal with std DOT_WEIGHT_INIT / sqrt(pairs), not 0.
+# At 0 an in-tower pair reaches the loss only through the product of two untrained things, its
+# dot's weight and the pair structure of the embeddings: the embeddings get no gradient through the
+# dots until the weights have grown, a saddle that some seeds leave late. Demo data, `dmt train`,
+# row-wise Adagrad tables, 1 epoch, TP c=4, 12 seeds: at 0 AUC 0.775 (median 0.795, 4 runs below
+# 0.75), at 0.3 0.780 (median 0.807, 2 below 0.75; the same 0.3 draw for every seed: 0.801);
+# flat 0.794. Scales 0.1 / 1 / 3 (one draw, 6 seeds): 0.789 / 0.791 / 0.792.
+# benchmarks/results/learning/README.md ("Stalls").
+DOT_WEIGHT_INIT = 0.3
 GLOBAL_KINDS = ("dot", "dcn", "concat")
 
 
@@ -87,6 +96,20 @@ def _check_cross(kind: str, num_cross_layers: Any, cross_rank: Any) -> None:
         )
 
 
+def _check_dot_init(kind: str, dot_init: Any) -> None:
+    if dot_init is None:
+        return
+    if (
+        isinstance(dot_init, bool)
+        or not isinstance(dot_init, (int, float))
+        or not math.isfinite(dot_init)
+        or dot_init < 0
+    ):
+        raise TowerConfigError(f"dot_init={dot_init!r} must be a finite number >= 0")
+    if kind != "dot":
+        raise TowerConfigError(f"dot_init={dot_init} only applies to kind='dot' (got kind={kind!r}); leave it unset")
+
+
 def _from_dict(cls: type, d: Mapping[str, Any]) -> Any:
     if not isinstance(d, Mapping):
         raise TowerConfigError(f"{cls.__name__} must come from a mapping, got {type(d).__name__}")
@@ -112,6 +135,8 @@ class TowerModuleConfig:
             "64,32" is accepted.
         num_cross_layers: cross layers of "dcn" towers.
         cross_rank: "dcn" only; 0 uses a full-rank ``CrossNet``, r > 0 a ``LowRankCrossNet`` of rank r.
+        dot_init: "dot" only: the initial scale of the projection's weights on the in-tower dots
+            (std ``dot_init / sqrt(pairs)``; 0 starts them at 0); None: :data:`DOT_WEIGHT_INIT`.
     """
 
     kind: str = "identity"
@@ -119,6 +144,7 @@ class TowerModuleConfig:
     hidden: tuple[int, ...] = ()
     num_cross_layers: int = 1
     cross_rank: int = 0  # 0: full rank; low rank pays off once F*D is in the hundreds
+    dot_init: float | None = None
 
     def __post_init__(self) -> None:
         _check_kind(self.kind, TOWER_KINDS, "tower")
@@ -139,6 +165,12 @@ class TowerModuleConfig:
         if self.kind == "mlp" and not self.hidden:
             raise TowerConfigError("kind='mlp' needs hidden widths, e.g. hidden=(128,); or use kind='linear'")
         _check_cross(self.kind, self.num_cross_layers, self.cross_rank)
+        _check_dot_init(self.kind, self.dot_init)
+
+    @property
+    def dot_weight_init(self) -> float:
+        """The dot columns' initial scale the "dot" tower is built with."""
+        return DOT_WEIGHT_INIT if self.dot_init is None else self.dot_init
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -24,7 +24,7 @@ from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from towers.config import TowerConfigError, num_tower_outputs
+from towers.config import DOT_WEIGHT_INIT, TowerConfigError, num_tower_outputs
 from towers.projection import Projection
 
 
@@ -134,18 +134,26 @@ class DotTower(TowerModule):
     """DLRM-style dot interaction inside the tower, then projection of [embeddings, dots].
 
     The projection sees the raw embeddings as well as the P = F(F-1)/2 pairwise dots, so it can
-    keep the identity's information; its dot columns start at 0 (the tower starts as
-    ``ProjectionTower``) and learn from the first step.
+    keep the identity's information. On the embeddings it starts as ``ProjectionTower`` (the
+    isometry); when it compresses (k < F), its dot columns start small and random (``dot_init``,
+    see :data:`towers.config.DOT_WEIGHT_INIT`), not at 0, so the in-tower pairs train the
+    embeddings from the first step.
 
     Args:
         num_features: F.
         embedding_dim: D.
         compression: c >= 1; k = ``num_tower_outputs(F, c)``.
         hidden: widths of the projection's residual MLP branch.
+        dot_init: the dot columns' initial scale (Projection's ``extra_init``) when k < F.
     """
 
     def __init__(
-        self, num_features: int, embedding_dim: int, compression: float = 1.0, hidden: Sequence[int] = ()
+        self,
+        num_features: int,
+        embedding_dim: int,
+        compression: float = 1.0,
+        hidden: Sequence[int] = (),
+        dot_init: float = DOT_WEIGHT_INIT,
     ) -> None:
         super().__init__(num_features, embedding_dim, num_tower_outputs(num_features, compression))
         num_pairs = num_features * (num_features - 1) // 2
@@ -153,7 +161,14 @@ class DotTower(TowerModule):
         triu = torch.triu_indices(num_features, num_features, offset=1)  # [2, P]
         self.register_buffer("triu_indices", triu, persistent=False)
         self.projection: Projection = Projection(
-            num_features, embedding_dim, self.num_outputs, num_extra=num_pairs, hidden=hidden
+            num_features,
+            embedding_dim,
+            self.num_outputs,
+            num_extra=num_pairs,
+            hidden=hidden,
+            # Uncompressed (k == F), the global interaction sees every in-tower pair itself: no
+            # saddle, and the tower starts exactly as the identity (DMT exactly as flat).
+            extra_init=dot_init if self.num_outputs < num_features else 0.0,
         )
         self._maybe_init()
 

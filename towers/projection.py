@@ -54,12 +54,14 @@ class Projection(nn.Module):
     """``y = W z + b + MLP(z)``: a linear map to k*D plus an optional residual MLP branch.
 
     ``z`` is [B, F*D + E]: the tower's F embeddings, then E extra columns. ``init_weights`` sets
-    W to :func:`group_isometry` on the embedding columns and 0 on the extra columns, b to 0, and
-    the MLP's last layer to 0, so at init the projection is the isometry (the identity for k == F)
-    and a DMT model with c=1 starts *exactly* as its flat model. Every zeroed piece still gets a
-    gradient (the MLP's hidden layers from the second step on, once the last layer moved), the
-    same idea as zero-init residual branches (Fixup, ReZero). Hidden layers are orthogonal with
-    gain sqrt(2), which keeps activation norms through ReLU.
+    W to :func:`group_isometry` on the embedding columns, b to 0 and the MLP's last layer to 0, so
+    on the embeddings the projection starts as the isometry (the identity for k == F). The extra
+    columns start at 0 (``extra_init=0``: a DMT model with c=1 and no extra columns starts *exactly*
+    as its flat model) or normal with std ``extra_init / sqrt(E)`` (see :class:`towers.DotTower`).
+    Every zeroed piece still gets a gradient (the MLP's hidden layers from the second step on, once
+    the last layer moved), the same idea as zero-init residual branches (Fixup, ReZero); but what
+    feeds a zeroed piece gets none through it at first. Hidden layers are orthogonal with gain
+    sqrt(2), which keeps activation norms through ReLU.
 
     Args:
         num_features: F.
@@ -67,6 +69,8 @@ class Projection(nn.Module):
         num_outputs: k.
         num_extra: E, extra input columns after the embeddings.
         hidden: widths of the MLP branch; () for a plain linear projection.
+        extra_init: the extra columns' initial weights: 0, or normal with std ``extra_init / sqrt(E)``
+            (a unit-variance extra input then adds variance ``extra_init**2`` to each output).
     """
 
     def __init__(
@@ -76,9 +80,11 @@ class Projection(nn.Module):
         num_outputs: int,
         num_extra: int = 0,
         hidden: Sequence[int] = (),
+        extra_init: float = 0.0,
     ) -> None:
         super().__init__()
         self._num_features = num_features
+        self._extra_init = extra_init
         self._embedding_dim = embedding_dim
         self._num_outputs = num_outputs
         in_features = num_features * embedding_dim + num_extra
@@ -100,6 +106,9 @@ class Projection(nn.Module):
             w.zero_()
             iso = group_isometry(self._num_features, self._num_outputs, self._embedding_dim)
             w[:, : iso.shape[1]].copy_(iso.to(device=w.device, dtype=w.dtype))
+            num_extra = w.shape[1] - iso.shape[1]
+            if num_extra and self._extra_init:
+                w[:, iso.shape[1] :].normal_(std=self._extra_init / num_extra**0.5)
             self.linear.bias.zero_()
             if self.mlp is not None:
                 linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
