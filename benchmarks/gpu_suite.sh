@@ -165,8 +165,8 @@ fi
 
 # Issue 15/16: the whole job at data scale on the hierarchical link. "scale_data" generates ROWS
 # (default 100M) rows as 24 Terabyte-named days and preprocesses them (timed); "scale_train" trains
-# one epoch (--split terabyte) of NAMES (default "dmt flat") at BATCH per GPU on HOSTS x L GPUs
-# (DMT: 2 contiguous towers, TOWER_MODULE (dot) c=4) and,
+# one epoch (--split terabyte) of NAMES (default "dmt flat") of model PRESET (criteo; or
+# mlperf_dcnv2) at BATCH per GPU on HOSTS x L GPUs (DMT: 2 contiguous towers, TOWER_MODULE (dot) c=4) and,
 # with BENCH=1, runs dmt bench on the same model and batch for the samples/s the job should reach.
 scale=${SCALE_DIR:-/tmp/scale}
 if [ "$part" = scale_data ]; then
@@ -178,7 +178,7 @@ if [ "$part" = scale_data ]; then
 fi
 if [ "$part" = scale_train ]; then
   L=${L:-1}; batch=${BATCH:-8192}; link=${LINK:-hierarchical}
-  model="--preset criteo --num-embeddings 200000 --embedding-dim 128"
+  model="--preset ${PRESET:-criteo} --num-embeddings 200000 --embedding-dim 128"
   module=${TOWER_MODULE:-dot}  # dot: learns as fast as flat at c=4 (benchmarks/results/learning); linear: earlier runs
   dmtargs="--plan benchmarks/plans/contiguous_2towers_2hosts.json --tower-module $module --tower-compression 4 --tower-sharding table_wise"
   for name in ${NAMES:-dmt flat}; do

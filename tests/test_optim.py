@@ -65,8 +65,27 @@ def test_bad_tower_rate_is_refused():
 
 
 def test_presets_bring_their_rates_and_flags_override_them():
-    assert OptimConfig.for_preset("small") == OptimConfig()
+    assert OptimConfig.for_preset("small") == OptimConfig(sparse="adagrad")  # tables: see PRESET_RATES
+    assert OptimConfig.for_preset("debug") == OptimConfig()
     wide = OptimConfig.for_preset("criteo")
     assert (wide.dense_lr, wide.tower_lr, wide.sparse_lr) == (0.005, 0.002, OptimConfig().sparse_lr)
     assert OptimConfig.for_preset("mlperf_dcnv2", dense_lr=0.01, tower_lr=None).dense_lr == 0.01
     assert OptimConfig.for_preset("mlperf_dcnv2", dense_lr=0.01, tower_lr=None).tower_lr == 0.002
+    mlperf = OptimConfig.for_preset("mlperf_dcnv2")  # the tables as MLPerf's reference trains them
+    assert (mlperf.sparse, mlperf.sparse_lr) == ("adagrad", 0.005)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], ("adagrad", 0.005, 0.005)),
+        (["--sparse-optimizer", "rowwise_adagrad", "--lr", "0.05"], ("rowwise_adagrad", 0.05, 0.005)),
+    ],
+)
+def test_train_cli_takes_the_presets_table_optimizer_unless_told(tmp_path, flags, expected):
+    from dmt.cli.main import build_parser
+    from dmt.cli.train import job_config
+
+    argv = ["train", "--data", str(tmp_path / "d.tsv"), "--out", str(tmp_path / "o"), "--preset", "mlperf_dcnv2"]
+    optim = job_config(build_parser().parse_args([*argv, "--row-cap", "100", *flags])).optim
+    assert (optim.sparse, optim.sparse_lr, optim.dense_lr) == expected

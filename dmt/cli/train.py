@@ -130,15 +130,11 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Optimisation, distribution, checkpoints and outputs."""
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="per rank (256)")
-    opt.add_argument("--epochs", type=POSITIVE_INT, default=1)
+def _add_optimizer_arguments(opt) -> None:
+    """Optimizers and rates; unset ones are the preset's (dmt.train.optim.PRESET_RATES)."""
     opt.add_argument(
-        "--max-steps", type=NON_NEGATIVE_INT, default=0, help="stop after this many steps (0: full epochs)"
+        "--lr", type=POSITIVE_FLOAT, help="embedding learning rate (the preset's: 0.05; mlperf_dcnv2: 0.005)"
     )
-    opt.add_argument("--lr", type=POSITIVE_FLOAT, default=0.05, help="embedding learning rate")
     opt.add_argument(
         "--dense-lr",
         type=POSITIVE_FLOAT,
@@ -149,8 +145,24 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=POSITIVE_FLOAT,
         help="learning rate of the tower modules (the preset's: 0.02; criteo, mlperf_dcnv2: 0.002)",
     )
-    opt.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
+    opt.add_argument(
+        "--sparse-optimizer",
+        choices=["sgd", "adagrad", "rowwise_adagrad"],
+        help="the tables' optimizer (the preset's: small, mlperf_dcnv2: adagrad; criteo: rowwise_adagrad, one "
+        "state value per row instead of per entry)",
+    )
     opt.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Optimisation, distribution, checkpoints and outputs."""
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="per rank (256)")
+    opt.add_argument("--epochs", type=POSITIVE_INT, default=1)
+    opt.add_argument(
+        "--max-steps", type=NON_NEGATIVE_INT, default=0, help="stop after this many steps (0: full epochs)"
+    )
+    _add_optimizer_arguments(opt)
     opt.add_argument(
         "--eval-every",
         type=NON_NEGATIVE_INT,

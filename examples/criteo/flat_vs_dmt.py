@@ -93,7 +93,7 @@ def run_rank(args: argparse.Namespace) -> None:
     quiet_third_party()
     env = init_distributed()
     world = env.topology.world_size
-    model_cfg, optim_cfg = ModelConfig.preset("small"), OptimConfig()
+    model_cfg, optim_cfg = ModelConfig.preset("small"), OptimConfig.for_preset("small")
     train_rows, eval_rows = split_train_eval(read_criteo(args.data, progress=False)[0], 0.2)
 
     def batches(rows, shuffle: bool):  # this rank's share of every global batch
