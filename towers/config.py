@@ -27,7 +27,8 @@ TOWER_KINDS = ("identity", "linear", "mlp", "dot", "dcn")
 # dots until the weights have grown, a saddle that some seeds leave late. Demo data, `dmt train`,
 # row-wise Adagrad tables, 1 epoch, TP c=4, 12 seeds: at 0 AUC 0.775 (median 0.795, 4 runs below
 # 0.75), at 0.3 0.780 (median 0.807, 2 below 0.75; the same 0.3 draw for every seed: 0.801);
-# flat 0.794. Scales 0.1 / 1 / 3 (one draw, 6 seeds): 0.789 / 0.791 / 0.792.
+# flat 0.794. Scales 0.1 / 1 / 3 (one draw, 6 seeds): 0.789 / 0.791 / 0.792. With per-coordinate
+# Adagrad tables (the "small" preset's): 0.809 at 0 (seed 2 in the saddle: 0.739), 0.815 at 0.3.
 # benchmarks/results/learning/README.md ("Stalls").
 DOT_WEIGHT_INIT = 0.3
 GLOBAL_KINDS = ("dot", "dcn", "concat")
