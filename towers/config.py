@@ -97,16 +97,16 @@ def _check_cross(kind: str, num_cross_layers: Any, cross_rank: Any) -> None:
         )
 
 
+def _check_number(name: str, value: Any, minimum: float) -> None:
+    # bool is an int subclass; `compression=True` is a bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise TowerConfigError(f"{name}={value!r} must be a finite number >= {minimum:g}")
+
+
 def _check_dot_init(kind: str, dot_init: Any) -> None:
     if dot_init is None:
         return
-    if (
-        isinstance(dot_init, bool)
-        or not isinstance(dot_init, (int, float))
-        or not math.isfinite(dot_init)
-        or dot_init < 0
-    ):
-        raise TowerConfigError(f"dot_init={dot_init!r} must be a finite number >= 0")
+    _check_number("dot_init", dot_init, 0)
     if kind != "dot":
         raise TowerConfigError(f"dot_init={dot_init} only applies to kind='dot' (got kind={kind!r}); leave it unset")
 
@@ -150,8 +150,7 @@ class TowerModuleConfig:
     def __post_init__(self) -> None:
         _check_kind(self.kind, TOWER_KINDS, "tower")
         c = self.compression
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1:
-            raise TowerConfigError(f"compression={c!r} must be a finite number >= 1")
+        _check_number("compression", c, 1)
         object.__setattr__(self, "compression", float(c))
         object.__setattr__(self, "hidden", _as_hidden(self.hidden))
         if self.kind == "identity" and self.compression != 1.0:

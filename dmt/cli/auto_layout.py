@@ -45,11 +45,11 @@ def auto_towers(args: argparse.Namespace, model, *, announce: bool):
     """
     import torch
 
+    from dmt.cli.train import optim_config  # train imports this module only when --plan auto
     from dmt.perf.cluster import load_cluster
     from dmt.perf.cost_model import ModelShape
     from dmt.perf.planning import auto_plan, choose_layout, cluster_for_job
     from dmt.train.build import TowerSpec
-    from dmt.train.optim import OptimConfig
     from towers import TowerModuleConfig
 
     if args.tower_module != "identity" or args.tower_compression != 1.0:
@@ -83,7 +83,7 @@ def auto_towers(args: argparse.Namespace, model, *, announce: bool):
         cluster,
         args.batch_size,
         codec=_codec(args.comm_compression),
-        rowwise_optimizer=OptimConfig.for_preset(args.preset, sparse=args.sparse_optimizer).sparse == "rowwise_adagrad",
+        rowwise_optimizer=optim_config(args).sparse == "rowwise_adagrad",
     )
     if announce:
         print(f"[dmt] --plan auto: {choice.reason}", file=sys.stderr, flush=True)

@@ -216,21 +216,13 @@ def global_interaction_config(name: str):
 
 def job_config(args: argparse.Namespace):
     from dmt.train.job import JobConfig  # torchrec import only when running
-    from dmt.train.optim import OptimConfig
 
     model = model_config(args)
     return JobConfig(
         data=args.data,
         out=args.out,
         model=model,
-        optim=OptimConfig.for_preset(
-            args.preset,
-            sparse=args.sparse_optimizer,
-            sparse_lr=args.lr,
-            dense=args.dense_optimizer,
-            dense_lr=args.dense_lr,
-            tower_lr=args.tower_lr,
-        ),
+        optim=optim_config(args),
         eval_fraction=args.eval_fraction,
         eval_data=args.eval_data,
         split=args.split,
@@ -251,6 +243,20 @@ def job_config(args: argparse.Namespace):
         overwrite=args.overwrite,
         towers=tower_spec(args, model),
         comm=comm_compression(args.comm_compression),
+    )
+
+
+def optim_config(args: argparse.Namespace):
+    """The preset's optimizer settings with the flags' overrides (an unset flag keeps the preset's)."""
+    from dmt.train.optim import OptimConfig
+
+    return OptimConfig.for_preset(
+        args.preset,
+        sparse=args.sparse_optimizer,
+        sparse_lr=args.lr,
+        dense=args.dense_optimizer,
+        dense_lr=args.dense_lr,
+        tower_lr=args.tower_lr,
     )
 
 
