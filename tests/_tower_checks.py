@@ -319,6 +319,33 @@ def check_one_lookup_per_host(rank, world, *, arch, plan, sharding):
         assert isinstance(wrapper, expected), type(wrapper)
 
 
+def check_intra_host_ids_before_compute(rank, world, *, arch, plan, sharding):
+    """The towers' intra-host id all-to-alls run while the input dist is waited (the pipeline's
+    data-dist stream), none in ``compute``: the forward starts at the lookup."""
+    from dmt.distributed.topology import Topology
+    from dmt.distributed.tower_sharding import ShardedTowerCollection
+    from dmt.perf.comm_counter import CommCounter
+
+    topo = Topology.from_env()
+    sharded = _sharded(arch, plan, sharding)
+    collection = next(m for m in sharded.modules() if isinstance(m, ShardedTowerCollection))
+    sharded(_batch(rank, world, seed=6))  # the first call sets up the output dist (an all-gather)
+    ctx = collection.create_context()
+    with CommCounter(topo) as staged:
+        dist_input = collection.input_dist(ctx, _batch(rank, world, seed=7).sparse_features).wait().wait()
+    with CommCounter(topo) as computed:
+        collection.compute_and_output_dist(ctx, dist_input).wait()
+
+    def id_calls(counter, group):
+        return counter.summary().total(group=group, payload="int").calls
+
+    assert id_calls(staged, "cross_host") > 0
+    if plan.towers_on_host(topo.host):
+        assert id_calls(staged, "intra_host") > 0
+    assert id_calls(computed, "intra_host") == id_calls(computed, "cross_host") == 0, computed.summary().to_markdown()
+    assert computed.summary().total(group="cross_host", payload="float").calls > 0  # the tower outputs
+
+
 def check_rowwise_adagrad_parity(rank, world, *, arch, plan, sharding, steps=3, device="cpu"):
     """Fused row-wise Adagrad tables (one accumulator per row) train like the unsharded flat model
     with torchrec's RowWiseAdagrad: exact for shardings that keep whole rows on one rank."""

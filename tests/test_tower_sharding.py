@@ -47,6 +47,7 @@ def reports_2x2():
         ("batch_size", "check_batch_size_change", dict(arch="dlrm", plan=idle, sharding="table_row_wise")),
         ("sharder_keeps_plan", "check_sharder_keeps_plan", dict(arch="dlrm", **common)),
         ("one_lookup_per_host", "check_one_lookup_per_host", dict(arch="dlrm", **common)),
+        ("intra_ids_staged", "check_intra_host_ids_before_compute", dict(arch="dlrm", plan=idle, sharding="auto")),
     ]
     return run_distributed(_worker, 4, 2, checks=checks)
 
@@ -77,6 +78,11 @@ def test_2x2_sharder_does_not_mutate_the_plan(reports_2x2):
 
 def test_2x2_towers_of_a_host_share_one_lookup(reports_2x2):
     _assert_ok(reports_2x2, "one_lookup_per_host")
+
+
+def test_2x2_intra_host_ids_move_before_compute(reports_2x2):
+    """What a train pipeline overlaps: both id exchanges, the intra-host one included (trap (g))."""
+    _assert_ok(reports_2x2, "intra_ids_staged")
 
 
 def test_4x1_idle_host_matches_flat_unsharded():

@@ -23,6 +23,10 @@ small subclass rather than a fork:
     collective;
 (f) the CPU planner refuses row-wise types -> not used: plans are built by hand, from the
     :class:`dmt.plan.TowerPlan`, in plan order (:func:`dmt.distributed.sharding_plan.build_sharding_plan`).
+(g) torchrec's train pipelines overlap only the cross-host input dist; each tower's intra-host
+    input dist ran in ``compute`` on the default stream, where its host sync emptied the GPU once
+    per step -> :mod:`dmt.distributed.tower_input_dist` chains it into the awaitables the pipeline
+    waits on its data-dist stream.
 
 Two more things needed fixing on the way. A sharded EBC orders its output keys by sharding
 group, not by its tables, so :meth:`ShardedTowerCollection.compute` (a 25-line fork of
@@ -66,12 +70,13 @@ from dmt.distributed.torchrec_fixes import (
     torchrec_host_size,
     tower_process_groups,
 )
+from dmt.distributed.tower_input_dist import TowerInputs, chain_intra_host_input_dist
 from dmt.errors import DmtError, TopologyError
 from dmt.plan import PlanError, TowerPlan
 
 
 class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
-    """torchrec's ``ShardedEmbeddingTowerCollection`` with traps (a)-(e) fixed (module docstring).
+    """torchrec's ``ShardedEmbeddingTowerCollection`` with traps (a)-(e) fixed and (g) pipelined (module docstring).
 
     Its forward returns ``[B, sum_t D_t]`` in logical tower order, like the unsharded
     ``EmbeddingTowerCollection``; its state dict keys are the unsharded ones
@@ -142,25 +147,26 @@ class ShardedTowerCollection(ShardedEmbeddingTowerCollection):
                 "DMT towers need the same batch size on every rank at every step: drop the last "
                 "partial batch (drop_last) or pad it"
             )
-        return super().input_dist(ctx, kjt_features, wkjt_features)
+        cross = super().input_dist(ctx, kjt_features, wkjt_features)
+        if not self.embeddings:
+            return cross  # a host without towers looks nothing up
+        # (g) the towers' intra-host input dist rides on the pipeline's data-dist stage
+        return chain_intra_host_input_dist(cross, ctx, list(self.embeddings.values()), self.input_dist_params)
 
     def compute(self, ctx: Any, dist_input: Any) -> torch.Tensor:
-        # Forked from torchrec (about 25 lines) to hand each tower module its features in the
-        # unsharded EBC's key order: a sharded EBC orders its output keys by sharding group.
+        # Forked from torchrec (about 25 lines): the lookups start from ids already distributed
+        # inside the host (g), and each tower module gets its features in the unsharded EBC's key
+        # order (a sharded EBC orders its output keys by sharding group).
         if not self.embeddings:
             return super().compute(ctx, dist_input)  # a host without towers: [H*B, 0]
-        embeddings = []
-        for embedding, (kjt_param, wkjt_param) in zip(self.embeddings.values(), self.input_dist_params):
-            if kjt_param and wkjt_param:
-                embeddings.append(embedding(dist_input[0], dist_input[1]))
-            elif wkjt_param and len(dist_input) == 2:
-                embeddings.append(embedding(dist_input[1]))
-            else:
-                embeddings.append(embedding(dist_input[0]))
-        outputs = [
-            interaction(self._in_tower_order(i, kt))
-            for (i, interaction), kt in zip(self.interactions.items(), embeddings)
-        ]
+        inputs = dist_input[0]
+        assert isinstance(inputs, TowerInputs), type(inputs)
+        outputs = []
+        for (i, interaction), embedding, (lookup_ctx, ids) in zip(
+            self.interactions.items(), self.embeddings.values(), inputs.parts
+        ):
+            kt = embedding.compute_and_output_dist(lookup_ctx, ids).wait()
+            outputs.append(interaction(self._in_tower_order(i, kt)))
         return torch.cat(outputs, dim=1)
 
     def _in_tower_order(self, tower: str, kt: KeyedTensor) -> KeyedTensor:
