@@ -167,7 +167,8 @@ fi
 # (default 100M) rows as 24 Terabyte-named days and preprocesses them (timed); "scale_train" trains
 # one epoch (--split terabyte) of NAMES (default "dmt flat") of model PRESET (criteo; or
 # mlperf_dcnv2) at BATCH per GPU on HOSTS x L GPUs (DMT: 2 contiguous towers, TOWER_MODULE (dot) c=4) and,
-# with BENCH=1, runs dmt bench on the same model and batch for the samples/s the job should reach.
+# with BENCH=1, runs dmt bench --pipeline (steps back to back, as the job) on the same model and
+# batch for the samples/s the job should reach.
 scale=${SCALE_DIR:-/tmp/scale}
 if [ "$part" = scale_data ]; then
   rows=${ROWS:-100000000}; rm -rf "$scale"; mkdir -p "$scale"
@@ -192,7 +193,7 @@ if [ "$part" = scale_train ]; then
   if [ "${BENCH:-0}" = 1 ]; then
     timeout 200 $py -m dmt.cli bench --hosts 2 --ranks-per-host "$L" --link "$link" --num-embeddings 200000 \
         --embedding-dim 128 --batch-size "$batch" --towers 2 --tower-module "$module" --tower-compression 4 \
-        --tower-sharding table_wise --warmup 10 --steps 30 --no-progress --variants flat,dmt \
+        --tower-sharding table_wise --warmup 10 --steps 30 --no-progress --variants flat,dmt --pipeline \
         --out "$out/scale_bench_b${batch}${SUFFIX:-}.json" 2>&1 | grep -v -i "warn" | tail -6
   fi
 fi

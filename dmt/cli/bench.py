@@ -100,7 +100,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="codec of the +comm variants (flat+comm, dmt+comm), as `dmt train --comm-compression`",
     )
-    what.add_argument("--pipeline", action="store_true", help="step through torchrec's TrainPipelineSparseDist")
+    what.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="step through torchrec's TrainPipelineSparseDist, as dmt train does; "
+        "on GPU its steps are timed back to back (plain steps each start at a barrier)",
+    )
     what.add_argument("--sparse-optimizer", choices=["sgd", "adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
     what.add_argument("--dense-optimizer", choices=["sgd", "adagrad", "adam"], default="adagrad")
     what.add_argument("--seed", type=SEED, default=0)
