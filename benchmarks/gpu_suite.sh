@@ -24,6 +24,8 @@
 #                 over LINKS (default "fast slow": NVLink and sockets, the extremes; add hierarchical)
 #   part "2x1":   the "bench" and "tp" runs of 2 hosts x 1 GPU in one call (fewer invocations)
 #   part "2x2cw": 2x2, 2 towers sharded column-wise inside each host
+#   part "producer": benchmarks.bench_producer on CUDA over scale_data's days (then, e.g.,
+#                 NAMES=dmt BATCH=2048 TRAIN_EXTRA="--max-steps 1000 --data-workers 1" SUFFIX=_w1 ... scale_train)
 #   SUFFIX=_r2 before the command writes repeats into new files
 # Older JSONs call the NVLink runs "fast" and the sockets runs "slow" (--slow-link, now --link sockets).
 set -uo pipefail
@@ -176,6 +178,10 @@ if [ "$part" = scale_data ]; then
   echo "gen-data: $((SECONDS - t0)) s"; du -sh "$scale/tsv"
   t0=$SECONDS; $py -m dmt.cli preprocess "$scale"/tsv/day_{0..23} --out "$scale/npy" --no-progress 2>&1 | tail -1
   echo "preprocess: $((SECONDS - t0)) s"; du -sh "$scale/npy"; nproc
+fi
+if [ "$part" = producer ]; then  # what the batch-building threads cost a launch-bound step (GIL), on CUDA
+  [ -d "$scale/npy" ] || { echo "run scale_data first (ROWS=8000000 is enough)"; exit 2; }
+  $py -m benchmarks.bench_producer --data "$scale/npy" --device cuda --batch-size "${BATCH:-2048}" 2>&1 | tail -6
 fi
 if [ "$part" = scale_train ]; then
   L=${L:-1}; batch=${BATCH:-8192}; link=${LINK:-hierarchical}
