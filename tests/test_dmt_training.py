@@ -55,6 +55,7 @@ def test_compressed_dmt_sharded_matches_unsharded(synthetic_criteo, tmp_path):
                 "2",
                 "--out",
                 str(tmp_path / "four"),
+                "--profile",  # the profiled steps train like the others, on every rank
             ]
         )
         == 0
@@ -64,3 +65,5 @@ def test_compressed_dmt_sharded_matches_unsharded(synthetic_criteo, tmp_path):
     assert one["model"] == four["model"] == "dmt(dlrm)"
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5, atol=2e-6)
     assert four["cross_host_bytes_per_sample"] > 0 and four["intra_host_bytes_per_sample"] > 0
+    assert four["profiled_steps"] == 5
+    assert sorted(p.name for p in (tmp_path / "four/profile").glob("*.txt")) == [f"train_rank{r}.txt" for r in range(4)]

@@ -82,3 +82,26 @@ def test_dcn_sharded_matches_single_process(synthetic_criteo, tmp_path):
         "1",
     )
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5, atol=2e-6)
+
+
+def test_profile_window_follows_the_count_window():
+    from dmt.train.loop import COUNT_AFTER, COUNT_STEPS, count_window, profile_window
+
+    assert count_window(0, 1000).stop == COUNT_AFTER + COUNT_STEPS == profile_window(0, 1000).start
+    assert profile_window(0, 1000) == range(25, 30)
+    assert profile_window(40, 1000) == range(65, 70)  # a resumed run: after its own warm-up
+    assert profile_window(0, 24) == range(19, 24)  # a short run: its last steps
+    assert profile_window(0, 3) == range(3)
+
+
+def test_profile_records_steps_without_changing_the_run(synthetic_criteo, tmp_path, single_process):
+    """--profile writes a top-ops table and a Chrome trace of 5 steps, leaves those steps out of
+    samples/s, and trains exactly as without it."""
+    m = _train(synthetic_criteo, tmp_path / "run", "--batch-size", "128", "--profile")
+    assert m["losses"] == single_process["losses"]
+    assert m["profiled_steps"] == 5 and single_process["profiled_steps"] == 0
+    assert m["stage_seconds"]["profile"] > 0 and "profile" not in single_process["stage_seconds"]
+    table = (tmp_path / "run" / "profile" / "train_rank0.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table
+    trace = json.loads((tmp_path / "run" / "profile" / "train_rank0.trace.json").read_text())
+    assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])

@@ -297,24 +297,14 @@ def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: lis
     return _variant_result(durations, comm, cfg, env)
 
 
-def _profile(step: Callable[[], None], name: str, directory: str, env, steps: int = 5) -> None:
-    """Profile ``steps`` more steps (after the timed ones, so timing is unaffected); every rank writes
-    ``<name>_rank<r>.txt`` (top ops by device time on GPU, CPU time on CPU) and a Chrome trace."""
-    import os
+def _profile(step: Callable[[], None], name: str, directory: str, env) -> None:
+    """Profile ``PROFILE_STEPS`` more steps (after the timed ones, so timing is unaffected); every
+    rank writes ``<name>_rank<r>.txt`` and ``.trace.json`` (:func:`dmt.perf.profiling.profiled`)."""
+    from dmt.perf.profiling import PROFILE_STEPS, profiled
 
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
+    with profiled(directory, f"{name.replace('+', '_')}_rank{env.topology.rank}", env.device):
+        for _ in range(PROFILE_STEPS):
             step()
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
-    os.makedirs(directory, exist_ok=True)
-    base = os.path.join(directory, f"{name.replace('+', '_')}_rank{env.topology.rank}")
-    sort = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
-    atomic_write_text(base + ".txt", prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
-    prof.export_chrome_trace(base + ".trace.json")
 
 
 def _slowest_rank(durations: list[list[float]], env) -> list[list[float]]:

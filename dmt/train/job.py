@@ -68,6 +68,7 @@ class JobConfig:
     progress: bool = True
     data_workers: int = 2  # threads building the next batches (dmt.data.Prefetcher)
     prefetch: int = 4  # batches built ahead of the step
+    profile: str | None = None  # directory: torch.profiler of a few steady-state steps (loop.profile_window)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
@@ -290,6 +291,7 @@ def _train(
             checkpoint_every=cfg.checkpoint_every,
             on_checkpoint=checkpoints.save,
             counter=counter,
+            profile=cfg.profile,
         )
     if cfg.checkpoint_every and result.steps not in checkpoints.saved_at:  # the data ran out between checkpoints
         checkpoints.save(result)
@@ -325,7 +327,7 @@ def _metrics(
         "steps_per_epoch": data.steps_per_epoch,
         "world_size": place.world,
         "global_batch": global_batch,
-        "samples_per_s": result.steps * global_batch / max(result.train_seconds, 1e-9),
+        "samples_per_s": (result.steps - result.profiled_steps) * global_batch / max(result.train_seconds, 1e-9),
         "wall_seconds": wall,
         "train_rows": len(data.train),
         "eval_rows": final["num_samples"],
@@ -334,6 +336,7 @@ def _metrics(
         "bad_row_examples": data.bad_row_examples,
         "resumed_from_step": before.steps,
         "comm_counted_steps": result.counted_steps - before.counted_steps,
+        "profiled_steps": result.profiled_steps - before.profiled_steps,
         "restarts": int(os.environ.get(RESTARTS_ENV, "0")),
         **_comm_metrics(counter, result.counted_steps - before.counted_steps, global_batch),
         **({"codecs_rank0": _codec_metrics(model)} if cfg.comm is not None else {}),

@@ -10,11 +10,11 @@ a whole epoch costs no memory per step beyond one scalar.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,8 @@ class LoopResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     counted_steps: int = 0  # training steps whose collectives the counter saw (count_window)
+    profiled_steps: int = 0  # training steps run under the profiler (profile_window): in profile_seconds
+    profile_seconds: float = 0.0
     stopped_early: bool = False  # early stop: the evaluation AUC stopped improving
 
     def best_eval(self) -> dict | None:
@@ -152,6 +154,28 @@ def count_window(first_step: int, last_step: int) -> range:
     return range(first_step + COUNT_AFTER, first_step + COUNT_AFTER + COUNT_STEPS)
 
 
+def profile_window(first_step: int, last_step: int) -> range:
+    """The training steps ``--profile`` records: PROFILE_STEPS right after the count window, or the
+    last ones of a short run."""
+    from dmt.perf.profiling import PROFILE_STEPS
+
+    start = min(first_step + COUNT_AFTER + COUNT_STEPS, max(first_step, last_step - PROFILE_STEPS))
+    return range(start, min(start + PROFILE_STEPS, last_step))
+
+
+def _phase_contexts(step: int, counter, window: range, profile: str | None, pwindow: range, device) -> ExitStack:
+    """What the phase starting at ``step`` runs under: the byte counter, the profiler, or neither."""
+    from dmt.perf.profiling import profiled
+
+    stack = ExitStack()
+    if counter is not None and step in window:
+        stack.enter_context(counter)
+    if profile and step in pwindow:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        stack.enter_context(profiled(profile, f"train_rank{rank}", device))
+    return stack
+
+
 def _record_losses(result: LoopResult, step_losses: list[torch.Tensor]) -> None:
     """Append the phase's per-step losses, averaged over ranks in one collective (not one per step)."""
     # Gathered and summed here in rank order, not all-reduced: an all-reduce's summation order
@@ -186,13 +210,16 @@ def train(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[LoopResult], None] | None = None,
     counter: CommCounter | None = None,
+    profile: str | None = None,
 ) -> LoopResult:
     """Train until ``cfg.steps`` steps from ``train_batches``; evaluate on fresh ``eval_batches()``.
 
     ``history`` continues a resumed run (its ``steps`` must match where ``train_batches`` starts);
     ``on_checkpoint`` is called every ``checkpoint_every`` steps with the result so far.
     ``counter`` counts the collectives of the training steps in ``count_window`` (and
-    ``result.counted_steps`` says how many), not of evaluations or bookkeeping.
+    ``result.counted_steps`` says how many), not of evaluations or bookkeeping. ``profile`` (a
+    directory) records the steps of ``profile_window`` with torch.profiler; their time is left out
+    of ``train_seconds`` (``result.profiled_steps`` says how many).
     """
     if isinstance(model, DistributedModelParallel):
         pipeline = TrainPipelineSparseDist(model, optimizer, device)
@@ -200,18 +227,23 @@ def train(
         pipeline = _PlainPipeline(model, optimizer)
     result = history or LoopResult()
     window = count_window(result.steps, cfg.steps) if counter is not None else range(0)
+    pwindow = profile_window(result.steps, cfg.steps) if profile else range(0)
     bar = tqdm(total=cfg.steps, initial=result.steps, desc="train", unit="step", disable=not (cfg.progress and is_main))
     model.train()
     while result.steps < cfg.steps:
         next_eval = cfg.next_eval(result.steps)
         next_ckpt = _next_boundary(result.steps, checkpoint_every, cfg.steps)
-        stop = min(next_eval, next_ckpt, *(b for b in (window.start, window.stop) if b > result.steps))
+        bounds = (window.start, window.stop, pwindow.start, pwindow.stop)
+        stop = min(next_eval, next_ckpt, *(b for b in bounds if b > result.steps))
         n = stop - result.steps
-        counting = counter if result.steps in window else contextlib.nullcontext()
         start = time.perf_counter()
-        with counting:
+        with _phase_contexts(result.steps, counter, window, profile, pwindow, device):
             step_losses = _run_phase(pipeline, itertools.islice(train_batches, n), keep=lambda o: o[0].detach())
-        result.train_seconds += time.perf_counter() - start
+        if result.steps in pwindow:
+            result.profiled_steps += len(step_losses)
+            result.profile_seconds += time.perf_counter() - start
+        else:
+            result.train_seconds += time.perf_counter() - start
         if not step_losses:
             break  # out of data
         if result.steps in window:

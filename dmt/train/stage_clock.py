@@ -33,6 +33,8 @@ class StageClock:
         train_s, eval_s = result.train_seconds - before.train_seconds, result.eval_seconds - before.eval_seconds
         total = self._since_start + time.perf_counter() - self._t0
         stages = {"start": self._since_start, **self.seconds, "train": train_s, "eval": eval_s}
+        if result.profile_seconds > before.profile_seconds:  # --profile: those steps are not in "train"
+            stages["profile"] = result.profile_seconds - before.profile_seconds
         return {**stages, "other": max(total - sum(stages.values()), 0.0), "total": total}
 
 
