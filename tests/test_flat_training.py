@@ -95,11 +95,12 @@ def test_profile_window_follows_the_count_window():
 
 
 def test_profile_records_steps_without_changing_the_run(synthetic_criteo, tmp_path, single_process):
-    """--profile writes a top-ops table and a Chrome trace of 5 steps, leaves those steps out of
-    samples/s, and trains exactly as without it."""
-    m = _train(synthetic_criteo, tmp_path / "run", "--batch-size", "128", "--profile")
+    """--profile writes a top-ops table and a Chrome trace, leaves those steps out of samples/s, and
+    trains exactly as without it. Its window (the last 5 of 24 steps) is cut by an evaluation at
+    step 21: one profile, of its first 2 steps."""
+    m = _train(synthetic_criteo, tmp_path / "run", "--batch-size", "128", "--eval-every", "21", "--profile")
     assert m["losses"] == single_process["losses"]
-    assert m["profiled_steps"] == 5 and single_process["profiled_steps"] == 0
+    assert m["profiled_steps"] == 2 and single_process["profiled_steps"] == 0
     assert m["stage_seconds"]["profile"] > 0 and "profile" not in single_process["stage_seconds"]
     table = (tmp_path / "run" / "profile" / "train_rank0.txt").read_text()
     assert "Self CPU" in table and "aten::" in table

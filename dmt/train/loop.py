@@ -163,14 +163,14 @@ def profile_window(first_step: int, last_step: int) -> range:
     return range(start, min(start + PROFILE_STEPS, last_step))
 
 
-def _phase_contexts(step: int, counter, window: range, profile: str | None, pwindow: range, device) -> ExitStack:
-    """What the phase starting at ``step`` runs under: the byte counter, the profiler, or neither."""
+def _phase_contexts(counter: CommCounter | None, profile: str | None, device: torch.device) -> ExitStack:
+    """What a phase runs under: the byte counter, the profiler (writing into ``profile``), both or neither."""
     from dmt.perf.profiling import profiled
 
     stack = ExitStack()
-    if counter is not None and step in window:
+    if counter is not None:
         stack.enter_context(counter)
-    if profile and step in pwindow:
+    if profile:
         rank = dist.get_rank() if dist.is_initialized() else 0
         stack.enter_context(profiled(profile, f"train_rank{rank}", device))
     return stack
@@ -236,10 +236,13 @@ def train(
         bounds = (window.start, window.stop, pwindow.start, pwindow.stop)
         stop = min(next_eval, next_ckpt, *(b for b in bounds if b > result.steps))
         n = stop - result.steps
+        # One profile per run: the phase that starts the window (an evaluation inside it ends it early).
+        profiling = len(pwindow) > 0 and result.steps == pwindow.start
         start = time.perf_counter()
-        with _phase_contexts(result.steps, counter, window, profile, pwindow, device):
+        counting = counter if result.steps in window else None
+        with _phase_contexts(counting, profile if profiling else None, device):
             step_losses = _run_phase(pipeline, itertools.islice(train_batches, n), keep=lambda o: o[0].detach())
-        if result.steps in pwindow:
+        if profiling:
             result.profiled_steps += len(step_losses)
             result.profile_seconds += time.perf_counter() - start
         else:
