@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-STAGES = ("start", "data", "build", "train", "eval", "other", "total")
+STAGES = ("start", "data", "build", "train", "eval", "profile", "other", "total")  # profile: --profile runs only
 
 
 def _metrics(path: Path) -> dict:
@@ -39,7 +39,9 @@ def rows(directory: Path) -> list[dict]:
 
 
 def table(found: list[dict]) -> str:
-    head = "| run | batch/GPU | steps | " + " | ".join(f"{s} s" for s in STAGES)
+    profiled = any("profile" in r["m"]["stage_seconds"] for r in found)
+    stages = [s for s in STAGES if s != "profile" or profiled]
+    head = "| run | batch/GPU | steps | " + " | ".join(f"{s} s" for s in stages)
     head += " | data share | samples/s | bench samples/s | job / bench | AUC (best) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in found:
@@ -48,7 +50,7 @@ def table(found: list[dict]) -> str:
         bench = f"{r['bench']:,.0f}" if r["bench"] else "-"
         lines.append(
             f"| {r['name']} | {r['batch']} | {m['steps']:,} | "
-            + " | ".join(f"{st.get(s, 0.0):.1f}" for s in STAGES)
+            + " | ".join(f"{st.get(s, 0.0):.1f}" for s in stages)
             + f" | {st['data'] / st['total']:.1%} | {m['samples_per_s']:,.0f} | {bench} | {ratio} | "
             f"{m['auc']:.4f} ({m['best']['auc']:.4f}) |"
         )
