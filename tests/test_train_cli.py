@@ -27,6 +27,12 @@ def _fails(capsys, tmp_path, argv: list[str], *expected: str) -> None:
     assert not (out / "metrics.json").exists()
 
 
+def test_profile_into_a_file(capsys, tmp_path, synthetic_criteo):
+    (tmp_path / "taken").write_text("")
+    argv = ["--data", str(synthetic_criteo), "--profile", str(tmp_path / "taken")]
+    _fails(capsys, tmp_path, argv, "--profile", "taken", "not a directory")
+
+
 def test_missing_data_file(capsys, tmp_path):
     _fails(capsys, tmp_path, ["--data", str(tmp_path / "nope.tsv"), "--hosts", "2"], "no such file", "nope.tsv")
 

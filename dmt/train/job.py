@@ -82,6 +82,8 @@ class JobConfig:
             )
         if not self.out:
             raise DmtError("out is empty; give an output directory")
+        if self.profile and os.path.exists(self.profile) and not os.path.isdir(self.profile):
+            raise DmtError(f"--profile {self.profile} exists and is not a directory; name a directory")
         self._check_data_options()
 
     def _check_data_options(self) -> None:
