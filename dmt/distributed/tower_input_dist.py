@@ -76,13 +76,13 @@ class _IntraHostInputs(Awaitable):
         started = []
         for embedding, params in zip(self._embeddings, self._input_params):
             ctx = embedding.create_context()
-            started.append((ctx, embedding.input_dist(ctx, *tower_features(received, params))))
+            started.append((ctx, embedding.input_dist(ctx, *_tower_features(received, params))))
         # Every tower's splits before any tower's ids: all ranks of a host post the same order.
         launched = [(ctx, splits.wait()) for ctx, splits in started]
         return TowerInputs([(ctx, ids.wait()) for ctx, ids in launched])
 
 
-def tower_features(received: KJTList, params: tuple[bool, bool]) -> tuple:
+def _tower_features(received: KJTList, params: tuple[bool, bool]) -> tuple:
     """The inputs of one tower lookup from the cross-host KJTs, by torchrec's ``(kjt, wkjt)`` flags."""
     kjt_param, wkjt_param = params
     if kjt_param and wkjt_param:

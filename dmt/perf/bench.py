@@ -46,6 +46,7 @@ from dmt.errors import DmtError
 from dmt.perf.bench_report import PHASES, format_bench_table, summary
 from dmt.perf.bench_sizes import ModelSizes, model_sizes
 from dmt.perf.bench_variants import Variant, parse_variant, parse_variants
+from dmt.perf.profiling import PROFILE_STEPS, profiled
 from dmt.plan import TowerPlan, contiguous_sizes
 from dmt.train.optim import OptimConfig
 
@@ -300,8 +301,6 @@ def run_variant(name: str, model, optimizer, cfg: BenchConfig, env, batches: lis
 def _profile(step: Callable[[], None], name: str, directory: str, env) -> None:
     """Profile ``PROFILE_STEPS`` more steps (after the timed ones, so timing is unaffected); every
     rank writes ``<name>_rank<r>.txt`` and ``.trace.json`` (:func:`dmt.perf.profiling.profiled`)."""
-    from dmt.perf.profiling import PROFILE_STEPS, profiled
-
     with profiled(directory, f"{name.replace('+', '_')}_rank{env.topology.rank}", env.device):
         for _ in range(PROFILE_STEPS):
             step()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dmt.data.batching import PAD_LABEL
 from dmt.errors import DmtError
 from dmt.perf.comm_counter import CommCounter
+from dmt.perf.profiling import PROFILE_STEPS, profiled
 from dmt.train.metrics import binary_metrics
 
 
@@ -157,16 +158,12 @@ def count_window(first_step: int, last_step: int) -> range:
 def profile_window(first_step: int, last_step: int) -> range:
     """The training steps ``--profile`` records: PROFILE_STEPS right after the count window, or the
     last ones of a short run."""
-    from dmt.perf.profiling import PROFILE_STEPS
-
     start = min(first_step + COUNT_AFTER + COUNT_STEPS, max(first_step, last_step - PROFILE_STEPS))
     return range(start, min(start + PROFILE_STEPS, last_step))
 
 
 def _phase_contexts(counter: CommCounter | None, profile: str | None, device: torch.device) -> ExitStack:
     """What a phase runs under: the byte counter, the profiler (writing into ``profile``), both or neither."""
-    from dmt.perf.profiling import profiled
-
     stack = ExitStack()
     if counter is not None:
         stack.enter_context(counter)
