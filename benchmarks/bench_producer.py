@@ -39,7 +39,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--step-ms", type=float, default=15.0, help="launch work per step, calibrated alone (15)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per run (60)")
     p.add_argument("--repeats", type=int, default=3, help="rounds over all modes (3)")
-    p.add_argument("--workers", default="0,1,2", help="producer threads to compare; 0: batches built in advance")
+    p.add_argument(
+        "--workers",
+        default="0,1,2,auto",
+        help="producer threads to compare; 0: batches built in advance, auto: 1, grown while the step waits (to 4)",
+    )
     p.add_argument("--device", default="cpu", help="where the step's small ops run (cpu, cuda)")
     return p.parse_args(argv)
 
@@ -61,6 +65,7 @@ class LaunchBoundStep:
         self.device = device
         self.x = torch.zeros(16, device=device)
         self.n = 1000
+        self.run()  # the first run starts CUDA: calibrate on the second (on CUDA the first made 3 ms "15 ms" steps)
         start = time.perf_counter()
         self.run()
         self.n = max(1, int(1000 * step_ms / ((time.perf_counter() - start) * 1e3)))
@@ -83,29 +88,33 @@ def time_steps(batches, step: LaunchBoundStep, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def run_mode(rows: RowSet, workers: int, step: LaunchBoundStep, args: argparse.Namespace) -> float:
+def run_mode(rows: RowSet, workers: int | str, step: LaunchBoundStep, args: argparse.Namespace) -> tuple[float, int]:
+    """Mean ms per step with ``workers`` building, and how many were building at the end."""
     rank_batches = RankBatches(
         rows, batch_size=args.batch_size, num_embeddings=(200_000,) * 26, rank=0, world_size=1, shuffle=Shuffle(seed=0)
     )
     if workers == 0:
         built = [rank_batches.build(i) for i in range(args.steps + 1)]
-        return time_steps(built, step, args.steps)
+        return time_steps(built, step, args.steps), 0
     pin = step.device.type == "cuda"
-    with Prefetcher(rank_batches, depth=4, workers=workers, pin_memory=pin) as produced:
-        return time_steps(produced, step, args.steps)
+    threads = {"workers": 1, "max_workers": 4} if workers == "auto" else {"workers": workers}
+    with Prefetcher(rank_batches, depth=4, pin_memory=pin, **threads) as produced:
+        return time_steps(produced, step, args.steps), produced.workers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    modes = [int(w) for w in args.workers.split(",")]
+    modes = [w if w == "auto" else int(w) for w in args.workers.split(",")]
     rows = load_rows(args)
     if len(rows) < args.batch_size * (args.steps + 8):
         raise SystemExit(f"{len(rows):,} rows are too few for {args.steps} steps of {args.batch_size}: raise --rows")
     step = LaunchBoundStep(torch.device(args.device), args.step_ms)
-    times: dict[int, list[float]] = {w: [] for w in modes}
+    times: dict[int | str, list[float]] = {w: [] for w in modes}
+    ended: dict[int | str, int] = {}
     for _ in range(args.repeats):
         for w in modes:
-            times[w].append(run_mode(rows, w, step, args))
+            ms, ended[w] = run_mode(rows, w, step, args)
+            times[w].append(ms)
     base = statistics.median(times[0]) if 0 in times else None
     shape = f"{args.batch_size} rows per batch, {step.n} ops per step on {args.device}"
     print(f"\n{shape}, {args.steps} steps x {args.repeats}\n")
@@ -113,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---:|---|---:|")
     for w in modes:
         med = statistics.median(times[w])
-        label = "built in advance" if w == 0 else f"{w} thread{'s' if w > 1 else ''}"
+        label = {0: "built in advance", 1: "1 thread", "auto": f"auto (ended at {ended[w]})"}.get(w, f"{w} threads")
         ratio = f"{med / base:.2f}x" if base else "-"
         print(f"| {label} | {med:.2f} | {', '.join(f'{t:.1f}' for t in times[w])} | {ratio} |")
     return 0

@@ -24,7 +24,7 @@
 #                 over LINKS (default "fast slow": NVLink and sockets, the extremes; add hierarchical)
 #   part "2x1":   the "bench" and "tp" runs of 2 hosts x 1 GPU in one call (fewer invocations)
 #   part "2x2cw": 2x2, 2 towers sharded column-wise inside each host
-#   part "producer": benchmarks.bench_producer on CUDA over scale_data's days (then, e.g.,
+#   part "producer": benchmarks.bench_producer on CUDA over scale_data's days: 0, 1, 2 threads and auto (then, e.g.,
 #                 NAMES=dmt BATCH=2048 TRAIN_EXTRA="--max-steps 1000 --data-workers 1" SUFFIX=_w1 ... scale_train)
 #   SUFFIX=_r2 before the command writes repeats into new files
 # Older JSONs call the NVLink runs "fast" and the sockets runs "slow" (--slow-link, now --link sockets).

@@ -82,3 +82,8 @@ def test_bad_row_under_emulated_hosts_is_one_line(capfd, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("1\t2\t3\n")
     _fails(capfd, tmp_path, ["--data", str(bad), "--preset", "debug", "--hosts", "2"], "bad.tsv:1", "--skip-bad-rows")
+
+
+@pytest.mark.parametrize("workers", ["0", "many"])
+def test_bad_data_workers(capsys, tmp_path, synthetic_criteo, workers):
+    _fails(capsys, tmp_path, ["--data", str(synthetic_criteo), "--data-workers", workers], "--data-workers", "'auto'")

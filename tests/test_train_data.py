@@ -7,6 +7,7 @@ the same preprocessed data: the batch order depends on the seed only, never on t
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,7 @@ def test_kaggle_split_of_preprocessed_days_evaluates_each_epoch(kaggle_one_proce
     assert {"start", "data", "build", "train", "eval", "other", "total"} <= set(stages)
     assert all(v >= 0 for v in stages.values())
     assert sum(v for k, v in stages.items() if k != "total") == pytest.approx(stages["total"], rel=1e-6)
+    assert m["config"]["data_workers"] == "auto" and 1 <= m["data_workers"] <= 4
 
 
 def test_sharded_on_preprocessed_matches_one_process(preprocessed, tmp_path, kaggle_one_process):
@@ -75,6 +77,8 @@ def test_sharded_on_preprocessed_matches_one_process(preprocessed, tmp_path, kag
         "2",
     )
     assert sharded["world_size"] == 4 and sharded["eval_rows"] == kaggle_one_process["eval_rows"]
+    # "auto" builds on at most this rank's share of the CPUs (2 ranks per host here).
+    assert 1 <= sharded["data_workers"] <= max(1, min(4, len(os.sched_getaffinity(0)) // 2))
     np.testing.assert_allclose(sharded["losses"], kaggle_one_process["losses"], rtol=2e-5, atol=2e-6)
     assert sharded["auc"] == pytest.approx(kaggle_one_process["auc"], abs=1e-4)
 

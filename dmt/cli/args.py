@@ -96,6 +96,19 @@ def float_arg(minimum: float, *, above: bool = False, below: float | None = None
 
 
 POSITIVE_INT = int_arg(1)
+
+
+def auto_or_positive_int(text: str) -> int | str:
+    """``auto``, or a whole number >= 1 (argparse type)."""
+    if text == "auto":
+        return text
+    try:
+        return POSITIVE_INT(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number >= 1") from None
+
+
+auto_or_positive_int.__name__ = "'auto' or number"
 NON_NEGATIVE_INT = int_arg(0)
 SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
 POSITIVE_FLOAT = float_arg(0.0, above=True)

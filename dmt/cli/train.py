@@ -17,6 +17,7 @@ from dmt.cli.args import (
     add_link_arguments,
     add_tower_compression_argument,
     add_tower_sharding_argument,
+    auto_or_positive_int,
     emulated_link,
 )
 from dmt.cli.outputs import check_output_dir
@@ -65,7 +66,12 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--eval-fraction", type=FRACTION, default=0.2, help="--split tail: rows held out (0.2)")
     data.add_argument("--eval-data", help="evaluate on this input (file, day or directory); train on all of --data")
     data.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
-    data.add_argument("--data-workers", type=POSITIVE_INT, default=2, help="threads building the next batches (2)")
+    data.add_argument(
+        "--data-workers",
+        type=auto_or_positive_int,
+        default="auto",
+        help="threads building the next batches per rank; auto (default): 1, more while the step outruns them",
+    )
     data.add_argument("--prefetch", type=POSITIVE_INT, default=4, help="batches built ahead of the step (4)")
 
 

@@ -33,24 +33,42 @@ class Prefetcher:
             has ``build(step)`` and ``steps`` (``dmt.data.RankBatches``), ``workers`` threads
             build that many steps at once.
         depth: finished items waiting; memory is about ``depth + workers`` batches.
-        workers: building threads (``build``-able sources only).
+        workers: building threads at the start (``build``-able sources only above 1).
+        max_workers: with more than ``workers``, a thread is added (up to this many) each time
+            the consumer keeps finding the queue empty (:class:`WorkerGrowth`): the producer is
+            behind. Fewer threads are faster while they keep up: their Python between numpy
+            calls takes the GIL from the thread launching the training step (a launch-bound DMT
+            step at 2,048 rows per GPU ran 262-270k samples/s with 1 thread, 203-235k with 2:
+            benchmarks/results/gpu_h200x1_pipeline).
         pin_memory: pin each item (``item.pin_memory()``); None pins when CUDA is available.
 
     An exception while building is re-raised by ``next()`` in the consumer. ``close()`` (or
-    leaving the ``with`` block) stops the threads.
+    leaving the ``with`` block) stops the threads. ``workers`` is the number building now.
     """
 
     def __init__(
-        self, source: Iterable[Any], *, depth: int = 4, workers: int = 1, pin_memory: bool | None = None
+        self,
+        source: Iterable[Any],
+        *,
+        depth: int = 4,
+        workers: int = 1,
+        max_workers: int | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
-        if depth < 1 or workers < 1:
-            raise ValueError(f"depth={depth} and workers={workers} must be >= 1")
-        if workers > 1 and not hasattr(source, "build"):
-            raise ValueError("workers > 1 needs a source that can build any step (dmt.data.RankBatches)")
-        self._source, self._workers = source, workers
+        self._stop = threading.Event()  # first: __del__ sets it even when a check below fails
+        max_workers = workers if max_workers is None else max_workers
+        if depth < 1 or not 1 <= workers <= max_workers:
+            raise ValueError(f"depth={depth} must be >= 1 and 1 <= workers={workers} <= max_workers={max_workers}")
+        buildable = hasattr(source, "build") and hasattr(source, "steps")
+        if max_workers > 1 and not buildable:
+            if workers > 1:
+                raise ValueError("workers > 1 needs a source that can build any step (dmt.data.RankBatches)")
+            max_workers = 1  # one thread can only walk an iterator in order
+        self._source, self._max_workers = source, max_workers
+        self.workers = workers
+        self._growth = WorkerGrowth()
         self._pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="dmt-prefetch", daemon=True)
         self._thread.start()
 
@@ -59,7 +77,7 @@ class Prefetcher:
 
     def _produce(self) -> None:
         try:
-            if self._workers == 1:
+            if self._max_workers == 1:
                 for item in self._source:
                     if not self._put(self._finish(item)):
                         return
@@ -70,13 +88,13 @@ class Prefetcher:
             self._put(_Failure(e))
 
     def _produce_parallel(self) -> None:
-        """Keep ``workers`` steps building; hand them over in step order."""
+        """Keep ``self.workers`` steps building (it may grow meanwhile); hand them over in step order."""
         build = self._source.build
-        with cf.ThreadPoolExecutor(self._workers, thread_name_prefix="dmt-build") as pool:
+        with cf.ThreadPoolExecutor(self._max_workers, thread_name_prefix="dmt-build") as pool:
             pending: collections.deque = collections.deque()
             for step in self._source.steps:
                 pending.append(pool.submit(lambda s=step: self._finish(build(s))))
-                if len(pending) >= self._workers and not self._put(pending.popleft().result()):
+                if len(pending) >= self.workers and not self._put(pending.popleft().result()):
                     return
             while pending:
                 if not self._put(pending.popleft().result()):
@@ -98,6 +116,8 @@ class Prefetcher:
     def __next__(self) -> Any:
         if self._stop.is_set():
             raise StopIteration
+        if self.workers < self._max_workers and self._growth.behind(starved=self._queue.empty()):
+            self.workers += 1  # read by the producer thread at its next step (an int: no lock needed)
         item = self._queue.get()
         if item is _END:
             self._stop.set()
@@ -125,3 +145,30 @@ class Prefetcher:
 class _Failure:
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class WorkerGrowth:
+    """When to add a building thread: the consumer found the queue empty in ``starved_to_grow`` of
+    its last ``window`` takes, not counting the first ``warmup`` (the producer is starting then).
+
+    Example:
+        >>> growth = WorkerGrowth(warmup=1, window=4, starved_to_grow=2)
+        >>> [growth.behind(starved) for starved in (True, True, False, True, True, True)]
+        [False, False, False, True, False, True]
+    """
+
+    def __init__(self, warmup: int = 8, window: int = 16, starved_to_grow: int = 3) -> None:
+        self.warmup, self.starved_to_grow = warmup, starved_to_grow
+        self._takes: collections.deque = collections.deque(maxlen=window)  # True: the queue was empty
+        self._seen = 0
+
+    def behind(self, starved: bool) -> bool:
+        """Note one take; True when a thread should be added (the count starts over then)."""
+        self._seen += 1
+        if self._seen <= self.warmup:
+            return False
+        self._takes.append(starved)
+        if sum(self._takes) < self.starved_to_grow:
+            return False
+        self._takes.clear()
+        return True

@@ -66,7 +66,7 @@ class JobConfig:
     overwrite: bool = False  # replace the run already in <out> (dmt.train.run_dir)
     skip_bad_rows: bool = False
     progress: bool = True
-    data_workers: int = 2  # threads building the next batches (dmt.data.Prefetcher)
+    data_workers: int | str = "auto"  # threads building the next batches (Prefetcher); "auto": 1, more when behind
     prefetch: int = 4  # batches built ahead of the step
     profile: str | None = None  # directory: torch.profiler of a few steady-state steps (loop.profile_window)
 
@@ -93,10 +93,11 @@ class JobConfig:
             raise DmtError(f"--eval-data and --split {self.split} both say what to evaluate on; give one of them")
         if self.multi_hot_method not in MULTI_HOT_METHODS:
             raise DmtError(f"multi_hot_method={self.multi_hot_method!r} is not one of {list(MULTI_HOT_METHODS)}")
-        if min(self.early_stop, self.data_workers - 1, self.prefetch - 1) < 0:
+        workers_ok = self.data_workers == "auto" or (isinstance(self.data_workers, int) and self.data_workers >= 1)
+        if min(self.early_stop, self.prefetch - 1) < 0 or not workers_ok:
             raise DmtError(
-                f"early_stop={self.early_stop} must be >= 0, data_workers={self.data_workers} and "
-                f"prefetch={self.prefetch} >= 1"
+                f"early_stop={self.early_stop} must be >= 0, data_workers={self.data_workers!r} 'auto' or >= 1 "
+                f"and prefetch={self.prefetch} >= 1"
             )
 
 
@@ -128,9 +129,10 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         # ``train`` continues ``history`` in place: keep what it held before for this run's own numbers.
         before = dataclasses.replace(history) if history else LoopResult()
         start = time.perf_counter()
-        result = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
+        result, data_workers = _train(cfg, place, data, model, optimizer, counter, history, checkpoints)
         wall = time.perf_counter() - start
         metrics = _metrics(cfg, place, data, result, before, model, counter, wall)
+        metrics["data_workers"] = data_workers  # rank 0's building threads at the end (grown under "auto")
         metrics["stage_seconds"] = clock.report(result, before=before)
         if place.is_main:
             atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
@@ -256,8 +258,11 @@ def _train(
     counter,
     history: LoopResult | None,
     checkpoints: _Checkpoints,
-) -> LoopResult:
-    """Train from ``history`` (or step 0) to ``data.steps``, checkpointing every ``cfg.checkpoint_every`` steps."""
+) -> tuple[LoopResult, int]:
+    """Train from ``history`` (or step 0) to ``data.steps``, checkpointing every ``cfg.checkpoint_every`` steps.
+
+    Returns the result and how many threads were building the training batches at the end.
+    """
 
     def evaluation():
         # Every row is scored: the last batch is padded and the padding masked out (PAD_LABEL).
@@ -297,7 +302,7 @@ def _train(
         )
     if cfg.checkpoint_every and result.steps not in checkpoints.saved_at:  # the data ran out between checkpoints
         checkpoints.save(result)
-    return result
+    return result, prefetched.workers
 
 
 def _metrics(
@@ -349,8 +354,16 @@ def _metrics(
 
 
 def _prefetch(cfg: JobConfig) -> dict:
-    """How far ahead, and on how many threads, the next batches are built (``dmt.data.Prefetcher``)."""
-    return {"depth": cfg.prefetch, "workers": cfg.data_workers}
+    """How far ahead, and on how many threads, the next batches are built (``dmt.data.Prefetcher``).
+
+    "auto" starts one thread per rank and adds threads while the step outruns them, up to 4 and
+    this rank's share of the CPUs: more threads than needed slow a launch-bound step (the GIL).
+    """
+    if cfg.data_workers != "auto":
+        return {"depth": cfg.prefetch, "workers": cfg.data_workers}
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = len(os.sched_getaffinity(0)) // max(ranks_here, 1)
+    return {"depth": cfg.prefetch, "workers": 1, "max_workers": max(1, min(4, share))}
 
 
 def _leave(place: _Place) -> None:
