@@ -100,6 +100,14 @@ class LinkKind(_Choice):
     SOCKETS = "sockets"  # TCP sockets for every collective, intra-host ones too
 
 
+class TableInit(_Choice):
+    """How a sharded model's tables start (dmt.train.build)."""
+
+    AUTO = "auto"  # seeded for small tables, else local (dmt.train.build.SEEDED_MAX_BYTES)
+    SEEDED = "seeded"  # the one-process run's tables, copied into the shards: every rank builds them whole
+    LOCAL = "local"  # each rank draws its own shards (torchrec's init on the meta model): no whole table
+
+
 # The tower shardings a user can ask for.
 USER_TOWER_SHARDINGS = (
     TowerSharding.AUTO,

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from dmt.choices import TableInit
 from dmt.cli.args import (
     FRACTION,
     NON_NEGATIVE_FLOAT,
@@ -75,6 +76,23 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--prefetch", type=POSITIVE_INT, default=4, help="batches built ahead of the step (4)")
 
 
+def _add_table_start_arguments(model: argparse._ArgumentGroup) -> None:
+    """How the tables start: their values, and where they are drawn."""
+    model.add_argument(
+        "--embedding-init",
+        type=NON_NEGATIVE_FLOAT,
+        metavar="A",
+        help="tables start uniform in [-A, A] (preset default 0.1, about 2x --lr; 0: torchrec's sqrt(1/rows))",
+    )
+    model.add_argument(
+        "--table-init",
+        choices=TableInit.names(),
+        default=TableInit.AUTO.value,
+        help="a sharded run's first tables: seeded (the one-process run's, copied in: every rank builds them "
+        "whole once), local (each rank draws its own shards), auto (seeded up to 1 GiB of tables)",
+    )
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Model, towers and the embedding exchange."""
     model = p.add_argument_group("model")
@@ -88,12 +106,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--embedding-dim", type=POSITIVE_INT, help="override the preset's embedding dim")
     model.add_argument("--num-embeddings", type=POSITIVE_INT, help="rows per table; ids are hashed modulo this")
     model.add_argument("--row-cap", type=POSITIVE_INT, help="cap every table of the preset at this many rows")
-    model.add_argument(
-        "--embedding-init",
-        type=NON_NEGATIVE_FLOAT,
-        metavar="A",
-        help="tables start uniform in [-A, A] (preset default 0.1, about 2x --lr; 0: torchrec's sqrt(1/rows))",
-    )
+    _add_table_start_arguments(model)
     model.add_argument(
         "--multi-hot-method",
         choices=MULTI_HOT_METHODS,
@@ -243,6 +256,7 @@ def job_config(args: argparse.Namespace):
         multi_hot_method=args.multi_hot_method,
         early_stop=args.early_stop,
         data_workers=args.data_workers,
+        table_init=args.table_init,
         prefetch=args.prefetch,
         batch_size=args.batch_size,
         epochs=args.epochs,

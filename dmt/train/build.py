@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dmt.choices import TableInit
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig, build_flat_model
 from dmt.plan import TowerPlan
@@ -22,8 +23,12 @@ from towers import GlobalInteractionConfig, TowerModuleConfig
 
 # "seeded": the tables of the seeded unsharded model, copied into the shards (runs comparable
 # across shardings; each rank holds every full table once while building). "local": tables stay
-# on the meta device and torchrec initialises each rank's own shards (no full table anywhere).
-TABLE_INITS = ("seeded", "local")
+# on the meta device and torchrec initialises each rank's own shards (no full table anywhere),
+# from a per-rank seed (one seed everywhere would start the tables of different ranks alike).
+# "auto": seeded up to SEEDED_MAX_BYTES of tables, else local (26 x 200k x 128 fp32 tables, 2.7 GB:
+# seeded builds took 19 s per rank on 2 CPU cores, local 4 s; Criteo 1TB's would not fit).
+TABLE_INITS = TableInit.names()
+SEEDED_MAX_BYTES = 1 << 30
 # "dmt": dmt.distributed.tower_sharding.shard. "stock": torchrec's own EmbeddingTowerCollectionSharder
 # (none of dmt's fixes; `dmt bench` times it as the baseline).
 TOWER_SHARDERS = ("dmt", "stock")
@@ -62,7 +67,7 @@ def build_model(
         flat_sharding: the flat model's sharding type (see ``dmt.distributed.flat.FLAT_SHARDINGS``).
         comm: a :class:`dmt.distributed.qcomm.CommCompression` for the sharded model's embedding
             comms: DMT's cross-host exchange, or all of a flat model's embedding all-to-alls.
-        table_init: how a sharded model's tables start, one of :data:`TABLE_INITS`.
+        table_init: how a sharded model's tables start, one of :data:`TABLE_INITS` (see there).
         tower_sharder: what shards a DMT model's towers, one of :data:`TOWER_SHARDERS`.
 
     Returns:
@@ -71,20 +76,34 @@ def build_model(
     Raises:
         DmtError: an unknown or unsupported ``table_init`` / ``tower_sharder``.
     """
+    table_init = resolve_table_init(table_init, model_cfg)
     _check_choices(table_init, tower_sharder, comm)
     torch.manual_seed(seed)  # same initial weights on every rank and in the 1-process run
     if env is None:
         model = _unsharded(model_cfg, towers)
     elif towers is not None:
-        model = _sharded_towers(model_cfg, optim_cfg, towers, env, comm, table_init, tower_sharder)
+        model = _sharded_towers(model_cfg, optim_cfg, seed, towers, env, comm, table_init, tower_sharder)
     else:
         model = _sharded_flat(model_cfg, optim_cfg, seed, env, flat_sharding, comm, table_init)
     return model, build_optimizer(model, optim_cfg)
 
 
-def _check_choices(table_init: str, tower_sharder: str, comm) -> None:
+def resolve_table_init(table_init: str, model_cfg: ModelConfig) -> str:
+    """``table_init`` with "auto" decided by the size of the tables ("seeded" or "local")."""
     if table_init not in TABLE_INITS:
         raise DmtError(f"table_init={table_init!r} is not one of {TABLE_INITS}")
+    if table_init != "auto":
+        return table_init
+    table_bytes = sum(model_cfg.num_embeddings) * model_cfg.embedding_dim * 4
+    return "seeded" if table_bytes <= SEEDED_MAX_BYTES else "local"
+
+
+def _seed_local_shards(seed: int, env) -> None:
+    """Seed this rank's own shards apart from the other ranks' (the dense layers are already built)."""
+    torch.manual_seed(seed + 1 + env.topology.rank)
+
+
+def _check_choices(table_init: str, tower_sharder: str, comm) -> None:
     if tower_sharder not in TOWER_SHARDERS:
         raise DmtError(f"tower_sharder={tower_sharder!r} is not one of {TOWER_SHARDERS}")
     if tower_sharder == "stock" and (table_init != "local" or comm is not None):
@@ -107,6 +126,7 @@ def _unsharded(model_cfg: ModelConfig, towers: TowerSpec | None, device: str | N
 def _sharded_towers(
     model_cfg: ModelConfig,
     optim_cfg: OptimConfig,
+    seed: int,
     towers: TowerSpec,
     env,
     comm,
@@ -116,6 +136,8 @@ def _sharded_towers(
     # shard() copies materialised tables into the shards and leaves meta ones to torchrec.
     model = _unsharded(model_cfg, towers, device="meta" if table_init == "local" else None)
     apply_sparse_optimizer(model, optim_cfg)
+    if table_init == "local":
+        _seed_local_shards(seed, env)
     if tower_sharder == "stock":
         return _shard_stock(model, towers, env)
     from dmt.distributed.tower_sharding import shard
@@ -141,6 +163,8 @@ def _sharded_flat(
         torch.manual_seed(seed)
         reference = build_flat_model(model_cfg).state_dict()
     apply_sparse_optimizer(model, optim_cfg)
+    if table_init == "local":
+        _seed_local_shards(seed, env)
     model = shard_flat(model, model_cfg, env, flat_sharding, comm_compression=comm)
     if reference is not None:
         _copy_unsharded_weights(model, reference)

@@ -25,7 +25,7 @@ from dmt.distributed.qcomm import CommCompression, codec_stats, lossy_schedules
 from dmt.errors import DmtError
 from dmt.model.flat import ModelConfig
 from dmt.train import checkpoint
-from dmt.train.build import TowerSpec, build_model
+from dmt.train.build import TowerSpec, build_model, resolve_table_init
 from dmt.train.data import SPLIT_CHOICES, JobData, eval_batches, load_job_data, train_stream
 from dmt.train.loop import LoopConfig, LoopResult, train
 from dmt.train.optim import OptimConfig
@@ -68,6 +68,7 @@ class JobConfig:
     progress: bool = True
     data_workers: int | str = "auto"  # threads building the next batches (Prefetcher); "auto": 1, more when behind
     prefetch: int = 4  # batches built ahead of the step
+    table_init: str = "auto"  # a sharded model's first tables (dmt.train.build.TABLE_INITS)
     profile: str | None = None  # directory: torch.profiler of a few steady-state steps (loop.profile_window)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,7 @@ class JobConfig:
         if self.profile and os.path.exists(self.profile) and not os.path.isdir(self.profile):
             raise DmtError(f"--profile {self.profile} exists and is not a directory; name a directory")
         self._check_data_options()
+        resolve_table_init(self.table_init, self.model)  # a bad choice fails here, before any rank starts
 
     def _check_data_options(self) -> None:
         if self.split not in SPLIT_CHOICES:
@@ -133,6 +135,7 @@ def run_job(cfg: JobConfig, *, distributed: bool) -> dict:
         wall = time.perf_counter() - start
         metrics = _metrics(cfg, place, data, result, before, model, counter, wall)
         metrics["data_workers"] = data_workers  # rank 0's building threads at the end (grown under "auto")
+        metrics["table_init"] = resolve_table_init(cfg.table_init, cfg.model)  # "auto" decided
         metrics["stage_seconds"] = clock.report(result, before=before)
         if place.is_main:
             atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
@@ -209,6 +212,7 @@ def _build(cfg: JobConfig, place: _Place):
         env=place.env,
         flat_sharding=cfg.flat_sharding,
         comm=cfg.comm,
+        table_init=cfg.table_init,
     )
     counter = _comm_counter(model, place.env) if place.env is not None else None
     return model, optimizer, counter
