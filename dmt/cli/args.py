@@ -96,6 +96,11 @@ def float_arg(minimum: float, *, above: bool = False, below: float | None = None
 
 
 POSITIVE_INT = int_arg(1)
+NON_NEGATIVE_INT = int_arg(0)
+SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
+POSITIVE_FLOAT = float_arg(0.0, above=True)
+NON_NEGATIVE_FLOAT = float_arg(0.0)
+FRACTION = float_arg(0.0, above=True, below=1.0)
 
 
 def auto_or_positive_int(text: str) -> int | str:
@@ -109,11 +114,6 @@ def auto_or_positive_int(text: str) -> int | str:
 
 
 auto_or_positive_int.__name__ = "'auto' or number"
-NON_NEGATIVE_INT = int_arg(0)
-SEED = int_arg(0, 2**32 - 1)  # a range every seeded generator here (numpy's, torch's) accepts
-POSITIVE_FLOAT = float_arg(0.0, above=True)
-NON_NEGATIVE_FLOAT = float_arg(0.0)
-FRACTION = float_arg(0.0, above=True, below=1.0)
 
 
 def add_link_arguments(group: argparse._ArgumentGroup) -> None:
