@@ -36,9 +36,10 @@ class Prefetcher:
         workers: building threads at the start (``build``-able sources only above 1).
         max_workers: with more than ``workers``, a thread is added (up to this many) each time
             the consumer keeps finding the queue empty (:class:`WorkerGrowth`): the producer is
-            behind. Fewer threads are faster while they keep up: their Python between numpy
-            calls takes the GIL from the thread launching the training step (a launch-bound DMT
-            step at 2,048 rows per GPU ran 262-270k samples/s with 1 thread, 203-235k with 2:
+            behind. Spare threads cost a launch-bound step: their Python between numpy calls
+            takes the GIL from the thread launching it (``benchmarks.bench_producer`` on CUDA:
+            2 threads 1.20x per step, 1 thread 1.04x; DMT's job at 2,048 rows per GPU: median
+            266k samples/s with 1 thread, 232k with 2, within the runs' spread:
             benchmarks/results/gpu_h200x1_pipeline).
         pin_memory: pin each item (``item.pin_memory()``); None pins when CUDA is available.
 

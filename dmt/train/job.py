@@ -361,7 +361,8 @@ def _prefetch(cfg: JobConfig) -> dict:
     """How far ahead, and on how many threads, the next batches are built (``dmt.data.Prefetcher``).
 
     "auto" starts one thread per rank and adds threads while the step outruns them, up to 4 and
-    this rank's share of the CPUs: more threads than needed slow a launch-bound step (the GIL).
+    the host's CPUs over its ranks (emulated hosts on one machine share them further): more
+    threads than needed slow a launch-bound step (the GIL).
     """
     if cfg.data_workers != "auto":
         return {"depth": cfg.prefetch, "workers": cfg.data_workers}
